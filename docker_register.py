@@ -1,0 +1,955 @@
+"""Register the published ports of this host's running containers in etcd v3.
+
+One run is one pass of a pipeline: list the running containers (one Docker API
+call), derive the services they publish, turn those into the keys this host
+should hold under the prefix, compare them with what etcd holds, and apply
+only the difference in a few transactions.  Every key of the host lives on one
+lease whose id is derived from the host IP and the prefix, so a run needs no
+local state and a dead host's keys expire by themselves.
+
+Exit codes: 0 success, 1 Docker or etcd unreachable or failing, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Annotated, Iterable, Iterator, Mapping, Optional, Sequence
+
+import typer
+
+__version__ = "0.1.0"
+
+# ---------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------
+
+#: Default etcd endpoint (the seed's ETCD_HOST default).
+DEFAULT_ETCD = "127.0.0.1:2379"
+#: Root of all service keys, as docker-discover reads them.
+DEFAULT_PREFIX = "/backends"
+#: Lease TTL in seconds; three times the timer's 10 s interval.
+DEFAULT_TTL = 30
+#: etcd refuses shorter leases (it raises them to 2 s).
+MIN_TTL = 2
+#: A lease longer than a day would keep a dead host's keys for a day.
+MAX_TTL = 86400
+#: Bound in seconds on each Docker and etcd call.
+DEFAULT_TIMEOUT = 5.0
+#: etcd's default limit of operations in one transaction branch.
+MAX_TXN_OPS = 128
+#: How often a run re-reads and re-plans when another writer got in between.
+MAX_ATTEMPTS = 3
+#: Longest service name accepted; longer labels are skipped with a note.
+MAX_NAME_LENGTH = 200
+#: Last segment of the key that tells consumers a service's private port.
+PORT_KEY = "port"
+#: Label that keeps a container out of the registry when non-empty.
+IGNORE_LABEL = "SERVICE_IGNORE"
+#: Label naming every published port of a container.
+NAME_LABEL = "SERVICE_NAME"
+#: Label naming one private port, e.g. SERVICE_80_NAME.
+PORT_NAME_LABEL = "SERVICE_{port}_NAME"
+#: Protocols Docker publishes; tcp names carry no suffix, others get "-<proto>".
+PROTOCOLS = ("tcp", "udp", "sctp")
+#: Host bindings that mean "every address of the host".
+WILDCARD_IPS = frozenset({"", "0.0.0.0", "::"})
+#: Interfaces that carry container traffic, never the host's own address.
+BRIDGE_INTERFACE = re.compile(r"^(docker\d*|docker_gwbridge|br-.*|veth.*|cni\d*|virbr\d*)$")
+#: Anything outside this set in a service name becomes "-".
+NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: gRPC refuses replies over 4 MiB by default; a large registry can exceed it.
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+
+#: Base class of the CLI parser's usage errors (typer may vendor click, so take it from typer).
+CLI_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class RegisterError(Exception):
+    """A failure that ends a run with a one-line message."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(RegisterError):
+    """A bad flag or environment value."""
+
+    exit_code = EXIT_USAGE
+
+
+class DockerError(RegisterError):
+    """Docker could not be reached or refused the request."""
+
+
+class EtcdError(RegisterError):
+    """etcd could not be reached or refused the request."""
+
+
+class Conflict(Exception):
+    """Another writer changed a key between our read and our write."""
+
+
+# ---------------------------------------------------------------------------
+# Data types
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One published port of one container, as it should appear in etcd."""
+
+    service: str
+    container_id: str
+    container_name: str
+    address: str
+    private_port: int
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A container or port left out of the registry, and why."""
+
+    container: str
+    reason: str
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Keys this host should hold: its own instance keys and the shared port keys."""
+
+    instances: Mapping[str, str]
+    ports: Mapping[str, str]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A key under the prefix as etcd holds it."""
+
+    value: str
+    lease: int
+    mod_revision: int
+
+
+class LeaseState(enum.Enum):
+    """What the keepalive told us about this host's lease."""
+
+    ALIVE = "alive"
+    MISSING = "missing"
+    WRONG_TTL = "wrong-ttl"
+
+
+class LeaseAction(enum.Enum):
+    """What a run does with the lease before writing."""
+
+    KEEP = "keep"
+    GRANT = "grant"
+    REPLACE = "replace"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One write: add, update or remove a key."""
+
+    action: str
+    key: str
+    value: Optional[str]
+    old_value: Optional[str]
+    expected_mod: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will write, computed without touching anything."""
+
+    lease_id: int
+    lease_action: LeaseAction
+    changes: tuple[Change, ...]
+    unchanged: int
+    notes: tuple[str, ...] = ()
+
+    def count(self, action: str) -> int:
+        """Number of changes of one kind."""
+        return sum(1 for change in self.changes if change.action == action)
+
+
+@dataclass(frozen=True)
+class EtcdEndpoint:
+    """One etcd client URL."""
+
+    host: str
+    port: int
+    secure: bool = False
+
+    def __str__(self) -> str:
+        scheme = "https" if self.secure else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings of one run."""
+
+    endpoints: tuple[EtcdEndpoint, ...]
+    host_ip: str
+    prefix: str
+    ttl: int
+    timeout: float
+
+
+# ---------------------------------------------------------------------------
+# Pure core: Docker dicts -> registrations -> desired keys -> plan
+# ---------------------------------------------------------------------------
+
+
+def parse_endpoints(text: str) -> tuple[EtcdEndpoint, ...]:
+    """Parse a comma-separated list of host:port endpoints."""
+    endpoints = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise UsageError(f"--etcd: empty endpoint in {text!r}")
+        endpoints.append(parse_endpoint(item))
+    return tuple(endpoints)
+
+
+def parse_endpoint(item: str) -> EtcdEndpoint:
+    """Parse one endpoint: [http://]host:port."""
+    scheme, sep, rest = item.partition("://")
+    if not sep:
+        scheme, rest = "http", item
+    if scheme not in ("http", "https"):
+        raise UsageError(f"--etcd: unknown scheme {scheme!r} in {item!r} (use http:// or https://)")
+    if scheme == "https":
+        raise UsageError(f"--etcd: {item!r}: https endpoints are not supported yet")
+    rest = rest.rstrip("/")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([A-Za-z0-9.-]+):(\d+)", rest)
+    if not match:
+        raise UsageError(f"--etcd: {item!r} is not host:port")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise UsageError(f"--etcd: port {port} in {item!r} is out of range")
+    return EtcdEndpoint(host, port, secure=scheme == "https")
+
+
+def parse_prefix(prefix: str) -> str:
+    """Check a key prefix: absolute, no trailing slash, no empty or dot segments."""
+    if not prefix.startswith("/") or prefix == "/":
+        raise UsageError(f"--prefix must start with / and name a directory, like {DEFAULT_PREFIX} (got {prefix!r})")
+    if prefix.endswith("/"):
+        raise UsageError(f"--prefix must not end with / (got {prefix!r})")
+    segments = prefix[1:].split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise UsageError(f"--prefix must not contain empty, . or .. segments (got {prefix!r})")
+    if NAME_UNSAFE.search(prefix.replace("/", "")):
+        raise UsageError(f"--prefix may hold only letters, digits, '.', '_', '-' and '/' (got {prefix!r})")
+    return prefix
+
+
+def parse_host_ip(text: str) -> str:
+    """Check an address other hosts can reach: not loopback, unspecified or multicast."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise UsageError(f"--host-ip / HOST_IP: {text!r} is not an IP address") from None
+    if address.is_loopback or address.is_unspecified or address.is_multicast:
+        raise UsageError(f"--host-ip / HOST_IP: {address} cannot be reached from other hosts")
+    return str(address)
+
+
+def default_route_interface(route_table: str) -> Optional[tuple[str, str]]:
+    """Return (interface, gateway IP) of the best IPv4 default route in /proc/net/route text."""
+    best = None
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        iface, destination, gateway, flags, metric, mask = (fields[i] for i in (0, 1, 2, 3, 6, 7))
+        if destination != "00000000" or mask != "00000000" or not int(flags, 16) & 1:
+            continue
+        gateway_ip = socket.inet_ntoa(int(gateway, 16).to_bytes(4, "little"))
+        if best is None or int(metric) < best[0]:
+            best = (int(metric), iface, gateway_ip)
+    return (best[1], best[2]) if best else None
+
+
+def lease_id_for(host_ip: str, prefix: str) -> int:
+    """Derive this host's lease id: stable across runs, distinct across hosts and prefixes."""
+    digest = hashlib.sha256(f"docker-register\0{host_ip}\0{prefix}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1 or 1
+
+
+def image_basename(image: str) -> Optional[str]:
+    """Return the repository basename of an image reference, or None for a bare image id."""
+    if image.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{64}", image):
+        return None
+    reference = image.split("@", 1)[0]
+    name = reference.rsplit("/", 1)[-1].split(":", 1)[0]
+    return name or None
+
+
+def sanitize_name(name: str) -> Optional[str]:
+    """Replace characters outside [A-Za-z0-9._-] with '-'; None when nothing usable is left."""
+    cleaned = NAME_UNSAFE.sub("-", name)
+    if not re.search(r"[A-Za-z0-9]", cleaned) or len(cleaned) > MAX_NAME_LENGTH:
+        return None
+    return cleaned
+
+
+def format_address(ip: str, port: int) -> str:
+    """Format ip:port, bracketing IPv6 addresses."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def health_of(container: Mapping) -> str:
+    """Return healthy, unhealthy, starting or none from a container list entry."""
+    health = (container.get("Health") or {}).get("Status")
+    if health:
+        return health
+    status = container.get("Status") or ""
+    if "(unhealthy)" in status:
+        return "unhealthy"
+    if "(health: starting)" in status:
+        return "starting"
+    if "(healthy)" in status:
+        return "healthy"
+    return "none"
+
+
+def container_label(container: Mapping) -> str:
+    """A short human name for a container: its name and id."""
+    names = container.get("Names") or []
+    name = names[0].lstrip("/") if names else ""
+    short_id = str(container.get("Id", ""))[:12]
+    return f"{name} ({short_id})" if name else short_id
+
+
+def published_ports(container: Mapping) -> dict[tuple[int, str], list[Mapping]]:
+    """Group a container's host bindings by (private port, protocol)."""
+    groups: dict[tuple[int, str], list[Mapping]] = {}
+    for binding in container.get("Ports") or []:
+        if not binding.get("PublicPort"):
+            continue
+        key = (int(binding.get("PrivatePort") or 0), str(binding.get("Type") or "tcp").lower())
+        groups.setdefault(key, []).append(binding)
+    return dict(sorted(groups.items()))
+
+
+def reachable_address(bindings: Sequence[Mapping], host_ip: str) -> Optional[str]:
+    """Pick the address other hosts reach a port at; None when it is bound to loopback only."""
+    candidates = []
+    for binding in bindings:
+        ip = binding.get("IP") or ""
+        port = int(binding["PublicPort"])
+        if ip in WILDCARD_IPS:
+            candidates.append((0, port, host_ip))
+            continue
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            continue
+        if not address.is_loopback:
+            candidates.append((1, port, str(address)))
+    if not candidates:
+        return None
+    _, port, ip = min(candidates)
+    return format_address(ip, port)
+
+
+def service_name(labels: Mapping[str, str], image_name: Optional[str], port: int, proto: str,
+                 several_ports: bool) -> Optional[str]:
+    """Name the service of one published port, following the SERVICE_* label rules."""
+    explicit = labels.get(PORT_NAME_LABEL.format(port=port))
+    if explicit:
+        name = explicit
+    else:
+        name = labels.get(NAME_LABEL) or image_name
+        if not name:
+            return None
+        if several_ports:
+            name = f"{name}-{port}"
+    if proto != "tcp" and not name.endswith(f"-{proto}"):
+        name = f"{name}-{proto}"
+    return sanitize_name(name)
+
+
+def container_registrations(container: Mapping, host_ip: str) -> tuple[list[Registration], list[Skip]]:
+    """Turn one container list entry into registrations and skip notes."""
+    label = container_label(container)
+    labels = container.get("Labels") or {}
+    if labels.get(IGNORE_LABEL):
+        return [], [Skip(label, f"{IGNORE_LABEL} is set", quiet=True)]
+    if container.get("State", "running") != "running":
+        return [], [Skip(label, f"state is {container.get('State')}", quiet=True)]
+    health = health_of(container)
+    if health not in ("healthy", "none"):
+        return [], [Skip(label, f"health is {health}", quiet=True)]
+    container_id = str(container.get("Id", ""))[:12].lower()
+    if not re.fullmatch(r"[0-9a-f]{12}", container_id):
+        return [], [Skip(label, "container id is not hexadecimal")]
+    groups = published_ports(container)
+    image_name = image_basename(str(container.get("Image") or ""))
+    registrations, skips = [], []
+    for (port, proto), bindings in groups.items():
+        where = f"port {port}/{proto}"
+        if proto not in PROTOCOLS:
+            skips.append(Skip(label, f"{where}: unknown protocol"))
+            continue
+        name = service_name(labels, image_name, port, proto, len(groups) > 1)
+        if name is None:
+            skips.append(Skip(label, f"{where}: no usable service name (set {NAME_LABEL})"))
+            continue
+        address = reachable_address(bindings, host_ip)
+        if address is None:
+            skips.append(Skip(label, f"{where}: bound to loopback only, other hosts cannot reach it"))
+            continue
+        registrations.append(Registration(name, container_id, label, address, port))
+    return registrations, skips
+
+
+def registrations_from(containers: Iterable[Mapping], host_ip: str) -> tuple[list[Registration], list[Skip]]:
+    """Turn the Docker container list into registrations and skip notes."""
+    registrations, skips = [], []
+    for container in sorted(containers, key=lambda c: str(c.get("Id", ""))):
+        found, skipped = container_registrations(container, host_ip)
+        registrations.extend(found)
+        skips.extend(skipped)
+    return registrations, skips
+
+
+def instance_key(prefix: str, service: str, container_id: str) -> str:
+    """The key of one container's port: <prefix>/<service>/<id12>."""
+    return f"{prefix}/{service}/{container_id}"
+
+
+def port_key(prefix: str, service: str) -> str:
+    """The shared key holding a service's private port."""
+    return f"{prefix}/{service}/{PORT_KEY}"
+
+
+def desired_keys(registrations: Iterable[Registration], prefix: str) -> Desired:
+    """Compute the keys this host should hold for its registrations."""
+    instances: dict[str, str] = {}
+    private_ports: dict[str, set[int]] = {}
+    notes = []
+    for registration in registrations:
+        key = instance_key(prefix, registration.service, registration.container_id)
+        if key in instances:
+            notes.append(f"{registration.container_name}: service {registration.service} named twice, kept the first")
+            continue
+        instances[key] = registration.address
+        private_ports.setdefault(registration.service, set()).add(registration.private_port)
+    ports = {}
+    for service, found in sorted(private_ports.items()):
+        if len(found) > 1:
+            notes.append(f"service {service} runs on private ports {sorted(found)}; {PORT_KEY} key says {min(found)}")
+        ports[port_key(prefix, service)] = str(min(found))
+    return Desired(instances, ports, tuple(notes))
+
+
+def service_of(key: str, prefix: str) -> Optional[str]:
+    """Return <service> of a key <prefix>/<service>/<leaf>, else None."""
+    parts = key[len(prefix) + 1:].split("/") if key.startswith(prefix + "/") else []
+    return parts[0] if len(parts) == 2 else None
+
+
+def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
+                 lease_state: LeaseState, prefix: str) -> Plan:
+    """Compare desired keys with what etcd holds and list the writes that make them equal."""
+    lease_alive = lease_state is LeaseState.ALIVE
+    # Keys of a lease that is gone or about to be replaced do not count as present.
+    current = {key: kv for key, kv in stored.items() if lease_alive or kv.lease != lease_id}
+    changes, notes, unchanged = [], [], 0
+
+    for key, value in sorted(desired.instances.items()):
+        kv = current.get(key)
+        if kv is None:
+            changes.append(Change("add", key, value, None, 0))
+        elif kv.value != value or kv.lease != lease_id:
+            changes.append(Change("update", key, value, kv.value, kv.mod_revision))
+        else:
+            unchanged += 1
+
+    for key, value in sorted(desired.ports.items()):
+        kv = current.get(key)
+        if kv is None:
+            changes.append(Change("add", key, value, None, 0))
+        elif kv.value == value:
+            unchanged += 1
+        elif kv.lease == lease_id:
+            changes.append(Change("update", key, value, kv.value, kv.mod_revision))
+        else:
+            notes.append(f"{key} is {kv.value!r}, set by another host; this host's containers use {value}")
+            unchanged += 1
+
+    served_elsewhere = {
+        service_of(key, prefix) for key, kv in current.items()
+        if kv.lease != lease_id and not key.endswith("/" + PORT_KEY)
+    }
+    for key, kv in sorted(current.items()):
+        if kv.lease != lease_id or key in desired.instances or key in desired.ports:
+            continue
+        if key.endswith("/" + PORT_KEY) and service_of(key, prefix) in served_elsewhere:
+            # Other hosts still serve it: keep the port key until our lease ends.
+            continue
+        changes.append(Change("remove", key, None, kv.value, kv.mod_revision))
+
+    has_puts = any(change.action != "remove" for change in changes)
+    if lease_state is LeaseState.WRONG_TTL:
+        lease_action = LeaseAction.REPLACE
+    elif lease_state is LeaseState.MISSING and has_puts:
+        lease_action = LeaseAction.GRANT
+    else:
+        lease_action = LeaseAction.KEEP
+    return Plan(lease_id, lease_action, tuple(changes), unchanged, desired.notes + tuple(notes))
+
+
+def batches(changes: Sequence[Change], size: int = MAX_TXN_OPS) -> Iterator[Sequence[Change]]:
+    """Split changes into transaction-sized slices."""
+    for start in range(0, len(changes), size):
+        yield changes[start:start + size]
+
+
+# ---------------------------------------------------------------------------
+# Adapters: Docker and etcd
+# ---------------------------------------------------------------------------
+
+
+def detect_host_ip() -> str:
+    """Find the IPv4 address of the interface holding the default route."""
+    hint = "set HOST_IP (or --host-ip) to the address other hosts use to reach this one"
+    try:
+        with open("/proc/net/route", encoding="ascii") as table:
+            route = default_route_interface(table.read())
+    except OSError:
+        route = None
+    if route is None:
+        raise UsageError(f"no IPv4 default route found; {hint}")
+    iface, gateway = route
+    if BRIDGE_INTERFACE.match(iface):
+        raise UsageError(f"the default route goes through container interface {iface}; {hint}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((gateway, 9))  # UDP connect sends nothing; it only picks the source address.
+            address = probe.getsockname()[0]
+        except OSError:
+            raise UsageError(f"no address found on interface {iface}; {hint}") from None
+    try:
+        return parse_host_ip(address)
+    except UsageError:
+        raise UsageError(f"{iface} has address {address}; {hint}") from None
+
+
+def check_detected_ip(host_ip: str, containers: Iterable[Mapping]) -> None:
+    """Refuse a detected address that lies on one of Docker's own networks."""
+    address = ipaddress.ip_address(host_ip)
+    for container in containers:
+        networks = ((container.get("NetworkSettings") or {}).get("Networks") or {}).values()
+        for network in networks:
+            ip, length = network.get("IPAddress"), network.get("IPPrefixLen")
+            if ip and length and address in ipaddress.ip_network(f"{ip}/{length}", strict=False):
+                raise UsageError(f"detected address {host_ip} is on a Docker network; "
+                                 "set HOST_IP (or --host-ip) to the host's own address")
+
+
+class DockerSource:
+    """Lists running containers with one Engine API request."""
+
+    def __init__(self, timeout: float):
+        import docker  # Deferred: only a run that reaches Docker pays for the import.
+
+        try:
+            # A fixed version skips the SDK's GET /version probe; the list call below is unversioned.
+            self.client = docker.from_env(version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=timeout).api
+        except docker.errors.DockerException as error:
+            raise DockerError(f"docker: {first_line(error)}") from None
+        self.where = os.environ.get("DOCKER_HOST") or self.client.base_url.replace("http+docker://localhost",
+                                                                                  "unix:///var/run/docker.sock")
+
+    def running_containers(self) -> list[dict]:
+        """GET /containers/json?filters={"status":["running"]} as raw dicts."""
+        import docker
+        import requests
+
+        # Unversioned path: the engine answers with its own API version, so one call works on
+        # engines whose supported version ranges do not overlap (20.10 up to 1.41, 29 from 1.44).
+        url = self.client._url("/containers/json", versioned_api=False)
+        params = {"filters": json.dumps({"status": ["running"]})}
+        try:
+            return self.client._result(self.client._get(url, params=params), json=True)
+        except (docker.errors.DockerException, requests.RequestException, ValueError) as error:
+            raise DockerError(f"docker at {self.where}: cannot list containers: {describe_docker_error(error)}"
+                              ) from None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's text, or its class name."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def describe_docker_error(error: BaseException) -> str:
+    """One line for a Docker SDK or requests error: the engine's explanation or the socket error."""
+    explanation = getattr(error, "explanation", None)
+    if explanation:
+        return first_line(explanation)
+    cause = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        nested = [arg for arg in getattr(cause, "args", ()) if isinstance(arg, BaseException)]
+        cause = nested[0] if nested else cause.__cause__ or cause.__context__
+    return cause.strerror if cause is not None else first_line(error)
+
+
+class EtcdStore:
+    """Reads this host's view of the prefix and applies plans, on one lease."""
+
+    def __init__(self, config: Config):
+        import etcd3
+
+        self.config = config
+        self.where = ",".join(str(endpoint) for endpoint in config.endpoints)
+        endpoints = [
+            etcd3.Endpoint(e.host, e.port, secure=False, opts=GRPC_OPTIONS) for e in config.endpoints
+        ]
+        self.client = self._call("connect", lambda: etcd3.MultiEndpointEtcd3Client(
+            endpoints, timeout=config.timeout, failover=True))
+
+    def _call(self, what: str, action):
+        """Run one etcd call, moving to the next endpoint on a connection failure."""
+        import etcd3
+        import grpc
+
+        last = None
+        for _ in self.config.endpoints:
+            try:
+                return action()
+            except (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError,
+                    etcd3.exceptions.NoServerAvailableError) as error:
+                last = error
+            except etcd3.exceptions.Etcd3Exception as error:
+                raise EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(error)}") from None
+            except grpc.RpcError as error:
+                if error.code() is grpc.StatusCode.NOT_FOUND and "lease" in (error.details() or ""):
+                    raise Conflict(error.details()) from None
+                raise EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(error)}") from None
+            except ValueError as error:  # The client's "Trying to use a failed node".
+                last = error
+        raise EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(last)}")
+
+    def lease_state(self, renew: bool) -> LeaseState:
+        """Keep the lease alive (or, when not renewing, only look at it) and report its state."""
+        lease_id = lease_id_for(self.config.host_ip, self.config.prefix)
+        if renew:
+            # A keepalive reply carries the granted TTL; 0 when the lease is gone.
+            replies = self._call("keep lease alive", lambda: list(self.client.refresh_lease(lease_id)))
+            ttl = granted = replies[0].TTL if replies else 0
+        else:
+            reply = self._call("read lease", lambda: self.client.get_lease_info(lease_id))
+            ttl, granted = reply.TTL, reply.grantedTTL
+        if ttl <= 0:
+            return LeaseState.MISSING
+        return LeaseState.ALIVE if granted == self.config.ttl else LeaseState.WRONG_TTL
+
+    def stored_keys(self) -> dict[str, StoredKey]:
+        """Read every key under the prefix with its lease and revision."""
+        reply = self._call("read keys", lambda: self.client.get_prefix_response(self.config.prefix + "/"))
+        return {
+            kv.key.decode("utf-8", "replace"): StoredKey(kv.value.decode("utf-8", "replace"), kv.lease, kv.mod_revision)
+            for kv in reply.kvs
+        }
+
+    def apply(self, plan: Plan) -> None:
+        """Prepare the lease, then write the changes in guarded transactions."""
+        if plan.lease_action is LeaseAction.REPLACE:
+            self._call("revoke old lease", lambda: self._revoke(plan.lease_id))
+        if plan.lease_action is not LeaseAction.KEEP and plan.count("remove") < len(plan.changes):
+            self._call("grant lease", lambda: self._grant(plan.lease_id))
+        for batch in batches(plan.changes):
+            self._call("write keys", lambda: self._transaction(plan.lease_id, batch))
+
+    def _grant(self, lease_id: int) -> None:
+        """Grant the lease; another run on this host may have granted it a moment ago."""
+        import grpc
+
+        try:
+            self.client.lease(self.config.ttl, lease_id=lease_id)
+        except grpc.RpcError as error:
+            if "lease already exists" not in (error.details() or ""):
+                raise
+
+    def _revoke(self, lease_id: int) -> None:
+        """Revoke the lease if it still exists."""
+        import grpc
+
+        try:
+            self.client.revoke_lease(lease_id)
+        except grpc.RpcError as error:
+            if error.code() is not grpc.StatusCode.NOT_FOUND:
+                raise
+
+    def _transaction(self, lease_id: int, batch: Sequence[Change]) -> None:
+        """Apply one batch only if none of its keys moved since we read them."""
+        from etcd3 import transactions
+
+        compare = [transactions.Mod(change.key) == change.expected_mod for change in batch]
+        success = [
+            transactions.Delete(change.key) if change.action == "remove"
+            else transactions.Put(change.key, change.value, lease=lease_id)
+            for change in batch
+        ]
+        succeeded, _ = self.client.transaction(compare=compare, success=success, failure=[])
+        if not succeeded:
+            raise Conflict("a key changed while this run was writing")
+
+    def close(self) -> None:
+        """Close the gRPC channels."""
+        self.client.close()
+
+
+def describe_etcd_error(error: Optional[BaseException]) -> str:
+    """One line for an etcd client or gRPC error, taken from the gRPC status where there is one."""
+    import grpc
+
+    source = error
+    if not isinstance(source, grpc.RpcError) and isinstance(error.__context__, grpc.RpcError):
+        source = error.__context__
+    if isinstance(source, grpc.RpcError):
+        code = source.code()
+        details = (source.details() or "").strip().splitlines()
+        text = {
+            grpc.StatusCode.UNAVAILABLE: "unreachable",
+            grpc.StatusCode.DEADLINE_EXCEEDED: "no answer in time",
+        }.get(code, code.name.lower().replace("_", " "))
+        return f"{text} ({details[0]})" if details else text
+    return first_line(error) if error else "no endpoint answered"
+
+
+# ---------------------------------------------------------------------------
+# Apply: gather -> plan -> apply
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run did (or, in a dry run, would do)."""
+
+    plan: Plan
+    skips: tuple[Skip, ...]
+    dry_run: bool
+    seconds: float
+
+
+def gather_containers(timeout: float) -> list[dict]:
+    """List the running containers."""
+    return DockerSource(timeout).running_containers()
+
+
+def sync(config: Config, dry_run: bool, host_ip_detected: bool = False) -> Outcome:
+    """One full run: list containers, plan against etcd, apply unless dry-run."""
+    started = time.monotonic()
+    containers = gather_containers(config.timeout)
+    if host_ip_detected:
+        check_detected_ip(config.host_ip, containers)
+    registrations, skips = registrations_from(containers, config.host_ip)
+    desired = desired_keys(registrations, config.prefix)
+    lease_id = lease_id_for(config.host_ip, config.prefix)
+    store = EtcdStore(config)
+    try:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            lease_state = store.lease_state(renew=not dry_run)
+            plan = plan_changes(desired, store.stored_keys(), lease_id, lease_state, config.prefix)
+            if dry_run:
+                break
+            try:
+                store.apply(plan)
+                break
+            except Conflict:
+                if attempt == MAX_ATTEMPTS:
+                    raise EtcdError(f"etcd at {store.where}: keys kept changing under this run; "
+                                    "is another docker-register writing for this host?") from None
+    finally:
+        store.close()
+    return Outcome(plan, tuple(skips), dry_run, time.monotonic() - started)
+
+
+# ---------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------
+
+
+def summary_line(outcome: Outcome) -> str:
+    """The one line a normal run prints."""
+    plan = outcome.plan
+    verb = "would add" if outcome.dry_run else "added"
+    counts = (f"{verb} {plan.count('add')}, updated {plan.count('update')}, "
+              f"removed {plan.count('remove')}, unchanged {plan.unchanged}")
+    return f"{counts} in {outcome.seconds:.3f}s" + (" (dry run, nothing written)" if outcome.dry_run else "")
+
+
+def outcome_json(outcome: Outcome) -> dict:
+    """The plan or result as a JSON-ready dict."""
+    plan = outcome.plan
+    return {
+        "dry_run": outcome.dry_run,
+        "added": plan.count("add"),
+        "updated": plan.count("update"),
+        "removed": plan.count("remove"),
+        "unchanged": plan.unchanged,
+        "seconds": round(outcome.seconds, 4),
+        "lease": {"id": f"{plan.lease_id:x}", "action": plan.lease_action.value},
+        "changes": [
+            {"action": c.action, "key": c.key, "value": c.value, "old_value": c.old_value} for c in plan.changes
+        ],
+        "skipped": [{"container": s.container, "reason": s.reason} for s in outcome.skips],
+        "notes": list(plan.notes),
+    }
+
+
+def notes_of(outcome: Outcome) -> list[str]:
+    """Lines worth an operator's attention: loud skips and planner notes."""
+    return [f"skip {s.container}: {s.reason}" for s in outcome.skips if not s.quiet] + list(outcome.plan.notes)
+
+
+def print_dry_run(outcome: Outcome) -> None:
+    """Show the plan as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"docker-register plan (lease {outcome.plan.lease_id:x}: {outcome.plan.lease_action.value})")
+    for column in ("action", "key", "value"):
+        table.add_column(column, overflow="fold")
+    for change in outcome.plan.changes:
+        value = change.value if change.action != "remove" else change.old_value
+        if change.action == "update":
+            value = f"{change.old_value} -> {change.value}"
+        table.add_row(change.action, change.key, value)
+    for skip in outcome.skips:
+        table.add_row("skip", skip.container, skip.reason)
+    Console(width=max(100, Console().width)).print(table)
+
+
+def print_outcome(outcome: Outcome, output: str) -> None:
+    """Print a run's result in the chosen format."""
+    if output == "json":
+        print(json.dumps(outcome_json(outcome)))
+        return
+    for note in notes_of(outcome):
+        print(f"docker-register: note: {note}", file=sys.stderr)
+    if outcome.dry_run:
+        print_dry_run(outcome)
+    print(summary_line(outcome))
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+class Output(str, enum.Enum):
+    """Output formats."""
+
+    text = "text"
+    json = "json"
+
+
+app = typer.Typer(
+    help="Register this host's published container ports in etcd v3, on a lease.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def version_callback(value: bool) -> None:
+    """Print the version and exit."""
+    if value:
+        print(f"docker-register {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Register this host's published container ports in etcd v3, on a lease.
+
+    Exit codes: 0 success, 1 Docker or etcd failed, 2 usage error.
+    """
+
+
+def build_config(etcd: str, host_ip: Optional[str], prefix: str, ttl: int, timeout: float) -> tuple[Config, bool]:
+    """Validate flag values into a Config; also say whether the host IP was detected."""
+    endpoints = parse_endpoints(etcd)
+    prefix = parse_prefix(prefix)
+    detected = not (host_ip and host_ip.strip())
+    address = detect_host_ip() if detected else parse_host_ip(host_ip)
+    return Config(endpoints, address, prefix, ttl, timeout), detected
+
+
+@app.command("sync")
+def sync_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; write nothing.")] = False,
+    etcd: Annotated[str, typer.Option("--etcd", envvar="ETCD_HOST",
+                                      help="Comma-separated etcd endpoints, host:port or http://host:port.")
+                    ] = DEFAULT_ETCD,
+    host_ip: Annotated[Optional[str], typer.Option("--host-ip", envvar="HOST_IP", show_default="detected",
+                                                   help="Address other hosts use to reach published ports.")
+                       ] = None,
+    prefix: Annotated[str, typer.Option("--prefix", envvar="DOCKER_REGISTER_PREFIX",
+                                        help="Root of all service keys.")] = DEFAULT_PREFIX,
+    ttl: Annotated[int, typer.Option("--ttl", envvar="DOCKER_REGISTER_TTL", min=MIN_TTL, max=MAX_TTL,
+                                     help="Lease TTL in seconds; longer than the run interval.")] = DEFAULT_TTL,
+    timeout: Annotated[float, typer.Option("--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300,
+                                           help="Bound in seconds on each Docker and etcd call.")
+                       ] = DEFAULT_TIMEOUT,
+    output: Annotated[Output, typer.Option("--output", envvar="DOCKER_REGISTER_OUTPUT",
+                                           help="Output format.")] = Output.text,
+) -> None:
+    """Bring this host's keys in etcd in line with its running containers."""
+    try:
+        config, detected = build_config(etcd, host_ip, prefix, ttl, timeout)
+        outcome = sync(config, dry_run, host_ip_detected=detected)
+    except RegisterError as error:
+        print(f"docker-register: error: {error}", file=sys.stderr)
+        raise typer.Exit(error.exit_code) from None
+    print_outcome(outcome, output.value)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: run the CLI; a usage error becomes one line and exit 2."""
+    try:
+        result = app(args=argv, prog_name="docker-register", standalone_mode=False)
+    except CLI_ERROR as error:
+        if type(error).__name__ == "NoArgsIsHelpError":
+            print(error.format_message())
+        else:
+            print(f"docker-register: error: {error.format_message()}", file=sys.stderr)
+        return EXIT_USAGE
+    except (typer.Abort, KeyboardInterrupt):
+        print("docker-register: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    return result if isinstance(result, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Session fixtures: one real dockerd and one real etcd for the whole test run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import Dockerd, Etcd  # noqa: E402
+
+#: The installed console script, next to the interpreter running the tests.
+BINARY = str(Path(sys.executable).with_name("docker-register"))
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def servers_root(tmp_path_factory) -> Path:
+    # Unix socket paths are limited to 108 bytes: keep the root short.
+    return Path(tmp_path_factory.mktemp("srv"))
+
+
+@pytest.fixture(scope="session")
+def dockerd(servers_root):
+    engine = Dockerd(servers_root / "docker").start()
+    engine.build_images()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd(servers_root):
+    member = Etcd(servers_root / "etcd").start()
+    yield member
+    member.stop()
+
+
+@pytest.fixture
+def engine(dockerd):
+    """The shared dockerd, emptied after the test so no container leaks into the next one."""
+    yield dockerd
+    dockerd.remove_all_containers()
+
+
+@pytest.fixture
+def world(engine, etcd):
+    """A fresh prefix and host IP per test, and a helper to run docker-register against them."""
+    return World(engine, etcd, next(_counter))
+
+
+class World:
+    """What one integration test works with."""
+
+    def __init__(self, engine: Dockerd, etcd: Etcd, n: int):
+        self.engine = engine
+        self.etcd = etcd
+        self.prefix = f"/t{n}/backends"
+        self.host_ip = f"192.0.2.{n % 250 + 2}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD"))}
+        env.update(DOCKER_HOST=self.engine.host, ETCD_HOST=self.etcd.endpoint, HOST_IP=self.host_ip,
+                   DOCKER_REGISTER_PREFIX=self.prefix, DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200")
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
+        """Run the installed docker-register as a real process."""
+        return subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=timeout,
+                              env=self.env(**extra), stdin=subprocess.DEVNULL)
+
+    def sync(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
+        """Run sync and insist it succeeds."""
+        result = self.run("sync", *args, **extra)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    def docker_run(self, *args: str) -> str:
+        """Start a container; return its full id."""
+        return self.engine.docker("run", "-d", *args).stdout.strip()
+
+    def keys(self) -> dict[str, str]:
+        """What etcd holds under this test's prefix, read with etcdctl."""
+        return self.etcd.values(self.prefix + "/")
+
+    def host_port(self, container: str, port: str) -> int:
+        """The host port Docker published a container port on."""
+        out = self.engine.docker("port", container, port).stdout.split()[0]
+        return int(out.rsplit(":", 1)[1])

@@ -1,0 +1,292 @@
+"""Real servers for tests, the benchmark and the demo: a private dockerd, etcd members, images.
+
+Everything runs as the current user (root in CI) on loopback ports picked at run time and a private
+Docker socket, so nothing else on the machine is touched.  No registry is needed: images are made
+from busybox with `docker import`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+#: Images the tests use: name -> (EXPOSE lines, CMD).
+IMAGES = {
+    "local/web:latest": (["80"], ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]),
+    "registry.example:5000/team/api:1.2": (["80", "443"], ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]),
+    "local/dns:latest": (["53/udp"], ["/bin/sleep", "100000"]),
+}
+BUSYBOX_LINKS = ("sh", "httpd", "sleep", "nc", "hostname", "true", "false", "test", "rm", "touch", "cat", "echo")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.1):
+    """Poll check() until it returns something truthy, or fail saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def require(binary: str) -> str:
+    """Path of a program the harness needs, or a clear error naming the package."""
+    path = shutil.which(binary) or next(
+        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}", f"/sbin/{binary}") if os.access(p, os.X_OK)), None)
+    if not path:
+        raise RuntimeError(f"{binary} not found: run scripts/setup (apt-get install docker.io etcd-server "
+                           "etcd-client busybox-static)")
+    return path
+
+
+def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> None:
+    """Stop a process group we started and reap it."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+class Dockerd:
+    """A dockerd on a private socket with its own data root."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.socket = root / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.proc: subprocess.Popen | None = None
+        # A bridge of its own, so a system Docker's docker0 (if any) is neither used nor changed.
+        self.bridge = f"drt{os.getpid() % 100000}"
+
+    def start(self) -> "Dockerd":
+        """Start dockerd detached and wait until it answers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_bridge()
+        log = open(self.root / "dockerd.log", "ab")
+        self.proc = subprocess.Popen(
+            [require("dockerd"), "--host", self.host, "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
+             "--bridge", self.bridge, "--iptables=false", "--ip6tables=false", "--storage-driver=vfs"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_until(lambda: self.proc.poll() is not None or self.docker("version", check=False).returncode == 0,
+                   60, "dockerd to answer")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"dockerd exited: see {self.root / 'dockerd.log'}")
+        return self
+
+    def _make_bridge(self) -> None:
+        """Create this engine's bridge with a /24 of its own."""
+        ip = require("ip")
+        if subprocess.run([ip, "link", "show", self.bridge], capture_output=True).returncode == 0:
+            return
+        subnet = f"10.213.{os.getpid() % 250}.1/24"
+        for args in (["link", "add", "name", self.bridge, "type", "bridge"],
+                     ["addr", "add", subnet, "dev", self.bridge], ["link", "set", self.bridge, "up"]):
+            subprocess.run([ip, *args], check=True, capture_output=True)
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run the docker CLI against this engine."""
+        return subprocess.run([require("docker"), "-H", self.host, *args], capture_output=True, text=True,
+                              check=check, timeout=timeout)
+
+    def build_images(self) -> None:
+        """Make the test images from busybox with docker import (no registry needed)."""
+        present = set(self.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split())
+        rootfs = self.root / "rootfs"
+        if not (rootfs / "bin" / "busybox").exists():
+            (rootfs / "bin").mkdir(parents=True, exist_ok=True)
+            (rootfs / "www").mkdir(exist_ok=True)
+            (rootfs / "tmp").mkdir(exist_ok=True)
+            shutil.copy(require("busybox"), rootfs / "bin" / "busybox")
+            for link in BUSYBOX_LINKS:
+                os.symlink("busybox", rootfs / "bin" / link)
+            (rootfs / "www" / "index.html").write_text("hello from docker-register tests\n")
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+        for image, (exposed, cmd) in IMAGES.items():
+            if image in present:
+                continue
+            changes = [arg for port in exposed for arg in ("-c", f"EXPOSE {port}")]
+            subprocess.run([require("docker"), "-H", self.host, "import", *changes, "-c", f"CMD {json.dumps(cmd)}",
+                            "-", image], input=tar, capture_output=True, check=True)
+
+    def remove_all_containers(self) -> None:
+        """Remove every container of this engine."""
+        ids = self.docker("ps", "-aq").stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids)
+
+    def stop(self) -> None:
+        """Stop dockerd and its containers."""
+        if self.proc:
+            try:
+                self.remove_all_containers()
+            except Exception:
+                pass
+            stop_process(self.proc)
+            subprocess.run([require("ip"), "link", "del", self.bridge], capture_output=True)
+
+
+class Etcd:
+    """One etcd member on loopback, alone or part of a cluster."""
+
+    def __init__(self, root: Path, name: str = "etcd0", client_port: int | None = None,
+                 peer_port: int | None = None):
+        self.root = root
+        self.name = name
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.endpoint = f"127.0.0.1:{self.client_port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, initial_cluster: str | None = None, wait: bool = True) -> "Etcd":
+        """Start the member; with wait, until it serves requests."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            [require("etcd"), "--name", self.name, "--data-dir", str(self.root / f"{self.name}.data"),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+             "--initial-cluster", initial_cluster or f"{self.name}={self.peer_url}",
+             "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until the member answers etcdctl."""
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd {self.name} exited: see {self.root / (self.name + '.log')}")
+            return self.etcdctl("endpoint", "health", check=False).returncode == 0
+        wait_until(ready, timeout, f"etcd {self.name} to serve")
+
+    def etcdctl(self, *args: str, check: bool = True, endpoints: str | None = None) -> subprocess.CompletedProcess:
+        """Run etcdctl (v3 API) against this member."""
+        return subprocess.run([require("etcdctl"), "--endpoints", endpoints or self.endpoint,
+                               "--command-timeout", "5s", *args],
+                              capture_output=True, text=True, check=check, timeout=30,
+                              env={**os.environ, "ETCDCTL_API": "3"})
+
+    def get_prefix(self, prefix: str) -> dict[str, dict]:
+        """Every key under prefix with value and lease, read with etcdctl."""
+        out = self.etcdctl("get", "--prefix", prefix, "-w", "json").stdout
+        result = {}
+        for kv in json.loads(out).get("kvs", []):
+            key = base64.b64decode(kv["key"]).decode()
+            result[key] = {"value": base64.b64decode(kv.get("value", "")).decode(), "lease": int(kv.get("lease", 0)),
+                           "mod_revision": int(kv["mod_revision"])}
+        return result
+
+    def values(self, prefix: str) -> dict[str, str]:
+        """Every key under prefix mapped to its value."""
+        return {key: kv["value"] for key, kv in self.get_prefix(prefix).items()}
+
+    def revision(self) -> int:
+        """The store's current revision."""
+        out = self.etcdctl("endpoint", "status", "-w", "json").stdout
+        return int(json.loads(out)[0]["Status"]["header"]["revision"])
+
+    def metrics(self) -> dict[str, float]:
+        """Write counters from /metrics."""
+        wanted = ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_mvcc_txn_total",
+                  "etcd_server_proposals_committed_total", "etcd_mvcc_range_total")
+        text = urllib.request.urlopen(f"{self.url}/metrics", timeout=10).read().decode()
+        counters = dict.fromkeys(wanted, 0.0)
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in counters:
+                counters[name] = float(value)
+        return counters
+
+    def grant(self, ttl: int) -> int:
+        """Grant a lease with etcdctl; return its id."""
+        out = self.etcdctl("lease", "grant", str(ttl)).stdout
+        return int(out.split()[1], 16)
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        """Stop the member."""
+        if self.proc:
+            stop_process(self.proc, sig)
+
+
+def start_cluster(root: Path, size: int = 3) -> list[Etcd]:
+    """Start a cluster of etcd members on loopback."""
+    members = [Etcd(root, f"etcd{i}") for i in range(size)]
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    for member in members:
+        member.start(initial, wait=False)
+    for member in members:
+        member.wait_ready()
+    return members
+
+
+def demo() -> int:
+    """Bring up etcd and Docker if none is reachable, start two containers, sync, print the keys."""
+    root = Path(os.environ.get("DEMO_DIR", "/var/tmp/docker-register-demo"))
+    root.mkdir(parents=True, exist_ok=True)
+    etcd_endpoint = os.environ.get("ETCD_HOST", "127.0.0.1:2379")
+    host, _, port = etcd_endpoint.rpartition(":")
+    etcd = Etcd(root, "demo", client_port=int(port), peer_port=free_port())
+    if etcd.etcdctl("endpoint", "health", check=False).returncode != 0:
+        print(f"starting etcd on {etcd.url} (data in {root})")
+        etcd.start()
+    dockerd = Dockerd(root / "docker")
+    docker_host = os.environ.get("DOCKER_HOST")
+    reachable = subprocess.run([require("docker"), *(["-H", docker_host] if docker_host else []), "version"],
+                               capture_output=True).returncode == 0
+    if reachable:
+        dockerd.host = docker_host or "unix:///var/run/docker.sock"
+    elif dockerd.docker("version", check=False).returncode != 0:
+        print(f"starting dockerd on {dockerd.host}")
+        dockerd.start()
+    dockerd.build_images()
+    for name, args in (("demo-web", ["-P", "local/web:latest"]),
+                       ("demo-api", ["-P", "-l", "SERVICE_NAME=api", "registry.example:5000/team/api:1.2"])):
+        dockerd.docker("rm", "-f", name, check=False)
+        dockerd.docker("run", "-d", "--name", name, *args)
+    env = {**os.environ, "DOCKER_HOST": dockerd.host, "ETCD_HOST": etcd.endpoint}
+    binary = Path(sys.executable).with_name("docker-register")
+    print(f"$ docker-register sync   (DOCKER_HOST={dockerd.host} ETCD_HOST={etcd.endpoint})")
+    code = subprocess.run([str(binary), "sync"], env=env).returncode
+    if code:
+        return code
+    print(f"$ etcdctl --endpoints {etcd.endpoint} get --prefix /backends")
+    print(etcd.etcdctl("get", "--prefix", "/backends").stdout, end="")
+    print(f"\nDocker: DOCKER_HOST={dockerd.host}   etcd: ETCD_HOST={etcd.endpoint}   "
+          "(run `docker-register sync` again: nothing changes)")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["demo"]:
+        sys.exit(demo())
+    print("usage: python tests/harness.py demo", file=sys.stderr)
+    sys.exit(2)

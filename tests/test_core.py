@@ -1,0 +1,377 @@
+"""The pure core: GET /containers/json dicts in, registrations, desired keys and plans out."""
+
+from __future__ import annotations
+
+import pytest
+
+import docker_register as dr
+
+HOST = "10.0.0.5"
+PREFIX = "/backends"
+LEASE = dr.lease_id_for(HOST, PREFIX)
+OTHER_LEASE = 0x1234
+
+
+def container(cid="a" * 64, name="web1", image="local/web:latest", ports=None, labels=None,
+              status="Up 5 seconds", state="running"):
+    """One entry of GET /containers/json, shaped as the Engine API returns it."""
+    return {
+        "Id": cid,
+        "Names": [f"/{name}"],
+        "Image": image,
+        "ImageID": "sha256:" + "f" * 64,
+        "Command": "/bin/httpd -f -p 80",
+        "Created": 1795613505,
+        "Ports": ports if ports is not None else [
+            {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 32768, "Type": "tcp"},
+            {"IP": "::", "PrivatePort": 80, "PublicPort": 32768, "Type": "tcp"},
+        ],
+        "Labels": labels or {},
+        "State": state,
+        "Status": status,
+        "HostConfig": {"NetworkMode": "default"},
+        "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.2", "IPPrefixLen": 16,
+                                                   "Gateway": "172.17.0.1"}}},
+        "Mounts": [],
+    }
+
+
+def port(private, public, ip="0.0.0.0", proto="tcp"):
+    return {"IP": ip, "PrivatePort": private, "PublicPort": public, "Type": proto}
+
+
+def regs(*containers):
+    found, skips = dr.registrations_from(containers, HOST)
+    return {(r.service, r.container_id): r.address for r in found}, skips
+
+
+# --- naming and addresses ---------------------------------------------------------------
+
+
+def test_single_port_uses_image_basename_and_host_ip_once_for_dual_stack_twins():
+    found, skips = regs(container())
+    assert found == {("web", "aaaaaaaaaaaa"): "10.0.0.5:32768"}
+    assert skips == []
+
+
+@pytest.mark.parametrize("image, name", [
+    ("registry:5000/team/web:1.2", "web"),
+    ("web", "web"),
+    ("docker.io/library/redis:7@sha256:" + "1" * 64, "redis"),
+    ("ghcr.io/org/sub/api", "api"),
+    ("localhost:5000/app:latest", "app"),
+])
+def test_image_basename_drops_registry_path_tag_and_digest(image, name):
+    assert dr.image_basename(image) == name
+
+
+@pytest.mark.parametrize("image", ["sha256:" + "2" * 64, "3" * 64, ""])
+def test_bare_image_id_gives_no_name_and_a_skip_note(image):
+    found, skips = regs(container(image=image))
+    assert found == {}
+    assert "SERVICE_NAME" in skips[0].reason and not skips[0].quiet
+
+
+def test_several_ports_get_port_suffixed_default_names():
+    found, _ = regs(container(ports=[port(80, 8080), port(443, 8443)]))
+    assert found == {("web-80", "aaaaaaaaaaaa"): "10.0.0.5:8080", ("web-443", "aaaaaaaaaaaa"): "10.0.0.5:8443"}
+
+
+def test_service_name_label_is_suffixed_when_several_ports_but_port_label_is_exact():
+    labels = {"SERVICE_NAME": "shop", "SERVICE_443_NAME": "shop-tls"}
+    found, _ = regs(container(ports=[port(80, 8080), port(443, 8443)], labels=labels))
+    assert set(found) == {("shop-80", "aaaaaaaaaaaa"), ("shop-tls", "aaaaaaaaaaaa")}
+
+
+def test_service_name_label_on_single_port():
+    found, _ = regs(container(labels={"SERVICE_NAME": "api"}))
+    assert set(found) == {("api", "aaaaaaaaaaaa")}
+
+
+def test_udp_port_name_ends_in_udp_once():
+    found, _ = regs(container(ports=[port(53, 5353, proto="udp")], labels={"SERVICE_53_NAME": "dns-udp"}),
+                    container(cid="b" * 64, image="local/dns", ports=[port(53, 5354, proto="udp")]))
+    assert set(found) == {("dns-udp", "aaaaaaaaaaaa"), ("dns-udp", "bbbbbbbbbbbb")}
+
+
+def test_tcp_and_udp_on_one_port_are_two_services():
+    found, _ = regs(container(image="dns", ports=[port(53, 53), port(53, 53, proto="udp")]))
+    assert set(found) == {("dns-53", "aaaaaaaaaaaa"), ("dns-53-udp", "aaaaaaaaaaaa")}
+
+
+@pytest.mark.parametrize("label, name", [
+    ("my service!", "my-service-"),
+    ("a/b", "a-b"),
+    ("../../etc", "..-..-etc"),
+    ("x\ny", "x-y"),
+    ("café", "caf-"),
+])
+def test_names_keep_only_safe_characters(label, name):
+    found, _ = regs(container(labels={"SERVICE_NAME": label}))
+    assert set(found) == {(name, "aaaaaaaaaaaa")}
+
+
+@pytest.mark.parametrize("label", ["///", "..", "...", "-", "\x00", "é" * 3, "x" * 10_000])
+def test_name_with_nothing_usable_is_skipped_with_a_note(label):
+    found, skips = regs(container(labels={"SERVICE_NAME": label}), container(cid="c" * 64, name="ok"))
+    assert set(found) == {("web", "cccccccccccc")}
+    assert len(skips) == 1 and "name" in skips[0].reason and not skips[0].quiet
+
+
+def test_service_ignore_label_skips_quietly():
+    found, skips = regs(container(labels={"SERVICE_IGNORE": "true"}))
+    assert found == {} and skips[0].quiet
+
+
+def test_empty_service_ignore_label_does_not_ignore():
+    found, _ = regs(container(labels={"SERVICE_IGNORE": ""}))
+    assert found
+
+
+@pytest.mark.parametrize("status, registered", [
+    ("Up 3 minutes", True),
+    ("Up 3 minutes (healthy)", True),
+    ("Up 3 seconds (health: starting)", False),
+    ("Up 3 minutes (unhealthy)", False),
+])
+def test_health_from_status_text(status, registered):
+    found, _ = regs(container(status=status))
+    assert bool(found) is registered
+
+
+@pytest.mark.parametrize("health, registered", [("healthy", True), ("unhealthy", False), ("starting", False)])
+def test_health_field_of_newer_apis_wins(health, registered):
+    entry = container(status="Up 3 minutes")
+    entry["Health"] = {"Status": health, "FailingStreak": 0}
+    found, _ = regs(entry)
+    assert bool(found) is registered
+
+
+def test_non_running_state_is_skipped():
+    found, _ = regs(container(state="paused", status="Up 3 minutes (Paused)"))
+    assert found == {}
+
+
+def test_specific_address_binding_registers_that_address():
+    found, _ = regs(container(ports=[port(80, 8080, ip="10.0.0.9")]))
+    assert found == {("web", "aaaaaaaaaaaa"): "10.0.0.9:8080"}
+
+
+def test_ipv6_addresses_are_bracketed():
+    found, _ = dr.registrations_from([container(ports=[port(80, 8080, ip="2001:db8::7")])], HOST)
+    assert found[0].address == "[2001:db8::7]:8080"
+    found, _ = dr.registrations_from([container()], "2001:db8::5")
+    assert found[0].address == "[2001:db8::5]:32768"
+
+
+def test_loopback_only_port_is_skipped_with_a_note_while_others_register():
+    found, skips = regs(container(ports=[port(80, 8080), port(81, 8081, ip="127.0.0.1"),
+                                         port(81, 8081, ip="::1")]))
+    assert found == {("web-80", "aaaaaaaaaaaa"): "10.0.0.5:8080"}
+    assert "loopback" in skips[0].reason and "81/tcp" in skips[0].reason
+
+
+def test_exposed_but_unpublished_ports_are_not_registered():
+    found, _ = regs(container(ports=[{"PrivatePort": 80, "Type": "tcp"}, port(443, 8443)]))
+    assert found == {("web", "aaaaaaaaaaaa"): "10.0.0.5:8443"}
+
+
+def test_wildcard_binding_wins_over_specific_and_lowest_port_first():
+    found, _ = regs(container(ports=[port(80, 9000, ip="10.0.0.9"), port(80, 8081), port(80, 8080)]))
+    assert found == {("web", "aaaaaaaaaaaa"): "10.0.0.5:8080"}
+
+
+def test_odd_protocol_is_skipped_with_a_note():
+    found, skips = regs(container(ports=[port(80, 8080, proto="quic")]))
+    assert found == {} and "protocol" in skips[0].reason
+
+
+def test_sctp_is_registered_with_suffix():
+    found, _ = regs(container(ports=[port(9, 9000, proto="sctp")]))
+    assert set(found) == {("web-sctp", "aaaaaaaaaaaa")}
+
+
+def test_port_order_from_docker_does_not_matter():
+    a = regs(container(ports=[port(80, 8080), port(443, 8443)]))
+    b = regs(container(ports=[port(443, 8443), port(80, 8080)]))
+    assert a == b
+
+
+# --- desired keys -----------------------------------------------------------------------
+
+
+def test_desired_keys_layout_and_port_key():
+    found, _ = dr.registrations_from([container(), container(cid="b" * 64, ports=[port(80, 32769)])], HOST)
+    desired = dr.desired_keys(found, PREFIX)
+    assert desired.instances == {"/backends/web/aaaaaaaaaaaa": "10.0.0.5:32768",
+                                 "/backends/web/bbbbbbbbbbbb": "10.0.0.5:32769"}
+    assert desired.ports == {"/backends/web/port": "80"}
+
+
+def test_one_service_on_two_private_ports_notes_the_conflict():
+    found, _ = dr.registrations_from([container(labels={"SERVICE_NAME": "x"}),
+                                      container(cid="b" * 64, labels={"SERVICE_NAME": "x"},
+                                                ports=[port(8080, 9000)])], HOST)
+    desired = dr.desired_keys(found, PREFIX)
+    assert desired.ports == {"/backends/x/port": "80"} and "8080" in desired.notes[0]
+
+
+def test_two_ports_with_one_explicit_name_keep_the_first():
+    found, _ = dr.registrations_from([container(ports=[port(80, 8080), port(81, 8081)],
+                                                labels={"SERVICE_80_NAME": "a", "SERVICE_81_NAME": "a"})], HOST)
+    desired = dr.desired_keys(found, PREFIX)
+    assert desired.instances == {"/backends/a/aaaaaaaaaaaa": "10.0.0.5:8080"} and desired.notes
+
+
+# --- plans ------------------------------------------------------------------------------
+
+
+def stored(value, lease=LEASE, mod=5):
+    return dr.StoredKey(value, lease, mod)
+
+
+def desired(instances=None, ports=None):
+    return dr.Desired(instances or {}, ports or {})
+
+
+ALIVE = dr.LeaseState.ALIVE
+
+
+def plan(want, have, state=ALIVE):
+    return dr.plan_changes(want, have, LEASE, state, PREFIX)
+
+
+def actions(p):
+    return [(c.action, c.key, c.value) for c in p.changes]
+
+
+def test_plan_should_add_new_keys_and_grant_a_missing_lease():
+    p = plan(desired({"/backends/web/aaa": "h:1"}, {"/backends/web/port": "80"}), {}, dr.LeaseState.MISSING)
+    assert actions(p) == [("add", "/backends/web/aaa", "h:1"), ("add", "/backends/web/port", "80")]
+    assert p.lease_action is dr.LeaseAction.GRANT
+
+
+def test_plan_should_be_empty_when_nothing_changed():
+    have = {"/backends/web/aaa": stored("h:1"), "/backends/web/port": stored("80")}
+    p = plan(desired({"/backends/web/aaa": "h:1"}, {"/backends/web/port": "80"}), have)
+    assert p.changes == () and p.unchanged == 2 and p.lease_action is dr.LeaseAction.KEEP
+
+
+def test_plan_should_update_a_changed_value_guarded_by_its_revision():
+    p = plan(desired({"/backends/web/aaa": "h:2"}), {"/backends/web/aaa": stored("h:1", mod=17)})
+    assert p.changes == (dr.Change("update", "/backends/web/aaa", "h:2", "h:1", 17),)
+
+
+def test_plan_should_remove_own_keys_no_longer_desired():
+    p = plan(desired(), {"/backends/web/aaa": stored("h:1"), "/backends/web/port": stored("80")})
+    assert [(c.action, c.key) for c in p.changes] == [("remove", "/backends/web/aaa"), ("remove", "/backends/web/port")]
+
+
+def test_plan_should_never_touch_other_hosts_keys():
+    have = {"/backends/web/bbb": stored("o:1", lease=OTHER_LEASE), "/backends/db/ccc": stored("o:2", lease=0)}
+    p = plan(desired({"/backends/web/aaa": "h:1"}), have)
+    assert actions(p) == [("add", "/backends/web/aaa", "h:1")]
+
+
+def test_plan_should_leave_a_shared_port_key_with_the_right_value_whoever_wrote_it():
+    p = plan(desired(ports={"/backends/web/port": "80"}), {"/backends/web/port": stored("80", lease=OTHER_LEASE)})
+    assert p.changes == () and p.unchanged == 1
+
+
+def test_plan_should_not_rewrite_another_hosts_port_key_with_a_different_value_but_note_it():
+    p = plan(desired(ports={"/backends/web/port": "80"}), {"/backends/web/port": stored("8080", lease=OTHER_LEASE)})
+    assert p.changes == () and "another host" in p.notes[0]
+
+
+def test_plan_should_fix_its_own_port_key():
+    p = plan(desired(ports={"/backends/web/port": "80"}), {"/backends/web/port": stored("81")})
+    assert actions(p) == [("update", "/backends/web/port", "80")]
+
+
+def test_plan_should_keep_its_port_key_while_other_hosts_still_serve_the_service():
+    have = {"/backends/web/port": stored("80"), "/backends/web/bbb": stored("o:1", lease=OTHER_LEASE)}
+    assert plan(desired(), have).changes == ()
+
+
+def test_plan_should_move_keys_of_its_containers_onto_its_lease():
+    p = plan(desired({"/backends/web/aaa": "h:1"}), {"/backends/web/aaa": stored("h:1", lease=OTHER_LEASE)})
+    assert actions(p) == [("update", "/backends/web/aaa", "h:1")]
+
+
+def test_plan_should_rewrite_everything_when_the_lease_is_missing():
+    have = {"/backends/web/aaa": stored("h:1"), "/backends/web/port": stored("80", lease=OTHER_LEASE)}
+    p = plan(desired({"/backends/web/aaa": "h:1"}, {"/backends/web/port": "80"}), have, dr.LeaseState.MISSING)
+    assert actions(p) == [("add", "/backends/web/aaa", "h:1")]
+    assert p.lease_action is dr.LeaseAction.GRANT and p.unchanged == 1
+
+
+def test_plan_should_replace_a_lease_with_the_wrong_ttl():
+    p = plan(desired({"/backends/web/aaa": "h:1"}), {"/backends/web/aaa": stored("h:1")}, dr.LeaseState.WRONG_TTL)
+    assert actions(p) == [("add", "/backends/web/aaa", "h:1")] and p.lease_action is dr.LeaseAction.REPLACE
+
+
+def test_plan_should_not_grant_a_lease_for_nothing():
+    assert plan(desired(), {}, dr.LeaseState.MISSING).lease_action is dr.LeaseAction.KEEP
+
+
+def test_batches_hold_at_most_128_changes():
+    changes = [dr.Change("add", f"/k/{i}", "v", None, 0) for i in range(300)]
+    assert [len(b) for b in dr.batches(changes)] == [128, 128, 44]
+
+
+# --- configuration parsing --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, endpoints", [
+    ("127.0.0.1:2379", ["http://127.0.0.1:2379"]),
+    ("http://a:1,b:2", ["http://a:1", "http://b:2"]),
+    ("http://[::1]:2379/", ["http://[::1]:2379"]),
+])
+def test_parse_endpoints(text, endpoints):
+    assert [str(e) for e in dr.parse_endpoints(text)] == endpoints
+
+
+@pytest.mark.parametrize("text", ["", "a:1,", "host", "host:0", "host:65536", "ftp://a:1", "a:b", "a b:1"])
+def test_bad_endpoints_are_usage_errors(text):
+    with pytest.raises(dr.UsageError):
+        dr.parse_endpoints(text)
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "backends", "/backends/", "/a/../b", "/a//b", "/a b", "/a/./b"])
+def test_bad_prefixes_are_usage_errors(prefix):
+    with pytest.raises(dr.UsageError):
+        dr.parse_prefix(prefix)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "0.0.0.0", "::", "224.0.0.1", "10.0.0", "host"])
+def test_unreachable_host_ips_are_usage_errors(address):
+    with pytest.raises(dr.UsageError):
+        dr.parse_host_ip(address)
+
+
+ROUTES = """Iface	Destination	Gateway 	Flags	RefCnt	Use	Metric	Mask		MTU	Window	IRTT
+eth1	00000000	0102A8C0	0003	0	0	600	00000000	0	0	0
+eth0	00000000	010200C0	0003	0	0	100	00000000	0	0	0
+docker0	000011AC	00000000	0001	0	0	0	0000FFFF	0	0	0
+"""
+
+
+def test_default_route_with_the_lowest_metric_wins():
+    assert dr.default_route_interface(ROUTES) == ("eth0", "192.0.2.1")
+
+
+def test_no_default_route():
+    assert dr.default_route_interface(ROUTES.splitlines()[0] + "\n" + ROUTES.splitlines()[3]) is None
+
+
+def test_detected_address_on_a_docker_network_is_refused():
+    with pytest.raises(dr.UsageError, match="HOST_IP"):
+        dr.check_detected_ip("172.17.0.9", [container()])
+    dr.check_detected_ip("10.0.0.5", [container()])
+
+
+def test_lease_ids_are_stable_positive_and_distinct():
+    assert dr.lease_id_for(HOST, PREFIX) == LEASE
+    assert 0 < LEASE < 2 ** 63
+    assert dr.lease_id_for("10.0.0.6", PREFIX) != LEASE
+    assert dr.lease_id_for(HOST, "/other") != LEASE

@@ -1,0 +1,277 @@
+"""docker-register sync against a real dockerd and a real etcd, checked through etcdctl."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+
+from harness import free_port, wait_until
+
+
+def short(container_id: str) -> str:
+    return container_id[:12]
+
+
+def test_single_port_container_is_registered_with_port_key(world):
+    cid = world.docker_run("--name", "w1", "-P", "local/web")
+    result = world.sync()
+    port = world.host_port("w1", "80/tcp")
+    assert world.keys() == {
+        f"{world.prefix}/web/{short(cid)}": f"{world.host_ip}:{port}",
+        f"{world.prefix}/web/port": "80",
+    }
+    assert result.stdout.startswith("added 2, updated 0, removed 0, unchanged 0 in ")
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_all_keys_live_on_one_lease_with_the_configured_ttl(world):
+    world.docker_run("-P", "local/web")
+    world.docker_run("-P", "-l", "SERVICE_NAME=api", "local/web")
+    world.sync("--ttl", "20")
+    leases = {kv["lease"] for kv in world.etcd.get_prefix(world.prefix + "/").values()}
+    assert len(leases) == 1 and 0 not in leases
+    info = world.etcd.etcdctl("lease", "timetolive", f"{leases.pop():x}", "--keys").stdout
+    assert "granted with TTL(20s)" in info and "attached keys" in info
+
+
+def test_several_ports_service_labels_and_udp(world):
+    multi = world.docker_run("--name", "multi", "-P", "registry.example:5000/team/api:1.2")
+    named = world.docker_run("--name", "named", "-P", "-l", "SERVICE_80_NAME=front", "-l", "SERVICE_443_NAME=tls",
+                             "registry.example:5000/team/api:1.2")
+    label = world.docker_run("--name", "label", "-P", "-l", "SERVICE_NAME=shop", "local/web")
+    dns = world.docker_run("--name", "dns", "-p", "53/udp", "local/dns")
+    world.sync()
+    ip = world.host_ip
+    assert world.keys() == {
+        f"{world.prefix}/api-80/{short(multi)}": f"{ip}:{world.host_port('multi', '80/tcp')}",
+        f"{world.prefix}/api-443/{short(multi)}": f"{ip}:{world.host_port('multi', '443/tcp')}",
+        f"{world.prefix}/api-80/port": "80",
+        f"{world.prefix}/api-443/port": "443",
+        f"{world.prefix}/front/{short(named)}": f"{ip}:{world.host_port('named', '80/tcp')}",
+        f"{world.prefix}/tls/{short(named)}": f"{ip}:{world.host_port('named', '443/tcp')}",
+        f"{world.prefix}/front/port": "80",
+        f"{world.prefix}/tls/port": "443",
+        f"{world.prefix}/shop/{short(label)}": f"{ip}:{world.host_port('label', '80/tcp')}",
+        f"{world.prefix}/shop/port": "80",
+        f"{world.prefix}/dns-udp/{short(dns)}": f"{ip}:{world.host_port('dns', '53/udp')}",
+        f"{world.prefix}/dns-udp/port": "53",
+    }
+
+
+def test_registered_address_reaches_the_container(world):
+    world.docker_run("--name", "w1", "-P", "local/web")
+    world.sync()
+    value = next(v for k, v in world.keys().items() if not k.endswith("/port"))
+    port = int(value.rsplit(":", 1)[1])
+
+    def fetch():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        except OSError:
+            return None
+    page = wait_until(fetch, 20, "the container to serve its page")
+    assert "hello from docker-register tests" in page
+
+
+def test_service_ignore_and_unpublished_and_loopback_only(world):
+    world.docker_run("-P", "-l", "SERVICE_IGNORE=1", "local/web")
+    world.docker_run("local/web")  # exposed, not published
+    world.docker_run("--name", "lo", "-p", "127.0.0.1::80", "local/web")
+    result = world.sync()
+    assert world.keys() == {}
+    assert "loopback" in result.stderr and "lo (" in result.stderr
+
+
+def test_health_starting_unhealthy_and_healthy(world):
+    starting = world.docker_run("-P", "--health-cmd", "true", "--health-interval", "1h", "local/web")
+    unhealthy = world.docker_run("--name", "sick", "-P", "--health-cmd", "false", "--health-interval", "1s",
+                                 "--health-retries", "1", "local/web")
+    healthy = world.docker_run("--name", "fine", "-P", "--health-cmd", "test -f /tmp/ok", "--health-interval", "1s",
+                               "--health-retries", "1", "local/web", "/bin/sh", "-c",
+                               "touch /tmp/ok; exec httpd -f -p 80 -h /www")
+    for name, state in (("sick", "unhealthy"), ("fine", "healthy")):
+        wait_until(lambda: world.engine.docker("inspect", "-f", "{{.State.Health.Status}}", name)
+                   .stdout.strip() == state, 30, f"{name} to be {state}")
+    world.sync()
+    keys = world.keys()
+    assert f"{world.prefix}/web/{short(healthy)}" in keys
+    assert not any(short(starting) in k or short(unhealthy) in k for k in keys)
+
+    # The healthy one turns unhealthy: the next run removes it at once.
+    world.engine.docker("exec", "fine", "rm", "/tmp/ok")
+    wait_until(lambda: world.engine.docker("inspect", "-f", "{{.State.Health.Status}}", "fine")
+               .stdout.strip() == "unhealthy", 30, "fine to turn unhealthy")
+    result = world.sync()
+    assert world.keys() == {}
+    assert "removed 2" in result.stdout
+
+
+def test_stopped_container_is_removed_on_the_next_run_not_after_the_ttl(world):
+    keep = world.docker_run("-P", "local/web")
+    gone = world.docker_run("-P", "local/web")
+    world.sync()
+    world.engine.docker("stop", "-t", "0", gone)
+    result = world.sync()
+    assert set(world.keys()) == {f"{world.prefix}/web/{short(keep)}", f"{world.prefix}/web/port"}
+    assert result.stdout.startswith("added 0, updated 0, removed 1, unchanged 2")
+
+
+def test_other_hosts_keys_are_never_touched(world):
+    other = world.etcd.grant(300)
+    theirs = {
+        f"{world.prefix}/web/bbbbbbbbbbbb": "192.0.2.200:8080",
+        f"{world.prefix}/web/port": "80",
+        f"{world.prefix}/db/cccccccccccc": "192.0.2.200:5432",
+        f"{world.prefix}/db/port": "5432",
+    }
+    for key, value in theirs.items():
+        world.etcd.etcdctl("put", "--lease", f"{other:x}", key, value)
+    world.etcd.etcdctl("put", f"{world.prefix}/static/dddddddddddd", "192.0.2.201:1")  # no lease at all
+    before = world.etcd.get_prefix(world.prefix + "/")
+
+    cid = world.docker_run("-P", "local/web")
+    world.sync()
+    world.engine.docker("rm", "-f", cid)
+    world.sync()
+
+    after = world.etcd.get_prefix(world.prefix + "/")
+    assert after == before  # same values, leases and revisions: not even rewritten
+
+
+def test_shared_port_key_left_alone_when_right_and_restored_when_missing(world):
+    other = world.etcd.grant(300)
+    world.etcd.etcdctl("put", "--lease", f"{other:x}", f"{world.prefix}/web/port", "80")
+    world.docker_run("-P", "local/web")
+    world.sync()
+    assert world.etcd.get_prefix(world.prefix + "/")[f"{world.prefix}/web/port"]["lease"] == other
+
+    world.etcd.etcdctl("lease", "revoke", f"{other:x}")  # its writer's lease expired
+    assert f"{world.prefix}/web/port" not in world.keys()
+    result = world.sync()
+    assert world.keys()[f"{world.prefix}/web/port"] == "80"
+    assert result.stdout.startswith("added 1, updated 0, removed 0, unchanged 1")
+
+
+def test_a_no_change_run_makes_zero_puts_and_zero_deletes(world):
+    for _ in range(3):
+        world.docker_run("-P", "local/web")
+    world.docker_run("-P", "registry.example:5000/team/api:1.2")
+    world.sync()
+    before = world.etcd.metrics()
+    revision = world.etcd.revision()
+    result = world.sync()
+    after = world.etcd.metrics()
+    assert after["etcd_mvcc_put_total"] - before["etcd_mvcc_put_total"] == 0
+    assert after["etcd_mvcc_delete_total"] - before["etcd_mvcc_delete_total"] == 0
+    assert after["etcd_server_proposals_committed_total"] - before["etcd_server_proposals_committed_total"] == 0
+    assert world.etcd.revision() == revision
+    assert result.stdout.startswith("added 0, updated 0, removed 0, unchanged 8")
+
+
+def test_a_run_keeps_the_lease_alive(world):
+    world.docker_run("-P", "local/web")
+    world.sync("--ttl", "3")
+    for _ in range(3):
+        time.sleep(1.5)
+        world.sync("--ttl", "3")
+    time.sleep(1.5)
+    assert len(world.keys()) == 2  # 6 s after the first run: alive only because each run renewed it
+    wait_until(lambda: world.keys() == {}, 10, "keys to expire once runs stop")
+
+
+def test_lost_lease_is_granted_again_and_every_key_rewritten(world):
+    world.docker_run("-P", "local/web")
+    world.sync()
+    lease = next(iter(world.etcd.get_prefix(world.prefix + "/").values()))["lease"]
+    world.etcd.etcdctl("lease", "revoke", f"{lease:x}")
+    assert world.keys() == {}
+    result = world.sync()
+    assert len(world.keys()) == 2 and result.stdout.startswith("added 2")
+
+
+def test_changing_the_ttl_moves_keys_to_a_lease_with_the_new_ttl(world):
+    world.docker_run("-P", "local/web")
+    world.sync("--ttl", "30")
+    world.sync("--ttl", "40")
+    leases = {kv["lease"] for kv in world.etcd.get_prefix(world.prefix + "/").values()}
+    assert len(leases) == 1 and len(world.keys()) == 2
+    assert "granted with TTL(40s)" in world.etcd.etcdctl("lease", "timetolive", f"{leases.pop():x}").stdout
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(world):
+    cid = world.docker_run("-P", "local/web")
+    revision = world.etcd.revision()
+    result = world.run("sync", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert world.etcd.revision() == revision and world.keys() == {}
+    assert f"{world.prefix}/web/{short(cid)}" in result.stdout and "add" in result.stdout
+    assert "nothing written" in result.stdout
+
+
+def test_json_output_of_a_run_and_of_a_dry_run(world):
+    cid = world.docker_run("-P", "local/web")
+    plan = json.loads(world.run("sync", "--dry-run", "--output", "json").stdout)
+    assert plan["dry_run"] is True and plan["added"] == 2
+    assert {c["key"] for c in plan["changes"]} == {f"{world.prefix}/web/{short(cid)}", f"{world.prefix}/web/port"}
+    done = json.loads(world.sync("--output", "json").stdout)
+    assert done["dry_run"] is False and done["added"] == 2 and len(world.keys()) == 2
+    again = json.loads(world.sync(DOCKER_REGISTER_OUTPUT="json").stdout)
+    assert again["changes"] == [] and again["unchanged"] == 2
+
+
+def test_docker_down_exits_1_with_one_line_and_leaves_etcd_untouched(world, tmp_path):
+    world.docker_run("-P", "local/web")
+    world.sync()
+    revision = world.etcd.revision()
+    started = time.monotonic()
+    result = world.run("sync", DOCKER_HOST=f"unix://{tmp_path}/missing.sock")
+    assert result.returncode == 1
+    assert time.monotonic() - started < 3 + 5
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "docker" in lines[0] and "missing.sock" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert world.etcd.revision() == revision and len(world.keys()) == 2
+
+
+def test_etcd_down_exits_1_with_one_line_within_the_timeout(world):
+    world.docker_run("-P", "local/web")
+    dead = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = world.run("sync", "--timeout", "2", ETCD_HOST=dead)
+    assert result.returncode == 1
+    assert time.monotonic() - started < 2 + 5
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and dead in lines[0] and "etcd" in lines[0], result.stderr
+
+
+def test_etcd_stalled_exits_1_within_the_timeout(world):
+    world.docker_run("-P", "local/web")
+    with socket.socket() as silent:  # accepts TCP, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        result = world.run("sync", "--timeout", "2", ETCD_HOST=f"127.0.0.1:{silent.getsockname()[1]}")
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 2 + 5
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_detected_host_ip_is_the_default_route_address_or_a_usage_error(world):
+    world.docker_run("-P", "local/web")
+    env = world.env()
+    del env["HOST_IP"]
+    from conftest import BINARY
+
+    result = subprocess.run([BINARY, "sync", "--dry-run", "--output", "json"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    route = subprocess.run(["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True)
+    if "src" in route.stdout and "docker0" not in route.stdout:
+        expected = route.stdout.split(" src ")[1].split()[0]
+        assert result.returncode == 0, result.stderr
+        values = [c["value"] for c in json.loads(result.stdout)["changes"] if not c["key"].endswith("/port")]
+        assert values and all(v.startswith(expected + ":") for v in values)
+    else:
+        assert result.returncode == 2 and "HOST_IP" in result.stderr
