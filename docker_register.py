@@ -752,6 +752,7 @@ def describe_etcd_error(error: Optional[BaseException]) -> str:
 class Outcome:
     """What a run did (or, in a dry run, would do)."""
 
+    config: Config
     plan: Plan
     skips: tuple[Skip, ...]
     dry_run: bool
@@ -788,7 +789,7 @@ def sync(config: Config, dry_run: bool, host_ip_detected: bool = False) -> Outco
                                     "is another docker-register writing for this host?") from None
     finally:
         store.close()
-    return Outcome(plan, tuple(skips), dry_run, time.monotonic() - started)
+    return Outcome(config, plan, tuple(skips), dry_run, time.monotonic() - started)
 
 
 # ---------------------------------------------------------------------------
@@ -815,7 +816,9 @@ def outcome_json(outcome: Outcome) -> dict:
         "removed": plan.count("remove"),
         "unchanged": plan.unchanged,
         "seconds": round(outcome.seconds, 4),
-        "lease": {"id": f"{plan.lease_id:x}", "action": plan.lease_action.value},
+        "host_ip": outcome.config.host_ip,
+        "prefix": outcome.config.prefix,
+        "lease": {"id": f"{plan.lease_id:x}", "ttl": outcome.config.ttl, "action": plan.lease_action.value},
         "changes": [
             {"action": c.action, "key": c.key, "value": c.value, "old_value": c.old_value} for c in plan.changes
         ],

@@ -1,0 +1,96 @@
+"""Flags, environment twins, usage errors and exit codes of the CLI (no servers needed)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import docker_register as dr
+from conftest import BINARY
+
+ENV_NAMES = ("ETCD_HOST", "HOST_IP", "DOCKER_REGISTER_PREFIX", "DOCKER_REGISTER_TTL", "DOCKER_REGISTER_TIMEOUT",
+             "DOCKER_REGISTER_OUTPUT")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOST_IP", "192.0.2.10")
+    # Nothing listens here: a usage error must be reported before Docker is ever asked.
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+
+
+def run_main(capsys, argv):
+    code = dr.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BAD_FLAGS = [
+    (["sync", "--ttl", "0"], "--ttl"),
+    (["sync", "--ttl", "-5"], "--ttl"),
+    (["sync", "--ttl", "1"], "--ttl"),
+    (["sync", "--ttl", "ten"], "--ttl"),
+    (["sync", "--ttl", "99999999999"], "--ttl"),
+    (["sync", "--timeout", "0"], "--timeout"),
+    (["sync", "--timeout", "soon"], "--timeout"),
+    (["sync", "--output", "xml"], "--output"),
+    (["sync", "--etcd", ""], "--etcd"),
+    (["sync", "--etcd", "etcd1"], "--etcd"),
+    (["sync", "--etcd", "etcd1:0"], "--etcd"),
+    (["sync", "--etcd", "etcd1:70000"], "--etcd"),
+    (["sync", "--etcd", "ftp://etcd1:2379"], "--etcd"),
+    (["sync", "--etcd", "a:1,,b:2"], "--etcd"),
+    (["sync", "--prefix", ""], "--prefix"),
+    (["sync", "--prefix", "backends"], "--prefix"),
+    (["sync", "--prefix", "/backends/"], "--prefix"),
+    (["sync", "--prefix", "/a/../b"], "--prefix"),
+    (["sync", "--prefix", "/"], "--prefix"),
+    (["sync", "--host-ip", "not-an-ip"], "HOST_IP"),
+    (["sync", "--host-ip", "127.0.0.1"], "HOST_IP"),
+    (["sync", "--host-ip", "0.0.0.0"], "HOST_IP"),
+    (["sync", "--no-such-flag"], "--no-such-flag"),
+    (["frobnicate"], "frobnicate"),
+]
+
+
+@pytest.mark.parametrize("argv, named", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flags_exit_2_with_one_line_naming_the_flag(capsys, argv, named):
+    code, out, err = run_main(capsys, argv)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("docker-register: error: ") and named in lines[0], err
+
+
+@pytest.mark.parametrize("name, value", [
+    ("DOCKER_REGISTER_TTL", "0"), ("DOCKER_REGISTER_TTL", "x"), ("DOCKER_REGISTER_TIMEOUT", "-1"),
+    ("DOCKER_REGISTER_OUTPUT", "yaml"), ("ETCD_HOST", "nohost"), ("DOCKER_REGISTER_PREFIX", "rel"),
+    ("HOST_IP", "::1"),
+])
+def test_bad_environment_values_exit_2_with_one_line(capsys, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    code, _, err = run_main(capsys, ["sync"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "error" in err
+
+
+def test_help_lists_every_option_with_its_environment_twin(capsys):
+    code, out, _ = run_main(capsys, ["sync", "--help"])
+    assert code == 0
+    for flag, env in [("--etcd", "ETCD_HOST"), ("--host-ip", "HOST_IP"), ("--prefix", "DOCKER_REGISTER_PREFIX"),
+                      ("--ttl", "DOCKER_REGISTER_TTL"), ("--timeout", "DOCKER_REGISTER_TIMEOUT"),
+                      ("--output", "DOCKER_REGISTER_OUTPUT"), ("--dry-run", None)]:
+        assert flag in out and (env is None or env in out)
+
+
+def test_version(capsys):
+    code, out, _ = run_main(capsys, ["--version"])
+    assert code == 0 and out.strip() == f"docker-register {dr.__version__}"
+
+
+def test_installed_console_script_reports_usage_errors_as_exit_2():
+    result = subprocess.run([BINARY, "sync", "--ttl", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert subprocess.run([BINARY, "--version"], capture_output=True, text=True).stdout.startswith("docker-register")
