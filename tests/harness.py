@@ -91,7 +91,7 @@ class Dockerd:
         self.proc = subprocess.Popen(
             [require("dockerd"), "--host", self.host, "--data-root", str(self.root / "data"),
              "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
-             "--bridge", self.bridge, "--iptables=false", "--ip6tables=false", "--storage-driver=vfs"],
+             "--bridge", self.bridge, "--debug", "--iptables=false", "--ip6tables=false", "--storage-driver=vfs"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         wait_until(lambda: self.proc.poll() is not None or self.docker("version", check=False).returncode == 0,
                    60, "dockerd to answer")
@@ -133,6 +133,12 @@ class Dockerd:
             changes = [arg for port in exposed for arg in ("-c", f"EXPOSE {port}")]
             subprocess.run([require("docker"), "-H", self.host, "import", *changes, "-c", f"CMD {json.dumps(cmd)}",
                             "-", image], input=tar, capture_output=True, check=True)
+
+    def api_requests(self) -> list[str]:
+        """Every Engine API request dockerd logged so far (it logs them with --debug)."""
+        log = (self.root / "dockerd.log").read_text(errors="replace")
+        return [line.split('msg="Calling ', 1)[1].split('"', 1)[0] for line in log.splitlines()
+                if 'msg="Calling ' in line]
 
     def remove_all_containers(self) -> None:
         """Remove every container of this engine."""
@@ -225,6 +231,16 @@ class Etcd:
             if name in counters:
                 counters[name] = float(value)
         return counters
+
+    def rpcs(self) -> dict[str, float]:
+        """gRPC calls started so far, per method, from /metrics."""
+        text = urllib.request.urlopen(f"{self.url}/metrics", timeout=10).read().decode()
+        calls: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("grpc_server_started_total{"):
+                method = line.split('grpc_method="', 1)[1].split('"', 1)[0]
+                calls[method] = calls.get(method, 0) + float(line.rsplit(" ", 1)[1])
+        return calls
 
     def grant(self, ttl: int) -> int:
         """Grant a lease with etcdctl; return its id."""

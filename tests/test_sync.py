@@ -160,10 +160,14 @@ def test_a_no_change_run_makes_zero_puts_and_zero_deletes(world):
         world.docker_run("-P", "local/web")
     world.docker_run("-P", "registry.example:5000/team/api:1.2")
     world.sync()
-    before = world.etcd.metrics()
     revision = world.etcd.revision()
+    before, rpcs_before, docker_before = world.etcd.metrics(), world.etcd.rpcs(), world.engine.api_requests()
     result = world.sync()
-    after = world.etcd.metrics()
+    after, rpcs_after, docker_after = world.etcd.metrics(), world.etcd.rpcs(), world.engine.api_requests()
+    calls = {m: n - rpcs_before.get(m, 0) for m, n in rpcs_after.items() if n != rpcs_before.get(m, 0)}
+    assert calls == {"LeaseKeepAlive": 1, "Range": 1}
+    docker_calls = docker_after[len(docker_before):]
+    assert len(docker_calls) == 1 and docker_calls[0].startswith("GET /containers/json?"), docker_calls
     assert after["etcd_mvcc_put_total"] - before["etcd_mvcc_put_total"] == 0
     assert after["etcd_mvcc_delete_total"] - before["etcd_mvcc_delete_total"] == 0
     assert after["etcd_server_proposals_committed_total"] - before["etcd_server_proposals_committed_total"] == 0
@@ -275,3 +279,14 @@ def test_detected_host_ip_is_the_default_route_address_or_a_usage_error(world):
         assert values and all(v.startswith(expected + ":") for v in values)
     else:
         assert result.returncode == 2 and "HOST_IP" in result.stderr
+
+
+def test_more_than_128_keys_are_written_in_transactions_of_at_most_128(world):
+    base = 20000 + (world.etcd.client_port % 1000) * 10
+    world.docker_run("-p", f"{base}-{base + 64}:{base}-{base + 64}", "local/web")  # 65 ports, 130 keys
+    before, rpcs_before = world.etcd.metrics(), world.etcd.rpcs()
+    result = world.sync()
+    after, rpcs_after = world.etcd.metrics(), world.etcd.rpcs()
+    assert len(world.keys()) == 130 and result.stdout.startswith("added 130")
+    assert rpcs_after["Txn"] - rpcs_before.get("Txn", 0) == 2
+    assert after["etcd_mvcc_put_total"] - before["etcd_mvcc_put_total"] == 130
