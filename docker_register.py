@@ -213,6 +213,12 @@ class Config:
     prefix: str
     ttl: int
     timeout: float
+    host_ip_detected: bool = False
+
+    @property
+    def lease_id(self) -> int:
+        """This host's lease id."""
+        return lease_id_for(self.host_ip, self.prefix)
 
 
 # ---------------------------------------------------------------------------
@@ -657,7 +663,7 @@ class EtcdStore:
 
     def lease_state(self, renew: bool) -> LeaseState:
         """Keep the lease alive (or, when not renewing, only look at it) and report its state."""
-        lease_id = lease_id_for(self.config.host_ip, self.config.prefix)
+        lease_id = self.config.lease_id
         if renew:
             # A keepalive reply carries the granted TTL; 0 when the lease is gone.
             replies = self._call("keep lease alive", lambda: list(self.client.refresh_lease(lease_id)))
@@ -720,6 +726,15 @@ class EtcdStore:
         if not succeeded:
             raise Conflict("a key changed while this run was writing")
 
+    def purge(self) -> list[str]:
+        """Revoke this host's lease, which deletes all its keys at once; return those keys."""
+        lease_id = self.config.lease_id
+        info = self._call("read lease", lambda: self.client.get_lease_info(lease_id))
+        if info.TTL <= 0:
+            return []
+        self._call("revoke lease", lambda: self._revoke(lease_id))
+        return sorted(key.decode("utf-8", "replace") for key in info.keys)
+
     def close(self) -> None:
         """Close the gRPC channels."""
         self.client.close()
@@ -764,15 +779,15 @@ def gather_containers(timeout: float) -> list[dict]:
     return DockerSource(timeout).running_containers()
 
 
-def sync(config: Config, dry_run: bool, host_ip_detected: bool = False) -> Outcome:
+def sync(config: Config, dry_run: bool) -> Outcome:
     """One full run: list containers, plan against etcd, apply unless dry-run."""
     started = time.monotonic()
     containers = gather_containers(config.timeout)
-    if host_ip_detected:
+    if config.host_ip_detected:
         check_detected_ip(config.host_ip, containers)
     registrations, skips = registrations_from(containers, config.host_ip)
     desired = desired_keys(registrations, config.prefix)
-    lease_id = lease_id_for(config.host_ip, config.prefix)
+    lease_id = config.lease_id
     store = EtcdStore(config)
     try:
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -790,6 +805,38 @@ def sync(config: Config, dry_run: bool, host_ip_detected: bool = False) -> Outco
     finally:
         store.close()
     return Outcome(config, plan, tuple(skips), dry_run, time.monotonic() - started)
+
+
+def sync_every(config: Config, interval: float, output: str) -> int:
+    """Repeat sync every interval seconds until SIGTERM or SIGINT; a failed run is reported, not fatal."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            print_outcome(sync(config, dry_run=False), output)
+        except UsageError:
+            raise
+        except RegisterError as error:
+            print(f"docker-register: error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    return EXIT_OK
+
+
+def purge(config: Config) -> tuple[list[str], float]:
+    """Delete this host's keys by revoking its lease; return the keys and the time taken."""
+    started = time.monotonic()
+    store = EtcdStore(config)
+    try:
+        keys = store.purge()
+    finally:
+        store.close()
+    return keys, time.monotonic() - started
 
 
 # ---------------------------------------------------------------------------
@@ -876,6 +923,7 @@ class Output(str, enum.Enum):
 
 app = typer.Typer(
     help="Register this host's published container ports in etcd v3, on a lease.",
+    epilog="Exit codes: 0 success, 1 Docker or etcd unreachable or failing, 2 usage error.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -894,48 +942,82 @@ def root(
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
-    """Register this host's published container ports in etcd v3, on a lease.
-
-    Exit codes: 0 success, 1 Docker or etcd failed, 2 usage error.
-    """
+    """Register this host's published container ports in etcd v3, on a lease."""
 
 
-def build_config(etcd: str, host_ip: Optional[str], prefix: str, ttl: int, timeout: float) -> tuple[Config, bool]:
-    """Validate flag values into a Config; also say whether the host IP was detected."""
+EtcdOption = Annotated[str, typer.Option(
+    "--etcd", envvar="ETCD_HOST", help="Comma-separated etcd endpoints, host:port or http://host:port.")]
+HostIpOption = Annotated[Optional[str], typer.Option(
+    "--host-ip", envvar="HOST_IP", show_default="detected", help="Address other hosts use to reach published ports.")]
+PrefixOption = Annotated[str, typer.Option("--prefix", envvar="DOCKER_REGISTER_PREFIX", help="Root of all service keys.")]
+TimeoutOption = Annotated[float, typer.Option(
+    "--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300, help="Bound in seconds on each Docker and etcd call.")]
+OutputOption = Annotated[Output, typer.Option("--output", envvar="DOCKER_REGISTER_OUTPUT", help="Output format.")]
+
+
+def build_config(etcd: str, host_ip: Optional[str], prefix: str, ttl: int, timeout: float) -> Config:
+    """Validate flag values into a Config, detecting the host IP when none is given."""
     endpoints = parse_endpoints(etcd)
     prefix = parse_prefix(prefix)
     detected = not (host_ip and host_ip.strip())
     address = detect_host_ip() if detected else parse_host_ip(host_ip)
-    return Config(endpoints, address, prefix, ttl, timeout), detected
+    return Config(endpoints, address, prefix, ttl, timeout, detected)
+
+
+def fail(error: RegisterError) -> typer.Exit:
+    """Print a run's error as one line and return the exit to raise."""
+    print(f"docker-register: error: {error}", file=sys.stderr)
+    return typer.Exit(error.exit_code)
 
 
 @app.command("sync")
 def sync_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; write nothing.")] = False,
-    etcd: Annotated[str, typer.Option("--etcd", envvar="ETCD_HOST",
-                                      help="Comma-separated etcd endpoints, host:port or http://host:port.")
-                    ] = DEFAULT_ETCD,
-    host_ip: Annotated[Optional[str], typer.Option("--host-ip", envvar="HOST_IP", show_default="detected",
-                                                   help="Address other hosts use to reach published ports.")
-                       ] = None,
-    prefix: Annotated[str, typer.Option("--prefix", envvar="DOCKER_REGISTER_PREFIX",
-                                        help="Root of all service keys.")] = DEFAULT_PREFIX,
+    every: Annotated[Optional[float], typer.Option(
+        "--every", envvar="DOCKER_REGISTER_EVERY", min=1, max=MAX_TTL, show_default=False,
+        help="Repeat the sync every SECONDS until SIGTERM/SIGINT (for containers without a timer).")] = None,
+    etcd: EtcdOption = DEFAULT_ETCD,
+    host_ip: HostIpOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
     ttl: Annotated[int, typer.Option("--ttl", envvar="DOCKER_REGISTER_TTL", min=MIN_TTL, max=MAX_TTL,
                                      help="Lease TTL in seconds; longer than the run interval.")] = DEFAULT_TTL,
-    timeout: Annotated[float, typer.Option("--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300,
-                                           help="Bound in seconds on each Docker and etcd call.")
-                       ] = DEFAULT_TIMEOUT,
-    output: Annotated[Output, typer.Option("--output", envvar="DOCKER_REGISTER_OUTPUT",
-                                           help="Output format.")] = Output.text,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    output: OutputOption = Output.text,
 ) -> None:
     """Bring this host's keys in etcd in line with its running containers."""
     try:
-        config, detected = build_config(etcd, host_ip, prefix, ttl, timeout)
-        outcome = sync(config, dry_run, host_ip_detected=detected)
+        config = build_config(etcd, host_ip, prefix, ttl, timeout)
+        if every is not None:
+            if dry_run:
+                raise UsageError("--every and --dry-run do not go together")
+            if ttl <= every:
+                raise UsageError(f"--ttl ({ttl}) must be longer than --every ({every:g}), or keys expire between runs")
+            raise typer.Exit(sync_every(config, every, output.value))
+        outcome = sync(config, dry_run)
     except RegisterError as error:
-        print(f"docker-register: error: {error}", file=sys.stderr)
-        raise typer.Exit(error.exit_code) from None
+        raise fail(error) from None
     print_outcome(outcome, output.value)
+
+
+@app.command("purge")
+def purge_command(
+    etcd: EtcdOption = DEFAULT_ETCD,
+    host_ip: HostIpOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    output: OutputOption = Output.text,
+) -> None:
+    """Take this host out of service now: revoke its lease, deleting all its keys and no other host's."""
+    try:
+        config = build_config(etcd, host_ip, prefix, DEFAULT_TTL, timeout)
+        keys, seconds = purge(config)
+    except RegisterError as error:
+        raise fail(error) from None
+    if output is Output.json:
+        print(json.dumps({"removed": len(keys), "keys": keys, "lease": f"{config.lease_id:x}",
+                          "seconds": round(seconds, 4)}))
+    else:
+        print(f"removed {len(keys)} keys of lease {config.lease_id:x} in {seconds:.3f}s")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

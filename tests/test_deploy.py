@@ -1,0 +1,245 @@
+"""The shipped systemd units, cron file and purge command, exercised for real."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import docker_register as dr
+from conftest import BINARY
+from harness import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ("docker-register.service", "docker-register.timer", "docker-register-purge.service")
+
+
+@pytest.fixture(scope="module")
+def systemd_root(tmp_path_factory) -> Path:
+    """A root for systemd-analyze: the system's own units, our units, and the binary path they name."""
+    root = tmp_path_factory.mktemp("sysroot")
+    shutil.copytree("/usr/lib/systemd", root / "usr/lib/systemd", symlinks=True)
+    (root / "bin").mkdir()
+    shutil.copy("/bin/true", root / "bin/true")
+    binary = root / "usr/local/bin/docker-register"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for unit in UNITS:
+        shutil.copy(ROOT / "systemd" / unit, units / unit)
+    return root
+
+
+def verify(root: Path, *units: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True)
+
+
+def test_systemd_units_verify_clean(systemd_root):
+    result = verify(systemd_root, *UNITS)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_systemd_verify_catches_a_broken_unit(systemd_root):
+    broken = systemd_root / "etc/systemd/system/broken-register.timer"
+    broken.write_text((ROOT / "systemd/docker-register.timer").read_text().replace("=10s", "=ten"))
+    result = verify(systemd_root, "broken-register.timer")
+    broken.unlink()
+    assert "Failed to parse" in result.stderr
+
+
+def unit_settings(unit: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (ROOT / "systemd" / unit).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_service_is_a_hardened_oneshot_sync_after_docker_and_network():
+    service = unit_settings("docker-register.service")
+    assert service["Type"] == ["oneshot"]
+    assert service["ExecStart"] == ["/usr/local/bin/docker-register sync"]
+    assert service["EnvironmentFile"] == ["-/etc/default/docker-register"]
+    assert {"docker.service", "network-online.target"} <= set(service["After"][0].split())
+    for setting, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                           ("PrivateTmp", "yes"), ("CapabilityBoundingSet", "")]:
+        assert service[setting] == [value]
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+
+
+def test_timer_runs_every_10s_and_the_default_ttl_fits():
+    timer = unit_settings("docker-register.timer")
+    interval = int(timer["OnUnitActiveSec"][0].rstrip("s"))
+    assert interval == 10 and timer["AccuracySec"] == ["1s"] and timer["OnBootSec"]
+    assert dr.DEFAULT_TTL >= 3 * interval
+
+
+def test_purge_is_wired_to_the_timer_stopping():
+    purge = unit_settings("docker-register-purge.service")
+    assert purge["ExecStop"] == ["/usr/local/bin/docker-register purge"]
+    assert purge["PartOf"] == ["docker-register.timer"] and purge["RemainAfterExit"] == ["yes"]
+    assert "docker-register-purge.service" in unit_settings("docker-register.timer")["Wants"][0]
+
+
+def exposure(root: Path, unit: str) -> str:
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", unit],
+                         capture_output=True, text=True).stdout
+    return re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1)
+
+
+def test_exposure_scores_are_the_ones_the_readme_reports(systemd_root):
+    readme = (ROOT / "README.md").read_text()
+    for unit in ("docker-register.service", "docker-register-purge.service"):
+        score = exposure(systemd_root, unit)
+        assert float(score) < 2.0
+        assert f"`{unit}`: {score}" in readme, f"README should report {unit} exposure {score}"
+
+
+def cli_envvars() -> dict[str, object]:
+    """Environment twins of every option of every command, with their defaults."""
+    import typer.main
+
+    found = {}
+    for command in typer.main.get_command(dr.app).commands.values():
+        for param in command.params:
+            envvar = getattr(param, "envvar", None)
+            if envvar:
+                found[envvar] = param.default
+    return found
+
+
+def test_example_environment_file_lists_every_variable_with_its_default():
+    listed = dict(re.findall(r"^#?([A-Z_]+)=(.*)$", (ROOT / "systemd/docker-register.env").read_text(), re.M))
+    for name, default in cli_envvars().items():
+        assert name in listed, name
+        if default is not None and name != "HOST_IP":
+            shown = default.value if hasattr(default, "value") else default
+            assert listed[name] == (f"{shown:g}" if isinstance(shown, float) else str(shown)), name
+    assert {"DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"} <= set(listed)
+
+
+# --- cron -------------------------------------------------------------------------------
+
+CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+
+
+def cron_entries() -> list[tuple[list[str], str, str]]:
+    entries = []
+    for line in (ROOT / "cron/docker-register").read_text().splitlines():
+        if not line.strip() or line.startswith("#") or re.match(r"^[A-Z_]+=", line):
+            continue
+        fields = line.split(None, 6)
+        assert len(fields) == 7, f"not five time fields, a user and a command: {line}"
+        entries.append((fields[:5], fields[5], fields[6]))
+    return entries
+
+
+def test_cron_entries_parse_and_the_ttl_is_longer_than_the_interval():
+    entries = cron_entries()
+    assert entries
+    offsets = []
+    for times, user, command in entries:
+        assert all(CRON_FIELD.match(field) for field in times), times
+        assert times == ["*"] * 5  # every minute; the sleep staggers them
+        assert user == "root"
+        assert "flock" in command and "docker-register sync" in command and "logger -t docker-register" in command
+        sleep = re.match(r"sleep (\d+);", command)
+        offsets.append(int(sleep.group(1)) if sleep else 0)
+        ttl = int(re.search(r"--ttl (\d+)", command).group(1))
+    offsets.sort()
+    gaps = [b - a for a, b in zip(offsets, offsets[1:] + [offsets[0] + 60])]
+    interval = max(gaps)
+    assert len(set(gaps)) == 1, f"entries are not evenly staggered: {offsets}"
+    assert ttl > interval and ttl >= 3 * interval, (ttl, interval)
+
+
+def test_cron_command_runs_for_real_with_the_settings_file(world, tmp_path):
+    world.docker_run("-P", "local/web")
+    settings = tmp_path / "docker-register.env"
+    env = world.env()
+    settings.write_text("".join(f"{k}={env[k]}\n" for k in ("DOCKER_HOST", "ETCD_HOST", "HOST_IP",
+                                                              "DOCKER_REGISTER_PREFIX")))
+    _, _, command = cron_entries()[1]
+    command = re.sub(r"^sleep \d+;\s*", "", command)
+    command = command.replace("/etc/default/docker-register", str(settings))
+    command = command.replace("/run/lock/docker-register.lock", str(tmp_path / "lock"))
+    command = command.replace("| logger -t docker-register", "")
+    clean = {k: v for k, v in env.items() if k not in ("DOCKER_HOST", "ETCD_HOST", "HOST_IP",
+                                                        "DOCKER_REGISTER_PREFIX")}
+    clean["PATH"] = f"{Path(BINARY).parent}:/usr/bin:/bin"
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=clean, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("added 2"), result.stdout + result.stderr
+    assert len(world.keys()) == 2
+    lease = next(iter(world.etcd.get_prefix(world.prefix + "/").values()))["lease"]
+    assert "granted with TTL(60s)" in world.etcd.etcdctl("lease", "timetolive", f"{lease:x}").stdout
+
+
+# --- purge ------------------------------------------------------------------------------
+
+
+def test_purge_removes_this_hosts_keys_at_once_and_no_other_hosts(world):
+    world.docker_run("-P", "local/web")
+    world.docker_run("-P", "-l", "SERVICE_NAME=api", "local/web")
+    world.sync()
+    assert len(world.keys()) == 4
+    theirs_lease = world.etcd.grant(300)
+    world.etcd.etcdctl("put", "--lease", f"{theirs_lease:x}", f"{world.prefix}/web/eeeeeeeeeeee", "198.51.100.9:1")
+    world.etcd.etcdctl("put", f"{world.prefix}/static/ffffffffffff", "198.51.100.9:2")
+    other_keys = {k: v for k, v in world.etcd.get_prefix(world.prefix + "/").items()
+                  if v["lease"] != dr.lease_id_for(world.host_ip, world.prefix)}
+
+    result = world.run("purge")
+    assert result.returncode == 0, result.stderr
+    assert re.match(r"removed \d+ keys of lease [0-9a-f]+ in ", result.stdout)
+    after = world.etcd.get_prefix(world.prefix + "/")
+    assert after == other_keys
+    assert not any(kv["lease"] == dr.lease_id_for(world.host_ip, world.prefix) for kv in after.values())
+    assert result.stdout.startswith("removed 4 keys")
+    assert world.run("purge").stdout.startswith("removed 0 keys")
+
+
+def test_purge_then_sync_registers_again(world):
+    world.docker_run("-P", "local/web")
+    world.sync()
+    assert world.run("purge", "--output", "json").returncode == 0
+    assert world.keys() == {}
+    assert world.sync().stdout.startswith("added 2")
+
+
+def test_purge_with_etcd_down_exits_1_with_one_line(world):
+    result = world.run("purge", "--timeout", "1", ETCD_HOST="127.0.0.1:1")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- sync --every -----------------------------------------------------------------------
+
+
+def test_every_repeats_and_exits_0_promptly_on_sigterm(world):
+    proc = subprocess.Popen([BINARY, "sync", "--every", "1"], env=world.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        world.docker_run("-P", "local/web")
+        wait_until(lambda: len(world.keys()) == 2, 15, "the repeating sync to register the container")
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(10)
+        assert code == 0 and time.monotonic() - started < 3
+    finally:
+        proc.kill()
+    out = proc.stdout.read().splitlines()
+    assert len(out) >= 2 and any(line.startswith("added 2") for line in out)
+    assert any(line.startswith("added 0, updated 0, removed 0, unchanged 2") for line in out)
+
+
+def test_every_needs_a_ttl_longer_than_the_interval(world):
+    result = world.run("sync", "--every", "30", "--ttl", "30")
+    assert result.returncode == 2 and "--ttl" in result.stderr
