@@ -12,6 +12,7 @@ Exit codes: 0 success, 1 Docker or etcd unreachable or failing, 2 usage error.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import ipaddress
@@ -21,7 +22,7 @@ import re
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Iterable, Iterator, Mapping, Optional, Sequence
 
 import typer
@@ -46,6 +47,8 @@ MAX_TTL = 86400
 DEFAULT_TIMEOUT = 5.0
 #: etcd's default limit of operations in one transaction branch.
 MAX_TXN_OPS = 128
+#: One sync at a time per host; systemd's RuntimeDirectory=docker-register makes the folder.
+DEFAULT_LOCK_FILE = "/run/docker-register/sync.lock"
 #: How often a run re-reads and re-plans when another writer got in between.
 MAX_ATTEMPTS = 3
 #: Longest service name accepted; longer labels are skipped with a note.
@@ -205,6 +208,23 @@ class EtcdEndpoint:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """PEM contents for etcd TLS: CA (None: system roots), client certificate and key."""
+
+    ca: Optional[bytes] = field(default=None, repr=False)
+    cert: Optional[bytes] = field(default=None, repr=False)
+    key: Optional[bytes] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """etcd user and password; the password is never shown."""
+
+    user: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """Validated settings of one run."""
 
@@ -214,6 +234,9 @@ class Config:
     ttl: int
     timeout: float
     host_ip_detected: bool = False
+    tls: Optional[TlsFiles] = None
+    auth: Optional[Credentials] = None
+    lock_file: Optional[str] = None
 
     @property
     def lease_id(self) -> int:
@@ -226,26 +249,24 @@ class Config:
 # ---------------------------------------------------------------------------
 
 
-def parse_endpoints(text: str) -> tuple[EtcdEndpoint, ...]:
-    """Parse a comma-separated list of host:port endpoints."""
+def parse_endpoints(text: str, tls: bool = False) -> tuple[EtcdEndpoint, ...]:
+    """Parse a comma-separated list of host:port endpoints; without a scheme, TLS flags mean https."""
     endpoints = []
     for item in text.split(","):
         item = item.strip()
         if not item:
             raise UsageError(f"--etcd: empty endpoint in {text!r}")
-        endpoints.append(parse_endpoint(item))
+        endpoints.append(parse_endpoint(item, "https" if tls else "http"))
     return tuple(endpoints)
 
 
-def parse_endpoint(item: str) -> EtcdEndpoint:
-    """Parse one endpoint: [http://]host:port."""
+def parse_endpoint(item: str, default_scheme: str = "http") -> EtcdEndpoint:
+    """Parse one endpoint: [http://|https://]host:port."""
     scheme, sep, rest = item.partition("://")
     if not sep:
-        scheme, rest = "http", item
+        scheme, rest = default_scheme, item
     if scheme not in ("http", "https"):
         raise UsageError(f"--etcd: unknown scheme {scheme!r} in {item!r} (use http:// or https://)")
-    if scheme == "https":
-        raise UsageError(f"--etcd: {item!r}: https endpoints are not supported yet")
     rest = rest.rstrip("/")
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([A-Za-z0-9.-]+):(\d+)", rest)
     if not match:
@@ -255,6 +276,21 @@ def parse_endpoint(item: str) -> EtcdEndpoint:
     if not 0 < port < 65536:
         raise UsageError(f"--etcd: port {port} in {item!r} is out of range")
     return EtcdEndpoint(host, port, secure=scheme == "https")
+
+
+def parse_credentials(user: Optional[str], password: Optional[str]) -> Optional[Credentials]:
+    """Combine --user (name or name:password) and --password into credentials."""
+    if not user:
+        if password:
+            raise UsageError("--password / ETCD_PASSWORD needs --user / ETCD_USER")
+        return None
+    name, sep, inline = user.partition(":")
+    if not name:
+        raise UsageError("--user / ETCD_USER: the user name is empty")
+    secret = password or (inline if sep else None)
+    if not secret:
+        raise UsageError(f"--user {name}: give a password with --password, ETCD_PASSWORD or {name}:PASSWORD")
+    return Credentials(name, secret)
 
 
 def parse_prefix(prefix: str) -> str:
@@ -540,6 +576,57 @@ def batches(changes: Sequence[Change], size: int = MAX_TXN_OPS) -> Iterator[Sequ
 # ---------------------------------------------------------------------------
 
 
+def read_tls_files(cacert: Optional[str], cert: Optional[str], key: Optional[str]) -> Optional[TlsFiles]:
+    """Read the PEM files named by --cacert, --cert and --key; None when TLS flags are absent."""
+    if bool(cert) != bool(key):
+        raise UsageError("--cert and --key go together (client certificate and its key)")
+    if not (cacert or cert):
+        return None
+    contents = []
+    for flag, path in (("--cacert", cacert), ("--cert", cert), ("--key", key)):
+        if not path:
+            contents.append(None)
+            continue
+        try:
+            with open(path, "rb") as pem:
+                data = pem.read()
+        except OSError as error:
+            raise UsageError(f"{flag}: cannot read {path}: {error.strerror}") from None
+        if b"-----BEGIN " not in data:
+            raise UsageError(f"{flag}: {path} is not a PEM file")
+        contents.append(data)
+    return TlsFiles(*contents)
+
+
+@contextlib.contextmanager
+def run_lock(path: Optional[str], wait: float) -> Iterator[bool]:
+    """Hold an exclusive flock on the lock file; yield False if another run holds it after wait seconds."""
+    import fcntl
+    import tempfile
+
+    try:
+        target = path or DEFAULT_LOCK_FILE
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        handle = open(target, "a")
+    except OSError as error:
+        if path:
+            raise UsageError(f"--lock-file: cannot open {path}: {error.strerror}") from None
+        # Not root and no runtime folder: a per-user lock still keeps this user's runs apart.
+        handle = open(os.path.join(tempfile.gettempdir(), f"docker-register-{os.getuid()}.lock"), "a")
+    with handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        yield True
+
+
 def detect_host_ip() -> str:
     """Find the IPv4 address of the interface holding the default route."""
     hint = "set HOST_IP (or --host-ip) to the address other hosts use to reach this one"
@@ -629,15 +716,39 @@ class EtcdStore:
     """Reads this host's view of the prefix and applies plans, on one lease."""
 
     def __init__(self, config: Config):
+        # gRPC's C core logs TLS failures to stderr by itself; the run reports them in one line instead.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         import etcd3
+        import grpc
 
         self.config = config
         self.where = ",".join(str(endpoint) for endpoint in config.endpoints)
+        tls = config.tls or TlsFiles()
+        secure = any(e.secure for e in config.endpoints)
+        credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert) if secure else None
         endpoints = [
-            etcd3.Endpoint(e.host, e.port, secure=False, opts=GRPC_OPTIONS) for e in config.endpoints
+            etcd3.Endpoint(e.host, e.port, secure=e.secure, creds=credentials if e.secure else None,
+                           opts=GRPC_OPTIONS)
+            for e in config.endpoints
         ]
-        self.client = self._call("connect", lambda: etcd3.MultiEndpointEtcd3Client(
-            endpoints, timeout=config.timeout, failover=True))
+        self.client = etcd3.MultiEndpointEtcd3Client(endpoints, timeout=config.timeout, failover=True)
+        if config.auth:
+            self._call("authenticate", self._authenticate)
+
+    def _authenticate(self) -> None:
+        """Get a token and send it as metadata, which works with and without TLS.
+
+        The client's own user/password path uses call credentials, which gRPC refuses on plain HTTP.
+        """
+        import grpc
+        from etcd3 import etcdrpc
+
+        request = etcdrpc.AuthenticateRequest(name=self.config.auth.user, password=self.config.auth.password)
+        try:
+            reply = self.client.authstub.Authenticate(request, self.config.timeout)
+        except grpc.RpcError as error:
+            self.client._manage_grpc_errors(error)  # marks the endpoint failed, as the client's own calls do
+        self.client.metadata = (("token", reply.token),)
 
     def _call(self, what: str, action):
         """Run one etcd call, moving to the next endpoint on a connection failure."""
@@ -807,6 +918,14 @@ def sync(config: Config, dry_run: bool) -> Outcome:
     return Outcome(config, plan, tuple(skips), dry_run, time.monotonic() - started)
 
 
+def locked_sync(config: Config, dry_run: bool) -> Optional[Outcome]:
+    """Sync while holding the host's lock; None when another run held it too long. A dry run needs no lock."""
+    if dry_run:
+        return sync(config, dry_run=True)
+    with run_lock(config.lock_file, wait=config.timeout) as held:
+        return sync(config, dry_run=False) if held else None
+
+
 def sync_every(config: Config, interval: float, output: str) -> int:
     """Repeat sync every interval seconds until SIGTERM or SIGINT; a failed run is reported, not fatal."""
     import signal
@@ -818,7 +937,7 @@ def sync_every(config: Config, interval: float, output: str) -> int:
     while not stop.is_set():
         started = time.monotonic()
         try:
-            print_outcome(sync(config, dry_run=False), output)
+            print_outcome(locked_sync(config, dry_run=False), output)
         except UsageError:
             raise
         except RegisterError as error:
@@ -897,8 +1016,14 @@ def print_dry_run(outcome: Outcome) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
-def print_outcome(outcome: Outcome, output: str) -> None:
-    """Print a run's result in the chosen format."""
+def print_outcome(outcome: Optional[Outcome], output: str) -> None:
+    """Print a run's result in the chosen format; None is a pass skipped for the lock."""
+    if outcome is None:
+        print("docker-register: note: another docker-register run holds the lock; skipped this pass",
+              file=sys.stderr)
+        if output == "json":
+            print(json.dumps({"skipped_pass": "another run holds the lock"}))
+        return
     if output == "json":
         print(json.dumps(outcome_json(outcome)))
         return
@@ -946,22 +1071,49 @@ def root(
 
 
 EtcdOption = Annotated[str, typer.Option(
-    "--etcd", envvar="ETCD_HOST", help="Comma-separated etcd endpoints, host:port or http://host:port.")]
+    "--etcd", envvar="ETCD_HOST", help="Comma-separated etcd endpoints: host:port, http://… or https://….")]
 HostIpOption = Annotated[Optional[str], typer.Option(
     "--host-ip", envvar="HOST_IP", show_default="detected", help="Address other hosts use to reach published ports.")]
-PrefixOption = Annotated[str, typer.Option("--prefix", envvar="DOCKER_REGISTER_PREFIX", help="Root of all service keys.")]
+PrefixOption = Annotated[str, typer.Option(
+    "--prefix", envvar="DOCKER_REGISTER_PREFIX", help="Root of all service keys.")]
 TimeoutOption = Annotated[float, typer.Option(
-    "--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300, help="Bound in seconds on each Docker and etcd call.")]
+    "--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300,
+    help="Bound in seconds on each Docker and etcd call.")]
 OutputOption = Annotated[Output, typer.Option("--output", envvar="DOCKER_REGISTER_OUTPUT", help="Output format.")]
+CacertOption = Annotated[Optional[str], typer.Option(
+    "--cacert", envvar="ETCD_CACERT", show_default=False, help="CA bundle (PEM) to verify etcd's TLS certificate.")]
+CertOption = Annotated[Optional[str], typer.Option(
+    "--cert", envvar="ETCD_CERT", show_default=False, help="Client certificate (PEM) for etcd.")]
+KeyOption = Annotated[Optional[str], typer.Option(
+    "--key", envvar="ETCD_KEY", show_default=False, help="Key (PEM) of the client certificate.")]
+UserOption = Annotated[Optional[str], typer.Option(
+    "--user", envvar="ETCD_USER", show_default=False, help="etcd user, NAME or NAME:PASSWORD.")]
+PasswordOption = Annotated[Optional[str], typer.Option(
+    "--password", envvar="ETCD_PASSWORD", show_default=False, help="Password of the etcd user.")]
 
 
-def build_config(etcd: str, host_ip: Optional[str], prefix: str, ttl: int, timeout: float) -> Config:
+@dataclass(frozen=True)
+class EtcdFlags:
+    """The raw etcd connection flags both commands take."""
+
+    etcd: str
+    cacert: Optional[str]
+    cert: Optional[str]
+    key: Optional[str]
+    user: Optional[str]
+    password: Optional[str]
+
+
+def build_config(flags: EtcdFlags, host_ip: Optional[str], prefix: str, ttl: int, timeout: float,
+                 lock_file: Optional[str] = None) -> Config:
     """Validate flag values into a Config, detecting the host IP when none is given."""
-    endpoints = parse_endpoints(etcd)
+    tls = read_tls_files(flags.cacert, flags.cert, flags.key)
+    endpoints = parse_endpoints(flags.etcd, tls=tls is not None)
+    auth = parse_credentials(flags.user, flags.password)
     prefix = parse_prefix(prefix)
     detected = not (host_ip and host_ip.strip())
     address = detect_host_ip() if detected else parse_host_ip(host_ip)
-    return Config(endpoints, address, prefix, ttl, timeout, detected)
+    return Config(endpoints, address, prefix, ttl, timeout, detected, tls, auth, lock_file)
 
 
 def fail(error: RegisterError) -> typer.Exit:
@@ -983,17 +1135,27 @@ def sync_command(
                                      help="Lease TTL in seconds; longer than the run interval.")] = DEFAULT_TTL,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     output: OutputOption = Output.text,
+    lock_file: Annotated[str, typer.Option(
+        "--lock-file", envvar="DOCKER_REGISTER_LOCK",
+        help="File locked during a sync so that runs on one host never overlap.")] = DEFAULT_LOCK_FILE,
+    cacert: CacertOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    user: UserOption = None,
+    password: PasswordOption = None,
 ) -> None:
     """Bring this host's keys in etcd in line with its running containers."""
+    flags = EtcdFlags(etcd, cacert, cert, key, user, password)
     try:
-        config = build_config(etcd, host_ip, prefix, ttl, timeout)
+        config = build_config(flags, host_ip, prefix, ttl, timeout,
+                              lock_file if lock_file != DEFAULT_LOCK_FILE else None)
         if every is not None:
             if dry_run:
                 raise UsageError("--every and --dry-run do not go together")
             if ttl <= every:
                 raise UsageError(f"--ttl ({ttl}) must be longer than --every ({every:g}), or keys expire between runs")
             raise typer.Exit(sync_every(config, every, output.value))
-        outcome = sync(config, dry_run)
+        outcome = locked_sync(config, dry_run)
     except RegisterError as error:
         raise fail(error) from None
     print_outcome(outcome, output.value)
@@ -1006,10 +1168,16 @@ def purge_command(
     prefix: PrefixOption = DEFAULT_PREFIX,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     output: OutputOption = Output.text,
+    cacert: CacertOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    user: UserOption = None,
+    password: PasswordOption = None,
 ) -> None:
     """Take this host out of service now: revoke its lease, deleting all its keys and no other host's."""
+    flags = EtcdFlags(etcd, cacert, cert, key, user, password)
     try:
-        config = build_config(etcd, host_ip, prefix, DEFAULT_TTL, timeout)
+        config = build_config(flags, host_ip, prefix, DEFAULT_TTL, timeout)
         keys, seconds = purge(config)
     except RegisterError as error:
         raise fail(error) from None

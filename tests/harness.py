@@ -161,14 +161,20 @@ class Etcd:
     """One etcd member on loopback, alone or part of a cluster."""
 
     def __init__(self, root: Path, name: str = "etcd0", client_port: int | None = None,
-                 peer_port: int | None = None):
+                 peer_port: int | None = None, tls: "Certs | None" = None, extra: tuple[str, ...] = ()):
         self.root = root
         self.name = name
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.metrics_port = free_port()
+        self.tls = tls
+        self.extra = extra
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
         self.endpoint = f"127.0.0.1:{self.client_port}"
+        # etcdctl's own credentials once auth is on: (flag, value) pairs.
+        self.admin: list[str] = []
         self.proc: subprocess.Popen | None = None
 
     def start(self, initial_cluster: str | None = None, wait: bool = True) -> "Etcd":
@@ -180,11 +186,19 @@ class Etcd:
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
              "--initial-cluster", initial_cluster or f"{self.name}={self.peer_url}",
-             "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr"],
+             "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr",
+             "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}", *self.tls_server_args(), *self.extra],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         if wait:
             self.wait_ready()
         return self
+
+    def tls_server_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        args = ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key)]
+        # etcd 3.4 asks every client for a certificate once it has a trusted CA.
+        return args + (["--trusted-ca-file", str(self.tls.ca)] if "--client-cert-auth" in self.extra else [])
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Wait until the member answers etcdctl."""
@@ -196,8 +210,10 @@ class Etcd:
 
     def etcdctl(self, *args: str, check: bool = True, endpoints: str | None = None) -> subprocess.CompletedProcess:
         """Run etcdctl (v3 API) against this member."""
-        return subprocess.run([require("etcdctl"), "--endpoints", endpoints or self.endpoint,
-                               "--command-timeout", "5s", *args],
+        tls = ["--cacert", str(self.tls.ca), "--cert", str(self.tls.root_cert), "--key", str(self.tls.root_key)
+               ] if self.tls else []
+        return subprocess.run([require("etcdctl"), "--endpoints", endpoints or self.url,
+                               "--command-timeout", "5s", *tls, *self.admin, *args],
                               capture_output=True, text=True, check=check, timeout=30,
                               env={**os.environ, "ETCDCTL_API": "3"})
 
@@ -224,7 +240,7 @@ class Etcd:
         """Write counters from /metrics."""
         wanted = ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_mvcc_txn_total",
                   "etcd_server_proposals_committed_total", "etcd_mvcc_range_total")
-        text = urllib.request.urlopen(f"{self.url}/metrics", timeout=10).read().decode()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
         counters = dict.fromkeys(wanted, 0.0)
         for line in text.splitlines():
             name, _, value = line.partition(" ")
@@ -234,13 +250,28 @@ class Etcd:
 
     def rpcs(self) -> dict[str, float]:
         """gRPC calls started so far, per method, from /metrics."""
-        text = urllib.request.urlopen(f"{self.url}/metrics", timeout=10).read().decode()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
         calls: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("grpc_server_started_total{"):
                 method = line.split('grpc_method="', 1)[1].split('"', 1)[0]
                 calls[method] = calls.get(method, 0) + float(line.rsplit(" ", 1)[1])
         return calls
+
+    def enable_auth(self, role_prefixes: dict[str, str], user: str = "docker-register",
+                    password: str | None = None) -> None:
+        """Create root and a user whose role has the given permission (read, write, readwrite) per prefix."""
+        self.etcdctl("user", "add", "root:rootpw")
+        self.etcdctl("role", "add", user)
+        for prefix, permission in role_prefixes.items():
+            self.etcdctl("role", "grant-permission", user, "--prefix=true", permission, prefix)
+        if password:
+            self.etcdctl("user", "add", f"{user}:{password}")
+        else:
+            self.etcdctl("user", "add", user, "--no-password")
+        self.etcdctl("user", "grant-role", user, user)
+        self.etcdctl("auth", "enable")
+        self.admin = ["--user", "root:rootpw"]
 
     def grant(self, ttl: int) -> int:
         """Grant a lease with etcdctl; return its id."""
@@ -251,6 +282,37 @@ class Etcd:
         """Stop the member."""
         if self.proc:
             stop_process(self.proc, sig)
+
+
+class Certs:
+    """A test CA with a server certificate for 127.0.0.1 and client certificates, made with openssl."""
+
+    def __init__(self, root: Path, client_names: tuple[str, ...] = ("root", "docker-register")):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.ca, ca_key = root / "ca.pem", root / "ca.key"
+        self._openssl("req", "-x509", "-new", "-key", self._key(ca_key), "-out", str(self.ca), "-days", "3",
+                      "-subj", "/CN=docker-register test CA")
+        self.server_cert, self.server_key = self._sign("server", "etcd", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                                       "extendedKeyUsage=serverAuth,clientAuth", ca_key)
+        self.clients = {name: self._sign(f"client-{name}", name, "extendedKeyUsage=clientAuth", ca_key)
+                        for name in client_names}
+        self.root_cert, self.root_key = self.clients["root"]
+
+    def _openssl(self, *args: str) -> None:
+        subprocess.run([require("openssl"), *args], check=True, capture_output=True)
+
+    def _key(self, path: Path) -> str:
+        self._openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(path))
+        return str(path)
+
+    def _sign(self, stem: str, cn: str, extensions: str, ca_key: Path) -> tuple[Path, Path]:
+        key, csr, cert, ext = (self.root / f"{stem}{suffix}" for suffix in (".key", ".csr", ".pem", ".ext"))
+        ext.write_text(extensions + "\n")
+        self._openssl("req", "-new", "-key", self._key(key), "-out", str(csr), "-subj", f"/CN={cn}")
+        self._openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey", str(ca_key),
+                      "-CAcreateserial", "-out", str(cert), "-days", "3", "-extfile", str(ext))
+        return cert, key
 
 
 def start_cluster(root: Path, size: int = 3) -> list[Etcd]:
