@@ -47,24 +47,26 @@ def engine(dockerd):
 
 
 @pytest.fixture
-def world(engine, etcd):
+def world(engine, etcd, tmp_path):
     """A fresh prefix and host IP per test, and a helper to run docker-register against them."""
-    return World(engine, etcd, next(_counter))
+    return World(engine, etcd, next(_counter), tmp_path)
 
 
 class World:
     """What one integration test works with."""
 
-    def __init__(self, engine: Dockerd, etcd: Etcd, n: int):
+    def __init__(self, engine: Dockerd, etcd: Etcd, n: int, tmp_path: Path):
         self.engine = engine
         self.etcd = etcd
+        self.lock_file = tmp_path / "sync.lock"
         self.prefix = f"/t{n}/backends"
         self.host_ip = f"192.0.2.{n % 250 + 2}"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD"))}
         env.update(DOCKER_HOST=self.engine.host, ETCD_HOST=self.etcd.endpoint, HOST_IP=self.host_ip,
-                   DOCKER_REGISTER_PREFIX=self.prefix, DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200")
+                   DOCKER_REGISTER_PREFIX=self.prefix, DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200",
+                   DOCKER_REGISTER_LOCK=str(self.lock_file))
         env.update(extra)
         return env
 
@@ -86,6 +88,24 @@ class World:
     def keys(self) -> dict[str, str]:
         """What etcd holds under this test's prefix, read with etcdctl."""
         return self.etcd.values(self.prefix + "/")
+
+    def expected_keys(self) -> dict[str, str]:
+        """The keys docker-register should hold for the running test containers (no labels, no
+        healthchecks), worked out from the docker CLI alone."""
+        expected = {}
+        for line in self.engine.docker("ps", "--no-trunc", "--format", "{{.ID}} {{.Image}}").stdout.splitlines():
+            cid, image = line.split()
+            name = image.rsplit("/", 1)[-1].split(":", 1)[0]
+            published: dict[str, int] = {}
+            for line in self.engine.docker("port", cid).stdout.splitlines():
+                private, _, binding = line.partition(" -> ")
+                published[private] = int(binding.rsplit(":", 1)[1])
+            for private, public in published.items():
+                port = private.split("/")[0]
+                service = name if len(published) == 1 else f"{name}-{port}"
+                expected[f"{self.prefix}/{service}/{cid[:12]}"] = f"{self.host_ip}:{public}"
+                expected[f"{self.prefix}/{service}/port"] = port
+        return expected
 
     def host_port(self, container: str, port: str) -> int:
         """The host port Docker published a container port on."""

@@ -155,6 +155,14 @@ class Dockerd:
                 pass
             stop_process(self.proc)
             subprocess.run([require("ip"), "link", "del", self.bridge], capture_output=True)
+            self._unmount_leftovers()
+
+    def _unmount_leftovers(self) -> None:
+        """Unmount what dockerd left mounted under its root (network namespaces), so the folder can go."""
+        with open("/proc/self/mounts") as mounts:
+            targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(self.root))]
+        for target in sorted(targets, reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 class Etcd:
