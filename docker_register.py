@@ -550,6 +550,8 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
     for key, kv in sorted(current.items()):
         if kv.lease != lease_id or key in desired.instances or key in desired.ports:
             continue
+        if not key.startswith(prefix + "/"):
+            continue  # Never touch anything outside the prefix, whatever lease it is on.
         if key.endswith("/" + PORT_KEY) and service_of(key, prefix) in served_elsewhere:
             # Other hosts still serve it: keep the port key until our lease ends.
             continue

@@ -288,6 +288,11 @@ def test_plan_should_fix_its_own_port_key():
     assert actions(p) == [("update", "/backends/web/port", "80")]
 
 
+def test_plan_should_never_remove_a_key_outside_the_prefix_even_on_its_lease():
+    p = plan(desired(), {"/other/x": stored("v"), "/backendsx/a/b": stored("v"), "/backends/a/b": stored("v")})
+    assert [(c.action, c.key) for c in p.changes] == [("remove", "/backends/a/b")]
+
+
 def test_plan_should_keep_its_port_key_while_other_hosts_still_serve_the_service():
     have = {"/backends/web/port": stored("80"), "/backends/web/bbb": stored("o:1", lease=OTHER_LEASE)}
     assert plan(desired(), have).changes == ()
