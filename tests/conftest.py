@@ -48,8 +48,12 @@ def engine(dockerd):
 
 @pytest.fixture
 def world(engine, etcd, tmp_path):
-    """A fresh prefix and host IP per test, and a helper to run docker-register against them."""
-    return World(engine, etcd, next(_counter), tmp_path)
+    """A fresh prefix and host IP per test, and a helper to run docker-register against them.
+
+    Afterwards every lease is revoked, so no lease of this test expires (and moves the revision)
+    during the next one."""
+    yield World(engine, etcd, next(_counter), tmp_path)
+    etcd.revoke_all_leases()
 
 
 class World:

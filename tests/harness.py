@@ -281,6 +281,11 @@ class Etcd:
         self.etcdctl("auth", "enable")
         self.admin = ["--user", "root:rootpw"]
 
+    def revoke_all_leases(self) -> None:
+        """Revoke every lease (and so delete every key on one)."""
+        for line in self.etcdctl("lease", "list").stdout.splitlines()[1:]:
+            self.etcdctl("lease", "revoke", line.strip(), check=False)
+
     def grant(self, ttl: int) -> int:
         """Grant a lease with etcdctl; return its id."""
         out = self.etcdctl("lease", "grant", str(ttl)).stdout
