@@ -656,15 +656,12 @@ def detect_host_ip() -> str:
 
 
 def check_detected_ip(host_ip: str, containers: Iterable[Mapping]) -> None:
-    """Refuse a detected address that lies on one of Docker's own networks."""
-    address = ipaddress.ip_address(host_ip)
+    """Refuse a detected address that is a container's or a Docker network gateway's (we run in a container)."""
     for container in containers:
         networks = ((container.get("NetworkSettings") or {}).get("Networks") or {}).values()
-        for network in networks:
-            ip, length = network.get("IPAddress"), network.get("IPPrefixLen")
-            if ip and length and address in ipaddress.ip_network(f"{ip}/{length}", strict=False):
-                raise UsageError(f"detected address {host_ip} is on a Docker network; "
-                                 "set HOST_IP (or --host-ip) to the host's own address")
+        if any(host_ip in (network.get("IPAddress"), network.get("Gateway")) for network in networks):
+            raise UsageError(f"detected address {host_ip} is on a Docker network; "
+                             "set HOST_IP (or --host-ip) to the host's own address")
 
 
 class DockerSource:

@@ -370,8 +370,10 @@ def test_no_default_route():
 
 
 def test_detected_address_on_a_docker_network_is_refused():
-    with pytest.raises(dr.UsageError, match="HOST_IP"):
-        dr.check_detected_ip("172.17.0.9", [container()])
+    for own_address in ("172.17.0.2", "172.17.0.1"):  # a container's address, a bridge gateway
+        with pytest.raises(dr.UsageError, match="HOST_IP"):
+            dr.check_detected_ip(own_address, [container()])
+    dr.check_detected_ip("172.17.0.9", [container()])  # same subnet (say macvlan on the LAN): fine
     dr.check_detected_ip("10.0.0.5", [container()])
 
 
