@@ -201,16 +201,8 @@ def cluster(tmp_path_factory):
 
 def leader_of(members) -> int:
     """Index of the current leader, read with etcdctl."""
-    for index, member in enumerate(members):
-        if member.proc.poll() is not None:
-            continue
-        status = json.loads(member.etcdctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]
-        for candidate, other in enumerate(members):
-            if other.proc.poll() is None:
-                other_status = json.loads(other.etcdctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]
-                if other_status["header"]["member_id"] == status["leader"]:
-                    return candidate
-    raise AssertionError("no leader")
+    statuses = [json.loads(m.etcdctl("endpoint", "status", "-w", "json").stdout)[0]["Status"] for m in members]
+    return next(i for i, status in enumerate(statuses) if status["header"]["member_id"] == status["leader"])
 
 
 @pytest.mark.parametrize("victim", ["leader", "follower-a", "follower-b"])
