@@ -765,14 +765,18 @@ class EtcdStore:
                     etcd3.exceptions.NoServerAvailableError) as error:
                 last = error
             except etcd3.exceptions.Etcd3Exception as error:
-                raise EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(error)}") from None
+                raise self._failure(what, error) from None
             except grpc.RpcError as error:
                 if error.code() is grpc.StatusCode.NOT_FOUND and "lease" in (error.details() or ""):
                     raise Conflict(error.details()) from None
-                raise EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(error)}") from None
+                raise self._failure(what, error) from None
             except ValueError as error:  # The client's "Trying to use a failed node".
                 last = error
-        raise EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(last)}")
+        raise self._failure(what, last)
+
+    def _failure(self, what: str, error: Optional[BaseException]) -> EtcdError:
+        """The one-line error for a failed call: where, what, and etcd's reason."""
+        return EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(error)}")
 
     def lease_state(self, renew: bool) -> LeaseState:
         """Keep the lease alive (or, when not renewing, only look at it) and report its state."""

@@ -152,7 +152,7 @@ def print_machine(title: str, children: bool = True) -> None:
     print(f"dockerd : {first_line([require('dockerd'), '--version'])}")
     print(f"module  : checkout at {git_state()}; CLI {BINARY} imports {installed_module()}")
     if children:
-        print(f"timing  : wall = perf_counter around each child; CPU = user+sys from wait4; peak RSS = "
+        print("timing  : wall = perf_counter around each child; CPU = user+sys from wait4; peak RSS = "
               + ("GNU time %M (its fork overhead included, < 1 ms)" if GNU_TIME else
                  "wait4 ru_maxrss (GNU time missing: includes this process's RSS at fork; install package 'time')"))
     print(f"load    : {load()} (1/5/15 min) at start, {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -511,8 +511,7 @@ def add_other_hosts(gateway: Gateway, prefix: str, first: int, last: int, per_ho
 
 def sent_bytes(etcd: Etcd) -> float:
     """Bytes etcd sent to gRPC clients so far."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{etcd.metrics_port}/metrics", timeout=10).read().decode()
-    match = re.search(r"^etcd_network_client_grpc_sent_bytes_total (\S+)$", text, re.M)
+    match = re.search(r"^etcd_network_client_grpc_sent_bytes_total (\S+)$", etcd.metrics_text(), re.M)
     return float(match.group(1)) if match else float("nan")
 
 

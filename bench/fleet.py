@@ -133,15 +133,7 @@ def revoke(host: SimHost, prefix: str) -> None:
 
 def scrape(member: Etcd) -> dict[str, float]:
     """The counters we report, from one member's /metrics."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{member.metrics_port}/metrics", timeout=10).read().decode()
-    values = dict.fromkeys(COUNTERS, 0.0)
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in values:
-            values[name] = float(value)
-    return values
+    return member.metrics(COUNTERS)
 
 
 def cpu_seconds(pid: int) -> float:

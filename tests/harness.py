@@ -25,6 +25,9 @@ IMAGES = {
     "registry.example:5000/team/api:1.2": (["80", "443"], ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]),
     "local/dns:latest": (["53/udp"], ["/bin/sleep", "100000"]),
 }
+#: etcd's write counters a test or the benchmark compares before and after a run.
+WRITE_COUNTERS = ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_mvcc_txn_total",
+                  "etcd_server_proposals_committed_total", "etcd_mvcc_range_total")
 BUSYBOX_LINKS = ("sh", "httpd", "sleep", "nc", "hostname", "true", "false", "test", "rm", "touch", "cat", "echo")
 
 
@@ -244,13 +247,14 @@ class Etcd:
         out = self.etcdctl("endpoint", "status", "-w", "json").stdout
         return int(json.loads(out)[0]["Status"]["header"]["revision"])
 
-    def metrics(self) -> dict[str, float]:
-        """Write counters from /metrics."""
-        wanted = ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_mvcc_txn_total",
-                  "etcd_server_proposals_committed_total", "etcd_mvcc_range_total")
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+    def metrics_text(self) -> str:
+        """The member's /metrics page."""
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+
+    def metrics(self, wanted: tuple[str, ...] = WRITE_COUNTERS) -> dict[str, float]:
+        """The named counters from /metrics (by default the write counters)."""
         counters = dict.fromkeys(wanted, 0.0)
-        for line in text.splitlines():
+        for line in self.metrics_text().splitlines():
             name, _, value = line.partition(" ")
             if name in counters:
                 counters[name] = float(value)
@@ -258,9 +262,8 @@ class Etcd:
 
     def rpcs(self) -> dict[str, float]:
         """gRPC calls started so far, per method, from /metrics."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
         calls: dict[str, float] = {}
-        for line in text.splitlines():
+        for line in self.metrics_text().splitlines():
             if line.startswith("grpc_server_started_total{"):
                 method = line.split('grpc_method="', 1)[1].split('"', 1)[0]
                 calls[method] = calls.get(method, 0) + float(line.rsplit(" ", 1)[1])
