@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 
-from conftest import BINARY
 from harness import Certs, Etcd
 
 PASSWORD = "s3cr3t-Pa55word-7f1c"
@@ -198,16 +197,36 @@ def test_bad_tls_and_auth_flags_exit_2_with_one_line(world, certs, tmp_path, fla
     assert len(lines) == 1 and message in lines[0], lines
 
 
-def test_unreadable_key_file_exits_2(world, certs, tmp_path):
+def test_unreadable_key_file_exits_2(certs, tmp_path):
+    import os
+    import pwd
+    import sys
+
+    import docker_register as dr
+
     cert, key = certs.clients["docker-register"]
     locked = tmp_path / "locked.key"
     locked.write_bytes(key.read_bytes())
     locked.chmod(0)
-    # As root every file is readable: run as an unprivileged user, for whom it is not.
-    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
-                             BINARY, "sync", "--cert", str(cert), "--key", str(locked)],
-                            capture_output=True, text=True, env=world.env(), timeout=60)
-    assert result.returncode == 2 and re.search(r"--(key|cert): cannot read", result.stderr), result.stderr
+    # As root every file is readable: check as an unprivileged user, for whom it is not. A forked
+    # child already has the module loaded, so the checkout's own permissions do not matter.
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        sys.stderr = open(write_end, "w")  # pytest has replaced sys.stderr in this process
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+        code = dr.main(["sync", "--cert", str(cert), "--key", str(locked)])
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as stderr:
+        message = stderr.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 2 and re.search(r"--(key|cert): cannot read", message), message
+    assert len(message.strip().splitlines()) == 1
 
 
 # --- etcd's refusals --------------------------------------------------------------------
