@@ -398,12 +398,16 @@ def published_ports(container: Mapping) -> dict[tuple[int, str], list[Mapping]]:
 
 def reachable_address(bindings: Sequence[Mapping], host_ip: str) -> Optional[str]:
     """Pick the address other hosts reach a port at; None when it is bound to loopback only."""
+    host_family = ipaddress.ip_address(host_ip).version
     candidates = []
     for binding in bindings:
         ip = binding.get("IP") or ""
         port = int(binding["PublicPort"])
         if ip in WILDCARD_IPS:
-            candidates.append((0, port, host_ip))
+            # Docker may publish the 0.0.0.0 and :: twins of one port on different host ports;
+            # only the twin of the host IP's family is reachable at host_ip.
+            family = ipaddress.ip_address(ip).version if ip else host_family
+            candidates.append((0 if family == host_family else 2, port, host_ip))
             continue
         try:
             address = ipaddress.ip_address(ip)

@@ -103,7 +103,8 @@ class World:
             published: dict[str, int] = {}
             for line in self.engine.docker("port", cid).stdout.splitlines():
                 private, _, binding = line.partition(" -> ")
-                published[private] = int(binding.rsplit(":", 1)[1])
+                if binding.startswith("0.0.0.0:"):
+                    published[private] = int(binding.rsplit(":", 1)[1])
             for private, public in published.items():
                 port = private.split("/")[0]
                 service = name if len(published) == 1 else f"{name}-{port}"
@@ -112,6 +113,7 @@ class World:
         return expected
 
     def host_port(self, container: str, port: str) -> int:
-        """The host port Docker published a container port on."""
-        out = self.engine.docker("port", container, port).stdout.split()[0]
-        return int(out.rsplit(":", 1)[1])
+        """The host port Docker published a container port on for IPv4 (the test host IP's family:
+        Docker may give the :: twin another port)."""
+        bindings = self.engine.docker("port", container, port).stdout.split()
+        return int(next(b for b in bindings if b.startswith("0.0.0.0:")).rsplit(":", 1)[1])

@@ -54,6 +54,23 @@ def test_single_port_uses_image_basename_and_host_ip_once_for_dual_stack_twins()
     assert skips == []
 
 
+@pytest.mark.parametrize("host_ip, expected", [
+    (HOST, "10.0.0.5:32771"),
+    ("2001:db8::5", "[2001:db8::5]:32769"),
+])
+def test_dual_stack_twins_on_different_host_ports_register_the_twin_of_the_host_ip_family(
+        host_ip, expected):
+    # Docker allocates each family's port separately, so the twins can differ.
+    twins = [port(80, 32769, ip="::"), port(80, 32771, ip="0.0.0.0")]
+    found, _ = dr.registrations_from([container(ports=twins)], host_ip)
+    assert [r.address for r in found] == [expected]
+
+
+def test_a_wildcard_of_the_other_family_only_is_still_registered():
+    found, _ = regs(container(ports=[port(80, 32769, ip="::")]))
+    assert found == {("web", "aaaaaaaaaaaa"): "10.0.0.5:32769"}
+
+
 @pytest.mark.parametrize("image, name", [
     ("registry:5000/team/web:1.2", "web"),
     ("web", "web"),

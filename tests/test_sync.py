@@ -61,11 +61,14 @@ def test_several_ports_service_labels_and_udp(world):
     }
 
 
-def test_registered_address_reaches_the_container(world):
-    world.docker_run("--name", "w1", "-P", "local/web")
+def test_registered_address_reaches_the_container_when_the_twins_get_different_ports(world):
+    # An IPv4-only binding moves only IPv4's port allocator, so the next -P container's 0.0.0.0
+    # and :: twins land on different host ports; only the IPv4 one is reachable at HOST_IP.
+    world.docker_run("-p", "0.0.0.0::80", "local/web")
+    cid = world.docker_run("-P", "local/web")
     world.sync()
-    value = next(v for k, v in world.keys().items() if not k.endswith("/port"))
-    port = int(value.rsplit(":", 1)[1])
+    port = int(world.keys()[f"{world.prefix}/web/{short(cid)}"].rsplit(":", 1)[1])
+    assert port == world.host_port(cid, "80/tcp")
 
     def fetch():
         try:
