@@ -679,6 +679,9 @@ class DockerSource:
             self.client = docker.from_env(version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=timeout).api
         except docker.errors.DockerException as error:
             raise DockerError(f"docker: {first_line(error)}") from None
+        if not self.client.base_url.startswith(("http://", "https://")):
+            # Proxy variables and ~/.netrc cannot apply to a local socket; reading them costs 0.5 MB.
+            self.client.trust_env = False
         self.where = os.environ.get("DOCKER_HOST") or self.client.base_url.replace("http+docker://localhost",
                                                                                   "unix:///var/run/docker.sock")
 
@@ -692,7 +695,9 @@ class DockerSource:
         url = self.client._url("/containers/json", versioned_api=False)
         params = {"filters": json.dumps({"status": ["running"]})}
         try:
-            return self.client._result(self.client._get(url, params=params), json=True)
+            response = self.client._get(url, params=params)
+            self.client._raise_for_status(response)
+            return json.loads(response.content)  # From bytes: no decoded copy of the whole body.
         except (docker.errors.DockerException, requests.RequestException, ValueError) as error:
             raise DockerError(f"docker at {self.where}: cannot list containers: {describe_docker_error(error)}"
                               ) from None
@@ -895,18 +900,19 @@ class Outcome:
     seconds: float
 
 
-def gather_containers(timeout: float) -> list[dict]:
-    """List the running containers."""
-    return DockerSource(timeout).running_containers()
+def current_registrations(config: Config) -> tuple[list[Registration], list[Skip]]:
+    """List the running containers and turn them into registrations and skip notes."""
+    # The container list goes out of scope here, so its memory is free again before gRPC starts.
+    containers = DockerSource(config.timeout).running_containers()
+    if config.host_ip_detected:
+        check_detected_ip(config.host_ip, containers)
+    return registrations_from(containers, config.host_ip)
 
 
 def sync(config: Config, dry_run: bool) -> Outcome:
     """One full run: list containers, plan against etcd, apply unless dry-run."""
     started = time.monotonic()
-    containers = gather_containers(config.timeout)
-    if config.host_ip_detected:
-        check_detected_ip(config.host_ip, containers)
-    registrations, skips = registrations_from(containers, config.host_ip)
+    registrations, skips = current_registrations(config)
     desired = desired_keys(registrations, config.prefix)
     lease_id = config.lease_id
     store = EtcdStore(config)
