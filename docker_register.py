@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Annotated, Collection, Iterable, Iterator, Mapping, Optional, Sequence
 
 import typer
 
@@ -518,6 +518,20 @@ def service_of(key: str, prefix: str) -> Optional[str]:
     return parts[0] if len(parts) == 2 else None
 
 
+def service_folders(keys: Iterable[str], prefix: str) -> set[str]:
+    """The folders <prefix>/<service>/ holding these keys; keys outside the prefix are left out.
+
+    A plan needs only the folders of the services this host has keys in or wants keys in; reading
+    those instead of the whole prefix leaves out the keys of every service this host does not run.
+    """
+    folders = set()
+    for key in keys:
+        service = service_of(key, prefix)
+        if service is not None:
+            folders.add(f"{prefix}/{service}/")
+    return folders
+
+
 def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
                  lease_state: LeaseState, prefix: str) -> Plan:
     """Compare desired keys with what etcd holds and list the writes that make them equal."""
@@ -787,27 +801,43 @@ class EtcdStore:
         """The one-line error for a failed call: where, what, and etcd's reason."""
         return EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(error)}")
 
-    def lease_state(self, renew: bool) -> LeaseState:
-        """Keep the lease alive (or, when not renewing, only look at it) and report its state."""
+    def lease_view(self, renew: bool) -> tuple[LeaseState, list[str]]:
+        """Keep the lease alive (or, when not renewing, only look at it); report its state and its keys."""
         lease_id = self.config.lease_id
         if renew:
             # A keepalive reply carries the granted TTL; 0 when the lease is gone.
             replies = self._call("keep lease alive", lambda: list(self.client.refresh_lease(lease_id)))
-            ttl = granted = replies[0].TTL if replies else 0
-        else:
-            reply = self._call("read lease", lambda: self.client.get_lease_info(lease_id))
-            ttl, granted = reply.TTL, reply.grantedTTL
-        if ttl <= 0:
-            return LeaseState.MISSING
-        return LeaseState.ALIVE if granted == self.config.ttl else LeaseState.WRONG_TTL
+            granted = replies[0].TTL if replies else 0
+            if granted <= 0:
+                return LeaseState.MISSING, []
+        info = self._call("read lease", lambda: self.client.get_lease_info(lease_id))
+        if info.TTL <= 0:
+            return LeaseState.MISSING, []
+        if not renew:
+            granted = info.grantedTTL
+        state = LeaseState.ALIVE if granted == self.config.ttl else LeaseState.WRONG_TTL
+        return state, [key.decode("utf-8", "replace") for key in info.keys]
 
-    def stored_keys(self) -> dict[str, StoredKey]:
-        """Read every key under the prefix with its lease and revision."""
-        reply = self._call("read keys", lambda: self.client.get_prefix_response(self.config.prefix + "/"))
-        return {
-            kv.key.decode("utf-8", "replace"): StoredKey(kv.value.decode("utf-8", "replace"), kv.lease, kv.mod_revision)
-            for kv in reply.kvs
-        }
+    def stored_keys(self, folders: Optional[Collection[str]] = None) -> dict[str, StoredKey]:
+        """Read these service folders in one transaction, or the whole prefix when None or too many."""
+        if folders is None or len(folders) > MAX_TXN_OPS:
+            reply = self._call("read keys", lambda: self.client.get_prefix_response(self.config.prefix + "/"))
+            found = ((kv.key, kv.value, kv.lease, kv.mod_revision) for kv in reply.kvs)
+        elif folders:
+            found = ((meta.key, value, meta.lease_id, meta.mod_revision)
+                     for folder in self._call("read keys", lambda: self._read_folders(sorted(folders)))
+                     for value, meta in folder)
+        else:
+            found = ()  # Nothing on the lease and nothing to register: nothing to read.
+        return {key.decode("utf-8", "replace"): StoredKey(value.decode("utf-8", "replace"), lease, revision)
+                for key, value, lease, revision in found}
+
+    def _read_folders(self, folders: Sequence[str]) -> list:
+        """One read-only transaction with a range per folder: a linearizable read, no raft proposal."""
+        from etcd3 import transactions, utils
+
+        reads = [transactions.Get(folder, range_end=utils.prefix_range_end(folder.encode())) for folder in folders]
+        return self.client.transaction(compare=[], success=reads, failure=[])[1]
 
     def apply(self, plan: Plan) -> None:
         """Prepare the lease, then write the changes in guarded transactions."""
@@ -909,17 +939,22 @@ def current_registrations(config: Config) -> tuple[list[Registration], list[Skip
     return registrations_from(containers, config.host_ip)
 
 
+def current_plan(store: EtcdStore, desired: Desired, config: Config, renew: bool) -> Plan:
+    """Read the lease, the keys on it and the folders of its services and ours; plan against them."""
+    lease_state, own_keys = store.lease_view(renew)
+    folders = service_folders([*desired.instances, *desired.ports, *own_keys], config.prefix)
+    return plan_changes(desired, store.stored_keys(folders), config.lease_id, lease_state, config.prefix)
+
+
 def sync(config: Config, dry_run: bool) -> Outcome:
     """One full run: list containers, plan against etcd, apply unless dry-run."""
     started = time.monotonic()
     registrations, skips = current_registrations(config)
     desired = desired_keys(registrations, config.prefix)
-    lease_id = config.lease_id
     store = EtcdStore(config)
     try:
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            lease_state = store.lease_state(renew=not dry_run)
-            plan = plan_changes(desired, store.stored_keys(), lease_id, lease_state, config.prefix)
+            plan = current_plan(store, desired, config, renew=not dry_run)
             if dry_run:
                 break
             try:

@@ -227,6 +227,17 @@ def test_planning_again_after_applying_changes_nothing(world):
 
 
 @SETTINGS
+@given(worlds())
+def test_reading_only_the_service_folders_gives_the_same_plan_as_reading_the_whole_prefix(world):
+    """A run reads the folders of its desired keys and of the keys on its lease; that view plans alike."""
+    on_lease = [] if world.lease_state is dr.LeaseState.MISSING else [
+        key for key, kv in world.state.items() if kv.lease == world.lease]  # what LeaseTimeToLive lists
+    folders = dr.service_folders([*world.desired.instances, *world.desired.ports, *on_lease], world.prefix)
+    view = {key: kv for key, kv in world.state.items() if key.startswith(tuple(folders))}
+    assert world.plan(view) == world.plan()
+
+
+@SETTINGS
 @given(worlds(), st.integers(1, 5))
 def test_plan_batches_are_transaction_sized_and_name_each_key_once(world, size):
     """batches() keeps order in chunks of at most 128 (or any size), and a plan names a key once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -168,7 +169,8 @@ def test_a_no_change_run_makes_zero_puts_and_zero_deletes(world):
     result = world.sync()
     after, rpcs_after, docker_after = world.etcd.metrics(), world.etcd.rpcs(), world.engine.api_requests()
     calls = {m: n - rpcs_before.get(m, 0) for m, n in rpcs_after.items() if n != rpcs_before.get(m, 0)}
-    assert calls == {"LeaseKeepAlive": 1, "Range": 1}
+    # Keepalive, the keys on the lease, then one read-only transaction over the service folders.
+    assert calls == {"LeaseKeepAlive": 1, "LeaseTimeToLive": 1, "Txn": 1}
     docker_calls = docker_after[len(docker_before):]
     assert len(docker_calls) == 1 and docker_calls[0].startswith("GET /containers/json?"), docker_calls
     assert after["etcd_mvcc_put_total"] - before["etcd_mvcc_put_total"] == 0
@@ -291,5 +293,41 @@ def test_more_than_128_keys_are_written_in_transactions_of_at_most_128(world):
     result = world.sync()
     after, rpcs_after = world.etcd.metrics(), world.etcd.rpcs()
     assert len(world.keys()) == 130 and result.stdout.startswith("added 130")
-    assert rpcs_after["Txn"] - rpcs_before.get("Txn", 0) == 2
+    # One read of the 65 service folders, then 130 puts in two writes.
+    assert rpcs_after["Txn"] - rpcs_before.get("Txn", 0) == 3
     assert after["etcd_mvcc_put_total"] - before["etcd_mvcc_put_total"] == 130
+
+
+def sent_bytes(etcd) -> float:
+    """Bytes etcd has sent to gRPC clients so far."""
+    return float(re.search(r"^etcd_network_client_grpc_sent_bytes_total (\S+)$", etcd.metrics_text(), re.M)[1])
+
+
+def test_a_run_reads_only_the_folders_of_its_services_not_the_whole_fleet(world):
+    import etcd3
+
+    world.docker_run("-P", "local/web")
+    world.sync()
+    # Another host: 2000 keys in 200 services of its own, and one more instance of web.
+    client = etcd3.client("127.0.0.1", world.etcd.client_port)
+    other = client.lease(60)
+    for start in range(0, 2000, 100):
+        client.transaction(compare=[], success=[
+            client.transactions.put(f"{world.prefix}/svc{i % 200}/{i:012x}", "10.9.9.9:80", lease=other)
+            for i in range(start, start + 100)], failure=[])
+    client.put(f"{world.prefix}/web/{'e' * 12}", "10.9.9.9:80", lease=other)
+    client.close()
+
+    before = sent_bytes(world.etcd)
+    result = world.sync()
+    sent = sent_bytes(world.etcd) - before
+    assert result.stdout.startswith("added 0, updated 0, removed 0, unchanged 2")
+    # The whole prefix is over 100 kB; the web folder is three keys.
+    assert sent < 3000, sent
+
+    world.engine.remove_all_containers()
+    result = world.sync()
+    assert result.stdout.startswith("added 0, updated 0, removed 1, unchanged 0")
+    keys = world.keys()
+    assert keys[f"{world.prefix}/web/port"] == "80"  # the other host still serves web
+    assert len(keys) == 2000 + 2
