@@ -354,14 +354,14 @@ def fleet_rows(results: list[FleetResult], interval: float) -> list[tuple[str, l
         row("  offered by the design (puts/s)", lambda r: f"{offered_puts(r, interval):.0f}",
             f"ttl: K×2×{results[0].per_host}/{interval:g} s"),
         row("etcd deletes/s", lambda r: num(rate(r, 'etcd_mvcc_delete_total')), "incl. lease expiries of late hosts"),
-        row("etcd multi-op txns/s", lambda r: num(rate(r, 'etcd_mvcc_txn_total'))),
+        row("etcd multi-op txns/s (reads too)", lambda r: num(rate(r, 'etcd_mvcc_txn_total'))),
         row("raft proposals/s", lambda r: num(rate(r, 'etcd_server_proposals_committed_total'))),
         row("watch events/s per consumer (≈ puts+deletes)",
             lambda r: num(rate(r, 'etcd_mvcc_put_total') + rate(r, 'etcd_mvcc_delete_total'))),
         row("etcd RPCs/s (all members)", lambda r: num(rpc_rate(r))),
         *[row(f"  {m}/s", lambda r, m=m: num(rpc_rate(r, m)))
-          for m in ("Range", "LeaseKeepAlive", "Txn", "Put", "LeaseGrant")],
-        row("etcd → clients (MB/s)", lambda r: f"{sent_mb_rate(r):.2f}", "lease: full-prefix reads"),
+          for m in ("Range", "LeaseKeepAlive", "LeaseTimeToLive", "Txn", "Put", "LeaseGrant")],
+        row("etcd → clients (MB/s)", lambda r: f"{sent_mb_rate(r):.2f}", "lease: own service folders"),
         row("etcd CPU, 3 members (% of one core)", lambda r: percent(r.after.etcd_cpu - r.before.etcd_cpu, seconds(r))),
         row("simulator CPU (% of one core)", lambda r: percent(r.after.own_cpu - r.before.own_cpu, seconds(r))),
     ]
