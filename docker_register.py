@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Collection, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Annotated, Iterable, Iterator, Mapping, Optional, Sequence
 
 import typer
 
@@ -191,6 +191,15 @@ class Plan:
     def count(self, action: str) -> int:
         """Number of changes of one kind."""
         return sum(1 for change in self.changes if change.action == action)
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a run reads before planning: exact keys and whole folders, or the whole prefix."""
+
+    keys: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()
+    whole_prefix: bool = False
 
 
 @dataclass(frozen=True)
@@ -519,17 +528,30 @@ def service_of(key: str, prefix: str) -> Optional[str]:
 
 
 def service_folders(keys: Iterable[str], prefix: str) -> set[str]:
-    """The folders <prefix>/<service>/ holding these keys; keys outside the prefix are left out.
+    """The folders <prefix>/<service>/ holding these keys; keys outside the prefix are left out."""
+    return {f"{prefix}/{service}/" for service in (service_of(key, prefix) for key in keys) if service is not None}
 
-    A plan needs only the folders of the services this host has keys in or wants keys in; reading
-    those instead of the whole prefix leaves out the keys of every service this host does not run.
+
+def reads_for(desired: Desired, lease_keys: Iterable[str], prefix: str, limit: int = MAX_TXN_OPS) -> Reads:
+    """The least a plan needs to read, in one transaction of at most limit reads.
+
+    That is this host's desired keys and the keys on its lease, plus the whole folder of each port key
+    it may delete (it goes only when no other host still serves the service). Other hosts' keys are
+    not read, so a run costs the same in a fleet of any size. When that is too many reads, the
+    folders of all those keys; when even that is too many, the whole prefix.
     """
-    folders = set()
-    for key in keys:
-        service = service_of(key, prefix)
-        if service is not None:
-            folders.add(f"{prefix}/{service}/")
-    return folders
+    own = {key for key in lease_keys if service_of(key, prefix) is not None}
+    wanted = {*desired.instances, *desired.ports}
+    running = {service_of(key, prefix) for key in desired.ports}
+    port_key_folders = service_folders(
+        (key for key in own if key.endswith("/" + PORT_KEY) and service_of(key, prefix) not in running), prefix)
+    keys = {key for key in wanted | own if not key.startswith(tuple(port_key_folders))}
+    if len(keys) + len(port_key_folders) <= limit:
+        return Reads(tuple(sorted(keys)), tuple(sorted(port_key_folders)))
+    folders = service_folders(wanted | own, prefix)
+    if len(folders) <= limit:
+        return Reads(folders=tuple(sorted(folders)))
+    return Reads(whole_prefix=True)
 
 
 def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
@@ -818,26 +840,28 @@ class EtcdStore:
         state = LeaseState.ALIVE if granted == self.config.ttl else LeaseState.WRONG_TTL
         return state, [key.decode("utf-8", "replace") for key in info.keys]
 
-    def stored_keys(self, folders: Optional[Collection[str]] = None) -> dict[str, StoredKey]:
-        """Read these service folders in one transaction, or the whole prefix when None or too many."""
-        if folders is None or len(folders) > MAX_TXN_OPS:
+    def stored_keys(self, reads: Reads = Reads(whole_prefix=True)) -> dict[str, StoredKey]:
+        """Read keys and folders in one read-only transaction, or the whole prefix in one range."""
+        if reads.whole_prefix:
             reply = self._call("read keys", lambda: self.client.get_prefix_response(self.config.prefix + "/"))
             found = ((kv.key, kv.value, kv.lease, kv.mod_revision) for kv in reply.kvs)
-        elif folders:
+        elif reads.keys or reads.folders:
             found = ((meta.key, value, meta.lease_id, meta.mod_revision)
-                     for folder in self._call("read keys", lambda: self._read_folders(sorted(folders)))
-                     for value, meta in folder)
+                     for response in self._call("read keys", lambda: self._read(reads))
+                     for value, meta in response)
         else:
             found = ()  # Nothing on the lease and nothing to register: nothing to read.
         return {key.decode("utf-8", "replace"): StoredKey(value.decode("utf-8", "replace"), lease, revision)
                 for key, value, lease, revision in found}
 
-    def _read_folders(self, folders: Sequence[str]) -> list:
-        """One read-only transaction with a range per folder: a linearizable read, no raft proposal."""
+    def _read(self, reads: Reads) -> list:
+        """One read-only transaction, a range per key or folder: a linearizable read, no raft proposal."""
         from etcd3 import transactions, utils
 
-        reads = [transactions.Get(folder, range_end=utils.prefix_range_end(folder.encode())) for folder in folders]
-        return self.client.transaction(compare=[], success=reads, failure=[])[1]
+        ranges = [transactions.Get(key) for key in reads.keys]
+        ranges += [transactions.Get(folder, range_end=utils.prefix_range_end(folder.encode()))
+                   for folder in reads.folders]
+        return self.client.transaction(compare=[], success=ranges, failure=[])[1]
 
     def apply(self, plan: Plan) -> None:
         """Prepare the lease, then write the changes in guarded transactions."""
@@ -940,10 +964,10 @@ def current_registrations(config: Config) -> tuple[list[Registration], list[Skip
 
 
 def current_plan(store: EtcdStore, desired: Desired, config: Config, renew: bool) -> Plan:
-    """Read the lease, the keys on it and the folders of its services and ours; plan against them."""
-    lease_state, own_keys = store.lease_view(renew)
-    folders = service_folders([*desired.instances, *desired.ports, *own_keys], config.prefix)
-    return plan_changes(desired, store.stored_keys(folders), config.lease_id, lease_state, config.prefix)
+    """Read the lease, the keys on it and what else the plan needs; plan against them."""
+    lease_state, lease_keys = store.lease_view(renew)
+    stored = store.stored_keys(reads_for(desired, lease_keys, config.prefix))
+    return plan_changes(desired, stored, config.lease_id, lease_state, config.prefix)
 
 
 def sync(config: Config, dry_run: bool) -> Outcome:

@@ -641,9 +641,8 @@ config = dr.Config(endpoints=dr.parse_endpoints(os.environ["ETCD_HOST"]), host_i
 registrations = dr.current_registrations(config)[0]; mark("GET /containers/json + registrations")
 desired = dr.desired_keys(registrations, config.prefix); mark("desired keys")
 store = dr.EtcdStore(config); mark("etcd client + gRPC channel")
-state, own = store.lease_view(renew=True); mark("etcd LeaseKeepAlive + LeaseTimeToLive")
-folders = dr.service_folders([*desired.instances, *desired.ports, *own], config.prefix)
-stored = store.stored_keys(folders); mark("etcd read of the service folders")
+state, lease_keys = store.lease_view(renew=True); mark("etcd LeaseKeepAlive + LeaseTimeToLive")
+stored = store.stored_keys(dr.reads_for(desired, lease_keys, config.prefix)); mark("etcd read of the run's keys")
 plan = dr.plan_changes(desired, stored, config.lease_id, state, config.prefix); mark("plan")
 store.apply(plan); store.close(); mark("apply (empty plan) + close")
 assert not plan.changes, plan.changes

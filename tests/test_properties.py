@@ -226,15 +226,23 @@ def test_planning_again_after_applying_changes_nothing(world):
     assert again.changes == () and again.lease_action is dr.LeaseAction.KEEP
 
 
+def view_of(state, reads: dr.Reads) -> dict:
+    """What etcd answers to these reads."""
+    if reads.whole_prefix:
+        return dict(state)
+    return {key: kv for key, kv in state.items() if key in reads.keys or key.startswith(reads.folders)}
+
+
 @SETTINGS
-@given(worlds())
-def test_reading_only_the_service_folders_gives_the_same_plan_as_reading_the_whole_prefix(world):
-    """A run reads the folders of its desired keys and of the keys on its lease; that view plans alike."""
+@given(worlds(), st.sampled_from([dr.MAX_TXN_OPS, 0, 1, 2, 3, 5, 8]))
+def test_reading_what_reads_for_names_gives_the_same_plan_as_reading_the_whole_prefix(world, limit):
+    """A run reads its own keys and lease keys (or their folders, or all): that view plans alike."""
     on_lease = [] if world.lease_state is dr.LeaseState.MISSING else [
         key for key, kv in world.state.items() if kv.lease == world.lease]  # what LeaseTimeToLive lists
-    folders = dr.service_folders([*world.desired.instances, *world.desired.ports, *on_lease], world.prefix)
-    view = {key: kv for key, kv in world.state.items() if key.startswith(tuple(folders))}
-    assert world.plan(view) == world.plan()
+    reads = dr.reads_for(world.desired, on_lease, world.prefix, limit)
+    assert len(reads.keys) + len(reads.folders) <= limit or reads.whole_prefix
+    note(f"reads: {reads}")
+    assert world.plan(view_of(world.state, reads)) == world.plan()
 
 
 @SETTINGS
