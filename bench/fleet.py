@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fleet simulation: K hosts with 50 registrations each, a pass every 10 s, against a real 3-node etcd.
 
-    .venv/bin/python bench/fleet.py                              # K = 10, 100, 300; one minute each design
+    .venv/bin/python bench/fleet.py                              # K = 10, 100, 200, 300; one minute each design
     .venv/bin/python bench/fleet.py --hosts 10,100 --duration 30 # shorter
     .venv/bin/python bench/bench.py fleet ...                    # the same
 
@@ -361,7 +361,7 @@ def fleet_rows(results: list[FleetResult], interval: float) -> list[tuple[str, l
         row("etcd RPCs/s (all members)", lambda r: num(rpc_rate(r))),
         *[row(f"  {m}/s", lambda r, m=m: num(rpc_rate(r, m)))
           for m in ("Range", "LeaseKeepAlive", "LeaseTimeToLive", "Txn", "Put", "LeaseGrant")],
-        row("etcd → clients (MB/s)", lambda r: f"{sent_mb_rate(r):.2f}", "lease: own service folders"),
+        row("etcd → clients (MB/s)", lambda r: f"{sent_mb_rate(r):.2f}", "lease: own keys only"),
         row("etcd CPU, 3 members (% of one core)", lambda r: percent(r.after.etcd_cpu - r.before.etcd_cpu, seconds(r))),
         row("simulator CPU (% of one core)", lambda r: percent(r.after.own_cpu - r.before.own_cpu, seconds(r))),
     ]
@@ -396,7 +396,7 @@ def offered_puts(r: FleetResult, interval: float) -> float:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hosts", default="10,100,300", help="fleet sizes K (default 10,100,300)")
+    parser.add_argument("--hosts", default="10,100,200,300", help="fleet sizes K (default 10,100,200,300)")
     parser.add_argument("--duration", type=float, default=60, help="measured seconds per size and design")
     parser.add_argument("--interval", type=float, default=10, help="seconds between a host's passes")
     parser.add_argument("--per-host", type=int, default=50, help="registrations per host (default 50)")
