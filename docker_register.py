@@ -47,6 +47,8 @@ MAX_TTL = 86400
 DEFAULT_TIMEOUT = 5.0
 #: etcd's default limit of operations in one transaction branch.
 MAX_TXN_OPS = 128
+#: What etcd members say while the cluster elects a leader: worth the same call again.
+BETWEEN_LEADERS = ("context deadline exceeded", "request timed out", "no leader", "leader changed")
 #: One sync at a time per host; systemd's RuntimeDirectory=docker-register makes the folder.
 DEFAULT_LOCK_FILE = "/run/docker-register/sync.lock"
 #: How often a run re-reads and re-plans when another writer got in between.
@@ -798,7 +800,7 @@ class EtcdStore:
         self.client.metadata = (("token", reply.token),)
 
     def _call(self, what: str, action):
-        """Run one etcd call, moving to the next endpoint on a connection failure."""
+        """Run one etcd call, trying again (on the next endpoint if it failed) up to once per endpoint."""
         import etcd3
         import grpc
 
@@ -812,9 +814,14 @@ class EtcdStore:
             except etcd3.exceptions.Etcd3Exception as error:
                 raise self._failure(what, error) from None
             except grpc.RpcError as error:
-                if error.code() is grpc.StatusCode.NOT_FOUND and "lease" in (error.details() or ""):
-                    raise Conflict(error.details()) from None
-                raise self._failure(what, error) from None
+                details = error.details() or ""
+                if error.code() is grpc.StatusCode.NOT_FOUND and "lease" in details:
+                    raise Conflict(details) from None
+                if not any(sign in details for sign in BETWEEN_LEADERS):
+                    raise self._failure(what, error) from None
+                # A member without a leader holds a call until its deadline; by then one is usually
+                # elected, so the call is tried again like a failed endpoint (the client keeps this one).
+                last = error
             except ValueError as error:  # The client's "Trying to use a failed node".
                 last = error
         raise self._failure(what, last)

@@ -213,9 +213,10 @@ def test_sync_survives_any_one_member_killed(world, cluster, victim):
     leader = leader_of(cluster)
     followers = [i for i in range(3) if i != leader]
     index = {"leader": leader, "follower-a": followers[0], "follower-b": followers[1]}[victim]
+    world.docker_run("-P", "local/web")
     cluster[index].stop(signal.SIGKILL)
     try:
-        world.docker_run("-P", "local/web")
+        # Right after the kill, so a run meets the cluster without a leader while it elects one.
         for _ in range(3):  # the first endpoint is chosen at random: try several runs
             started = time.monotonic()
             result = world.run("sync", "--timeout", "2", ETCD_HOST=endpoints)
