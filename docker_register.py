@@ -847,7 +847,7 @@ class EtcdStore:
         state = LeaseState.ALIVE if granted == self.config.ttl else LeaseState.WRONG_TTL
         return state, [key.decode("utf-8", "replace") for key in info.keys]
 
-    def stored_keys(self, reads: Reads = Reads(whole_prefix=True)) -> dict[str, StoredKey]:
+    def stored_keys(self, reads: Reads) -> dict[str, StoredKey]:
         """Read keys and folders in one read-only transaction, or the whole prefix in one range."""
         if reads.whole_prefix:
             reply = self._call("read keys", lambda: self.client.get_prefix_response(self.config.prefix + "/"))
@@ -915,12 +915,11 @@ class EtcdStore:
 
     def purge(self) -> list[str]:
         """Revoke this host's lease, which deletes all its keys at once; return those keys."""
-        lease_id = self.config.lease_id
-        info = self._call("read lease", lambda: self.client.get_lease_info(lease_id))
-        if info.TTL <= 0:
+        state, keys = self.lease_view(renew=False)
+        if state is LeaseState.MISSING:
             return []
-        self._call("revoke lease", lambda: self._revoke(lease_id))
-        return sorted(key.decode("utf-8", "replace") for key in info.keys)
+        self._call("revoke lease", lambda: self._revoke(self.config.lease_id))
+        return sorted(keys)
 
     def close(self) -> None:
         """Close the gRPC channels."""
