@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import hashlib
 import ipaddress
 import json
@@ -21,9 +22,10 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Annotated, Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import typer
 
@@ -102,7 +104,11 @@ class DockerError(RegisterError):
     """Docker could not be reached or refused the request."""
 
 
-class EtcdError(RegisterError):
+class StoreError(RegisterError):
+    """The key-value store could not be reached, refused the request, or kept changing under the run."""
+
+
+class EtcdError(StoreError):
     """etcd could not be reached or refused the request."""
 
 
@@ -154,7 +160,7 @@ class StoredKey:
 
 
 class LeaseState(enum.Enum):
-    """What the keepalive told us about this host's lease."""
+    """What the store told us about this host's lease."""
 
     ALIVE = "alive"
     MISSING = "missing"
@@ -162,18 +168,37 @@ class LeaseState(enum.Enum):
 
 
 class LeaseAction(enum.Enum):
-    """What a run does with the lease before writing."""
+    """What a run does with the lease before writing: decided by the planner, carried out by the store."""
 
     KEEP = "keep"
     GRANT = "grant"
-    REPLACE = "replace"
+    REPLACE = "replace"  # revoke the lease of the wrong TTL, grant it again with the right one
+    REVOKE = "revoke"  # wrong TTL and nothing to write: only revoke
+
+    @property
+    def revokes(self) -> bool:
+        """Whether the store revokes the lease first."""
+        return self in (LeaseAction.REPLACE, LeaseAction.REVOKE)
+
+    @property
+    def grants(self) -> bool:
+        """Whether the store grants the lease before writing."""
+        return self in (LeaseAction.GRANT, LeaseAction.REPLACE)
+
+
+class ChangeKind(str, enum.Enum):
+    """The kind of one write."""
+
+    ADD = "add"
+    UPDATE = "update"
+    REMOVE = "remove"
 
 
 @dataclass(frozen=True)
 class Change:
     """One write: add, update or remove a key."""
 
-    action: str
+    kind: ChangeKind
     key: str
     value: Optional[str]
     old_value: Optional[str]
@@ -190,9 +215,17 @@ class Plan:
     unchanged: int
     notes: tuple[str, ...] = ()
 
-    def count(self, action: str) -> int:
+    def count(self, kind: ChangeKind) -> int:
         """Number of changes of one kind."""
-        return sum(1 for change in self.changes if change.action == action)
+        return sum(1 for change in self.changes if change.kind is kind)
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A live lease as the store reports it: the TTL it was granted and the keys attached to it."""
+
+    granted_ttl: int
+    keys: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -567,20 +600,20 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
     for key, value in sorted(desired.instances.items()):
         kv = current.get(key)
         if kv is None:
-            changes.append(Change("add", key, value, None, 0))
+            changes.append(Change(ChangeKind.ADD, key, value, None, 0))
         elif kv.value != value or kv.lease != lease_id:
-            changes.append(Change("update", key, value, kv.value, kv.mod_revision))
+            changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision))
         else:
             unchanged += 1
 
     for key, value in sorted(desired.ports.items()):
         kv = current.get(key)
         if kv is None:
-            changes.append(Change("add", key, value, None, 0))
+            changes.append(Change(ChangeKind.ADD, key, value, None, 0))
         elif kv.value == value:
             unchanged += 1
         elif kv.lease == lease_id:
-            changes.append(Change("update", key, value, kv.value, kv.mod_revision))
+            changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision))
         else:
             notes.append(f"{key} is {kv.value!r}, set by another host; this host's containers use {value}")
             unchanged += 1
@@ -597,16 +630,26 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
         if key.endswith("/" + PORT_KEY) and service_of(key, prefix) in served_elsewhere:
             # Other hosts still serve it: keep the port key until our lease ends.
             continue
-        changes.append(Change("remove", key, None, kv.value, kv.mod_revision))
+        changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision))
 
-    has_puts = any(change.action != "remove" for change in changes)
-    if lease_state is LeaseState.WRONG_TTL:
-        lease_action = LeaseAction.REPLACE
-    elif lease_state is LeaseState.MISSING and has_puts:
-        lease_action = LeaseAction.GRANT
-    else:
-        lease_action = LeaseAction.KEEP
+    lease_action = lease_action_for(lease_state, any(change.kind is not ChangeKind.REMOVE for change in changes))
     return Plan(lease_id, lease_action, tuple(changes), unchanged, desired.notes + tuple(notes))
+
+
+def lease_action_for(lease_state: LeaseState, has_puts: bool) -> LeaseAction:
+    """Decide once what happens to the lease: a lease is granted only for keys to put on it."""
+    if lease_state is LeaseState.WRONG_TTL:
+        return LeaseAction.REPLACE if has_puts else LeaseAction.REVOKE
+    if lease_state is LeaseState.MISSING and has_puts:
+        return LeaseAction.GRANT
+    return LeaseAction.KEEP
+
+
+def lease_state_of(info: Optional[LeaseInfo], ttl: int) -> LeaseState:
+    """Judge the lease the store reported against the TTL this run wants."""
+    if info is None:
+        return LeaseState.MISSING
+    return LeaseState.ALIVE if info.granted_ttl == ttl else LeaseState.WRONG_TTL
 
 
 def batches(changes: Sequence[Change], size: int = MAX_TXN_OPS) -> Iterator[Sequence[Change]]:
@@ -706,6 +749,38 @@ def check_detected_ip(host_ip: str, containers: Iterable[Mapping]) -> None:
                              "set HOST_IP (or --host-ip) to the host's own address")
 
 
+class Store(Protocol):
+    """What a run needs from the key-value store: one lease per host, guarded writes."""
+
+    #: Where the store is, for error lines ("etcd at http://…").
+    where: str
+
+    def keep_alive(self, lease_id: int) -> bool:
+        """Renew the lease; False when it no longer exists."""
+
+    def lease(self, lease_id: int) -> Optional[LeaseInfo]:
+        """The lease's granted TTL and attached keys; None when it does not exist."""
+
+    def read(self, reads: Reads) -> dict[str, StoredKey]:
+        """The keys and folders named by reads, as the store holds them."""
+
+    def apply(self, plan: Plan, ttl: int) -> None:
+        """Carry out the plan's lease action, then its changes in guarded transactions; Conflict if a key moved."""
+
+    def revoke(self, lease_id: int) -> None:
+        """Revoke the lease (deleting its keys); nothing when it is already gone."""
+
+
+class ContainerSource(Protocol):
+    """Where the running containers come from."""
+
+    #: Where Docker is, for error lines.
+    where: str
+
+    def running_containers(self) -> list[dict]:
+        """GET /containers/json entries of the running containers."""
+
+
 class DockerSource:
     """Lists running containers with one Engine API request."""
 
@@ -740,6 +815,10 @@ class DockerSource:
             raise DockerError(f"docker at {self.where}: cannot list containers: {describe_docker_error(error)}"
                               ) from None
 
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self.client.close()
+
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's text, or its class name."""
@@ -759,54 +838,55 @@ def describe_docker_error(error: BaseException) -> str:
     return cause.strerror if cause is not None else first_line(error)
 
 
-class EtcdStore:
-    """Reads this host's view of the prefix and applies plans, on one lease."""
+def quiet_grpc_defaults() -> None:
+    """Environment defaults gRPC reads when it loads; the CLI sets them before the first etcd call."""
+    # gRPC's C core logs TLS failures to stderr by itself; the run reports them in one line instead.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    # The system resolver (getaddrinfo, /etc/hosts) instead of c-ares: 0.3 MB less per run, measured.
+    os.environ.setdefault("GRPC_DNS_RESOLVER", "native")
 
-    def __init__(self, config: Config):
-        # gRPC's C core logs TLS failures to stderr by itself; the run reports them in one line instead.
-        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-        # The system resolver (getaddrinfo, /etc/hosts) instead of c-ares: 0.3 MB less per run, measured.
-        os.environ.setdefault("GRPC_DNS_RESOLVER", "native")
-        import etcd3
-        import grpc
 
-        self.config = config
-        self.where = ",".join(str(endpoint) for endpoint in config.endpoints)
-        tls = config.tls or TlsFiles()
-        secure = any(e.secure for e in config.endpoints)
-        credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert) if secure else None
-        endpoints = [
-            etcd3.Endpoint(e.host, e.port, secure=e.secure, creds=credentials if e.secure else None,
-                           opts=GRPC_OPTIONS)
-            for e in config.endpoints
-        ]
-        self.client = etcd3.MultiEndpointEtcd3Client(endpoints, timeout=config.timeout, failover=True)
-        if config.auth:
-            self._call("authenticate", self._authenticate)
+class EtcdConnection:
+    """An etcd client over all endpoints: failover, authentication and one error vocabulary.
 
-    def _authenticate(self) -> None:
-        """Get a token and send it as metadata, which works with and without TLS.
+    Building it opens nothing: gRPC connects, and the token is fetched, on the first call.
+    """
 
-        The client's own user/password path uses call credentials, which gRPC refuses on plain HTTP.
-        """
-        import grpc
-        from etcd3 import etcdrpc
+    def __init__(self, endpoints: Sequence[EtcdEndpoint], timeout: float, tls: Optional[TlsFiles] = None,
+                 auth: Optional[Credentials] = None):
+        self.endpoints = tuple(endpoints)
+        self.timeout = timeout
+        self.tls = tls or TlsFiles()
+        self.auth = auth
+        self.where = "etcd at " + ",".join(str(endpoint) for endpoint in self.endpoints)
+        self._client = None
+        self._authenticated = auth is None
 
-        request = etcdrpc.AuthenticateRequest(name=self.config.auth.user, password=self.config.auth.password)
-        try:
-            reply = self.client.authstub.Authenticate(request, self.config.timeout)
-        except grpc.RpcError as error:
-            self.client._manage_grpc_errors(error)  # marks the endpoint failed, as the client's own calls do
-        self.client.metadata = (("token", reply.token),)
+    @property
+    def client(self):
+        """The etcd3 client, made on first use so that nothing of gRPC loads before it is needed."""
+        if self._client is None:
+            import etcd3
+            import grpc
 
-    def _call(self, what: str, action):
+            secure = any(e.secure for e in self.endpoints)
+            credentials = grpc.ssl_channel_credentials(self.tls.ca, self.tls.key, self.tls.cert) if secure else None
+            self._client = etcd3.MultiEndpointEtcd3Client(
+                [etcd3.Endpoint(e.host, e.port, secure=e.secure, creds=credentials if e.secure else None,
+                                opts=GRPC_OPTIONS) for e in self.endpoints],
+                timeout=self.timeout, failover=True)
+        return self._client
+
+    def call(self, what: str, action):
         """Run one etcd call, trying again (on the next endpoint if it failed) up to once per endpoint."""
         import etcd3
         import grpc
 
         last = None
-        for _ in self.config.endpoints:
+        for _ in self.endpoints:
             try:
+                if not self._authenticated:
+                    self._authenticate()
                 return action()
             except (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError,
                     etcd3.exceptions.NoServerAvailableError) as error:
@@ -826,35 +906,66 @@ class EtcdStore:
                 last = error
         raise self._failure(what, last)
 
+    def _authenticate(self) -> None:
+        """Get a token and send it as metadata, which works with and without TLS.
+
+        The client's own user/password path uses call credentials, which gRPC refuses on plain HTTP.
+        """
+        import grpc
+        from etcd3 import etcdrpc
+
+        request = etcdrpc.AuthenticateRequest(name=self.auth.user, password=self.auth.password)
+        try:
+            reply = self.client.authstub.Authenticate(request, self.timeout)
+        except grpc.RpcError as error:
+            self.client._manage_grpc_errors(error)  # marks the endpoint failed, as the client's own calls do
+        self.client.metadata = (("token", reply.token),)
+        self._authenticated = True
+
     def _failure(self, what: str, error: Optional[BaseException]) -> EtcdError:
-        """The one-line error for a failed call: where, what, and etcd's reason."""
-        return EtcdError(f"etcd at {self.where}: {what}: {describe_etcd_error(error)}")
+        """The one-line error for a failed call: where, what (or authenticate, before a token), and etcd's reason."""
+        return EtcdError(f"{self.where}: {what if self._authenticated else 'authenticate'}: "
+                         f"{describe_etcd_error(error)}")
 
-    def lease_view(self, renew: bool) -> tuple[LeaseState, list[str]]:
-        """Keep the lease alive (or, when not renewing, only look at it); report its state and its keys."""
-        lease_id = self.config.lease_id
-        if renew:
-            # A keepalive reply carries the granted TTL; 0 when the lease is gone.
-            replies = self._call("keep lease alive", lambda: list(self.client.refresh_lease(lease_id)))
-            granted = replies[0].TTL if replies else 0
-            if granted <= 0:
-                return LeaseState.MISSING, []
-        info = self._call("read lease", lambda: self.client.get_lease_info(lease_id))
+    def close(self) -> None:
+        """Close the gRPC channels, if any were opened."""
+        if self._client is not None:
+            self._client.close()
+
+
+class EtcdStore:
+    """The Store on etcd v3: a lease per host, keys read in one transaction, plans written in guarded ones."""
+
+    def __init__(self, connection: EtcdConnection, prefix: str):
+        self.connection = connection
+        self.prefix = prefix
+        self.where = connection.where
+
+    @property
+    def client(self):
+        """The connection's etcd3 client."""
+        return self.connection.client
+
+    def keep_alive(self, lease_id: int) -> bool:
+        """One keepalive; its reply carries the granted TTL, 0 when the lease is gone."""
+        replies = self.connection.call("keep lease alive", lambda: list(self.client.refresh_lease(lease_id)))
+        return bool(replies) and replies[0].TTL > 0
+
+    def lease(self, lease_id: int) -> Optional[LeaseInfo]:
+        """LeaseTimeToLive with keys: one RPC, no write."""
+        info = self.connection.call("read lease", lambda: self.client.get_lease_info(lease_id))
         if info.TTL <= 0:
-            return LeaseState.MISSING, []
-        if not renew:
-            granted = info.grantedTTL
-        state = LeaseState.ALIVE if granted == self.config.ttl else LeaseState.WRONG_TTL
-        return state, [key.decode("utf-8", "replace") for key in info.keys]
+            return None
+        return LeaseInfo(info.grantedTTL, tuple(key.decode("utf-8", "replace") for key in info.keys))
 
-    def stored_keys(self, reads: Reads) -> dict[str, StoredKey]:
+    def read(self, reads: Reads) -> dict[str, StoredKey]:
         """Read keys and folders in one read-only transaction, or the whole prefix in one range."""
         if reads.whole_prefix:
-            reply = self._call("read keys", lambda: self.client.get_prefix_response(self.config.prefix + "/"))
+            reply = self.connection.call("read keys", lambda: self.client.get_prefix_response(self.prefix + "/"))
             found = ((kv.key, kv.value, kv.lease, kv.mod_revision) for kv in reply.kvs)
         elif reads.keys or reads.folders:
             found = ((meta.key, value, meta.lease_id, meta.mod_revision)
-                     for response in self._call("read keys", lambda: self._read(reads))
+                     for response in self.connection.call("read keys", lambda: self._read(reads))
                      for value, meta in response)
         else:
             found = ()  # Nothing on the lease and nothing to register: nothing to read.
@@ -870,27 +981,30 @@ class EtcdStore:
                    for folder in reads.folders]
         return self.client.transaction(compare=[], success=ranges, failure=[])[1]
 
-    def apply(self, plan: Plan) -> None:
-        """Prepare the lease, then write the changes in guarded transactions."""
-        if plan.lease_action is LeaseAction.REPLACE:
-            self._call("revoke old lease", lambda: self._revoke(plan.lease_id))
-        if plan.lease_action is not LeaseAction.KEEP and plan.count("remove") < len(plan.changes):
-            self._call("grant lease", lambda: self._grant(plan.lease_id))
+    def apply(self, plan: Plan, ttl: int) -> None:
+        """Carry out the plan's lease action, then write the changes in guarded transactions."""
+        if plan.lease_action.revokes:
+            self.revoke(plan.lease_id)
+        if plan.lease_action.grants:
+            self.connection.call("grant lease", lambda: self._grant(plan.lease_id, ttl))
         for batch in batches(plan.changes):
-            self._call("write keys", lambda: self._transaction(plan.lease_id, batch))
+            self.connection.call("write keys", lambda: self._transaction(plan.lease_id, batch))
 
-    def _grant(self, lease_id: int) -> None:
+    def revoke(self, lease_id: int) -> None:
+        """Revoke the lease if it still exists."""
+        self.connection.call("revoke lease", lambda: self._revoke(lease_id))
+
+    def _grant(self, lease_id: int, ttl: int) -> None:
         """Grant the lease; another run on this host may have granted it a moment ago."""
         import grpc
 
         try:
-            self.client.lease(self.config.ttl, lease_id=lease_id)
+            self.client.lease(ttl, lease_id=lease_id)
         except grpc.RpcError as error:
             if "lease already exists" not in (error.details() or ""):
                 raise
 
     def _revoke(self, lease_id: int) -> None:
-        """Revoke the lease if it still exists."""
         import grpc
 
         try:
@@ -905,25 +1019,13 @@ class EtcdStore:
 
         compare = [transactions.Mod(change.key) == change.expected_mod for change in batch]
         success = [
-            transactions.Delete(change.key) if change.action == "remove"
+            transactions.Delete(change.key) if change.kind is ChangeKind.REMOVE
             else transactions.Put(change.key, change.value, lease=lease_id)
             for change in batch
         ]
         succeeded, _ = self.client.transaction(compare=compare, success=success, failure=[])
         if not succeeded:
             raise Conflict("a key changed while this run was writing")
-
-    def purge(self) -> list[str]:
-        """Revoke this host's lease, which deletes all its keys at once; return those keys."""
-        state, keys = self.lease_view(renew=False)
-        if state is LeaseState.MISSING:
-            return []
-        self._call("revoke lease", lambda: self._revoke(self.config.lease_id))
-        return sorted(keys)
-
-    def close(self) -> None:
-        """Close the gRPC channels."""
-        self.client.close()
 
 
 def describe_etcd_error(error: Optional[BaseException]) -> str:
@@ -945,7 +1047,7 @@ def describe_etcd_error(error: Optional[BaseException]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Apply: gather -> plan -> apply
+# Orchestration: gather -> plan -> apply, on the adapters it is given
 # ---------------------------------------------------------------------------
 
 
@@ -960,83 +1062,119 @@ class Outcome:
     seconds: float
 
 
-def current_registrations(config: Config) -> tuple[list[Registration], list[Skip]]:
+@dataclass(frozen=True)
+class Purged:
+    """What purge removed."""
+
+    lease_id: int
+    keys: tuple[str, ...]
+    seconds: float
+
+
+def current_registrations(docker: ContainerSource, config: Config) -> tuple[list[Registration], list[Skip]]:
     """List the running containers and turn them into registrations and skip notes."""
     # The container list goes out of scope here, so its memory is free again before gRPC starts.
-    containers = DockerSource(config.timeout).running_containers()
+    containers = docker.running_containers()
     if config.host_ip_detected:
         check_detected_ip(config.host_ip, containers)
     return registrations_from(containers, config.host_ip)
 
 
-def current_plan(store: EtcdStore, desired: Desired, config: Config, renew: bool) -> Plan:
+def current_lease(store: Store, config: Config, renew: bool) -> tuple[LeaseState, tuple[str, ...]]:
+    """Keep the lease alive (or, when not renewing, only look at it); its state and its keys."""
+    if renew and not store.keep_alive(config.lease_id):
+        return LeaseState.MISSING, ()
+    info = store.lease(config.lease_id)
+    return lease_state_of(info, config.ttl), info.keys if info else ()
+
+
+def current_plan(store: Store, desired: Desired, config: Config, renew: bool) -> Plan:
     """Read the lease, the keys on it and what else the plan needs; plan against them."""
-    lease_state, lease_keys = store.lease_view(renew)
-    stored = store.stored_keys(reads_for(desired, lease_keys, config.prefix))
+    lease_state, lease_keys = current_lease(store, config, renew)
+    stored = store.read(reads_for(desired, lease_keys, config.prefix))
     return plan_changes(desired, stored, config.lease_id, lease_state, config.prefix)
 
 
-def sync(config: Config, dry_run: bool) -> Outcome:
-    """One full run: list containers, plan against etcd, apply unless dry-run."""
+def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool) -> Outcome:
+    """One pass: list containers, plan against the store, apply unless dry-run; re-plan when a key moved."""
     started = time.monotonic()
-    registrations, skips = current_registrations(config)
+    registrations, skips = current_registrations(docker, config)
     desired = desired_keys(registrations, config.prefix)
-    store = EtcdStore(config)
-    try:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            plan = current_plan(store, desired, config, renew=not dry_run)
-            if dry_run:
-                break
-            try:
-                store.apply(plan)
-                break
-            except Conflict:
-                if attempt == MAX_ATTEMPTS:
-                    raise EtcdError(f"etcd at {store.where}: keys kept changing under this run; "
-                                    "is another docker-register writing for this host?") from None
-    finally:
-        store.close()
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        plan = current_plan(store, desired, config, renew=not dry_run)
+        if dry_run:
+            break
+        try:
+            store.apply(plan, config.ttl)
+            break
+        except Conflict:
+            if attempt == MAX_ATTEMPTS:
+                raise StoreError(f"{store.where}: keys kept changing under this run; "
+                                 "is another docker-register writing for this host?") from None
     return Outcome(config, plan, tuple(skips), dry_run, time.monotonic() - started)
 
 
-def locked_sync(config: Config, dry_run: bool) -> Optional[Outcome]:
-    """Sync while holding the host's lock; None when another run held it too long. A dry run needs no lock."""
+def locked_reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool) -> Optional[Outcome]:
+    """Reconcile while holding the host's lock; None when another run held it too long. A dry run needs no lock."""
     if dry_run:
-        return sync(config, dry_run=True)
+        return reconcile(config, docker, store, dry_run=True)
     with run_lock(config.lock_file, wait=config.timeout) as held:
-        return sync(config, dry_run=False) if held else None
+        return reconcile(config, docker, store, dry_run=False) if held else None
 
 
-def sync_every(config: Config, interval: float, output: str) -> int:
-    """Repeat sync every interval seconds until SIGTERM or SIGINT; a failed run is reported, not fatal."""
-    import signal
-    import threading
+def purge(config: Config, store: Store) -> Purged:
+    """Delete this host's keys by revoking its lease, which removes them all at once and no other host's."""
+    started = time.monotonic()
+    info = store.lease(config.lease_id)
+    if info is not None:
+        store.revoke(config.lease_id)
+    keys = tuple(sorted(info.keys)) if info else ()
+    return Purged(config.lease_id, keys, time.monotonic() - started)
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+
+@dataclass
+class Adapters:
+    """The Docker source and store one run works with."""
+
+    docker: ContainerSource
+    store: Store
+    closers: tuple[Callable[[], None], ...] = ()
+
+    def close(self) -> None:
+        """Close what was opened for this run."""
+        for close in self.closers:
+            close()
+
+
+def close_quietly(adapters: Optional[Adapters]) -> None:
+    """Close adapters after a failure; a second failure while closing changes nothing."""
+    if adapters is not None:
+        with contextlib.suppress(Exception):
+            adapters.close()
+    return None
+
+
+def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: float, report: Callable,
+               stop: threading.Event) -> int:
+    """Reconcile every interval seconds until stop is set; a failed pass is reported, not fatal.
+
+    The adapters are kept from pass to pass and opened afresh after a failure (a failed etcd endpoint
+    stays marked failed in its client).
+    """
+    adapters = None
     while not stop.is_set():
         started = time.monotonic()
         try:
-            print_outcome(locked_sync(config, dry_run=False), output)
+            adapters = adapters or connect()
+            report(locked_reconcile(config, adapters.docker, adapters.store, dry_run=False))
         except UsageError:
             raise
         except RegisterError as error:
-            print(f"docker-register: error: {error}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
+            report_error(error)
+            adapters = close_quietly(adapters)
         stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    close_quietly(adapters)
     return EXIT_OK
-
-
-def purge(config: Config) -> tuple[list[str], float]:
-    """Delete this host's keys by revoking its lease; return the keys and the time taken."""
-    started = time.monotonic()
-    store = EtcdStore(config)
-    try:
-        keys = store.purge()
-    finally:
-        store.close()
-    return keys, time.monotonic() - started
 
 
 # ---------------------------------------------------------------------------
@@ -1048,8 +1186,8 @@ def summary_line(outcome: Outcome) -> str:
     """The one line a normal run prints."""
     plan = outcome.plan
     verb = "would add" if outcome.dry_run else "added"
-    counts = (f"{verb} {plan.count('add')}, updated {plan.count('update')}, "
-              f"removed {plan.count('remove')}, unchanged {plan.unchanged}")
+    counts = (f"{verb} {plan.count(ChangeKind.ADD)}, updated {plan.count(ChangeKind.UPDATE)}, "
+              f"removed {plan.count(ChangeKind.REMOVE)}, unchanged {plan.unchanged}")
     return f"{counts} in {outcome.seconds:.3f}s" + (" (dry run, nothing written)" if outcome.dry_run else "")
 
 
@@ -1058,16 +1196,17 @@ def outcome_json(outcome: Outcome) -> dict:
     plan = outcome.plan
     return {
         "dry_run": outcome.dry_run,
-        "added": plan.count("add"),
-        "updated": plan.count("update"),
-        "removed": plan.count("remove"),
+        "added": plan.count(ChangeKind.ADD),
+        "updated": plan.count(ChangeKind.UPDATE),
+        "removed": plan.count(ChangeKind.REMOVE),
         "unchanged": plan.unchanged,
         "seconds": round(outcome.seconds, 4),
         "host_ip": outcome.config.host_ip,
         "prefix": outcome.config.prefix,
         "lease": {"id": f"{plan.lease_id:x}", "ttl": outcome.config.ttl, "action": plan.lease_action.value},
         "changes": [
-            {"action": c.action, "key": c.key, "value": c.value, "old_value": c.old_value} for c in plan.changes
+            {"action": c.kind.value, "key": c.key, "value": c.value, "old_value": c.old_value}
+            for c in plan.changes
         ],
         "skipped": [{"container": s.container, "reason": s.reason} for s in outcome.skips],
         "notes": list(plan.notes),
@@ -1088,13 +1227,26 @@ def print_dry_run(outcome: Outcome) -> None:
     for column in ("action", "key", "value"):
         table.add_column(column, overflow="fold")
     for change in outcome.plan.changes:
-        value = change.value if change.action != "remove" else change.old_value
-        if change.action == "update":
-            value = f"{change.old_value} -> {change.value}"
-        table.add_row(change.action, change.key, value)
+        value = {ChangeKind.ADD: change.value, ChangeKind.REMOVE: change.old_value,
+                 ChangeKind.UPDATE: f"{change.old_value} -> {change.value}"}[change.kind]
+        table.add_row(change.kind.value, change.key, value)
     for skip in outcome.skips:
         table.add_row("skip", skip.container, skip.reason)
     Console(width=max(100, Console().width)).print(table)
+
+
+def print_purged(purged: Purged, output: str) -> None:
+    """Print what purge removed in the chosen format."""
+    if output == "json":
+        print(json.dumps({"removed": len(purged.keys), "keys": list(purged.keys), "lease": f"{purged.lease_id:x}",
+                          "seconds": round(purged.seconds, 4)}))
+    else:
+        print(f"removed {len(purged.keys)} keys of lease {purged.lease_id:x} in {purged.seconds:.3f}s")
+
+
+def report_error(error: RegisterError) -> None:
+    """Print a run's error as one line."""
+    print(f"docker-register: error: {error}", file=sys.stderr, flush=True)
 
 
 def print_outcome(outcome: Optional[Outcome], output: str) -> None:
@@ -1103,16 +1255,16 @@ def print_outcome(outcome: Optional[Outcome], output: str) -> None:
         print("docker-register: note: another docker-register run holds the lock; skipped this pass",
               file=sys.stderr)
         if output == "json":
-            print(json.dumps({"skipped_pass": "another run holds the lock"}))
+            print(json.dumps({"skipped_pass": "another run holds the lock"}), flush=True)
         return
     if output == "json":
-        print(json.dumps(outcome_json(outcome)))
+        print(json.dumps(outcome_json(outcome)), flush=True)
         return
     for note in notes_of(outcome):
         print(f"docker-register: note: {note}", file=sys.stderr)
     if outcome.dry_run:
         print_dry_run(outcome)
-    print(summary_line(outcome))
+    print(summary_line(outcome), flush=True)  # flushed: a long-running sync --every is read line by line
 
 
 # ---------------------------------------------------------------------------
@@ -1199,8 +1351,31 @@ def build_config(flags: EtcdFlags, host_ip: Optional[str], prefix: str, ttl: int
 
 def fail(error: RegisterError) -> typer.Exit:
     """Print a run's error as one line and return the exit to raise."""
-    print(f"docker-register: error: {error}", file=sys.stderr)
+    report_error(error)
     return typer.Exit(error.exit_code)
+
+
+def etcd_connection(config: Config) -> EtcdConnection:
+    """The etcd connection a config describes."""
+    quiet_grpc_defaults()
+    return EtcdConnection(config.endpoints, config.timeout, config.tls, config.auth)
+
+
+def open_adapters(config: Config) -> Adapters:
+    """The real Docker source and etcd store for one run (or for passes until one fails)."""
+    connection = etcd_connection(config)
+    docker = DockerSource(config.timeout)
+    return Adapters(docker, EtcdStore(connection, config.prefix), (docker.close, connection.close))
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
+    import signal
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 @app.command("sync")
@@ -1235,8 +1410,14 @@ def sync_command(
                 raise UsageError("--every and --dry-run do not go together")
             if ttl <= every:
                 raise UsageError(f"--ttl ({ttl}) must be longer than --every ({every:g}), or keys expire between runs")
-            raise typer.Exit(sync_every(config, every, output.value))
-        outcome = locked_sync(config, dry_run)
+            report = functools.partial(print_outcome, output=output.value)
+            raise typer.Exit(sync_every(config, functools.partial(open_adapters, config), every, report,
+                                        stop_on_signals()))
+        adapters = open_adapters(config)
+        try:
+            outcome = locked_reconcile(config, adapters.docker, adapters.store, dry_run)
+        finally:
+            adapters.close()
     except RegisterError as error:
         raise fail(error) from None
     print_outcome(outcome, output.value)
@@ -1259,14 +1440,14 @@ def purge_command(
     flags = EtcdFlags(etcd, cacert, cert, key, user, password)
     try:
         config = build_config(flags, host_ip, prefix, DEFAULT_TTL, timeout)
-        keys, seconds = purge(config)
+        connection = etcd_connection(config)
+        try:
+            purged = purge(config, EtcdStore(connection, config.prefix))
+        finally:
+            connection.close()
     except RegisterError as error:
         raise fail(error) from None
-    if output is Output.json:
-        print(json.dumps({"removed": len(keys), "keys": keys, "lease": f"{config.lease_id:x}",
-                          "seconds": round(seconds, 4)}))
-    else:
-        print(f"removed {len(keys)} keys of lease {config.lease_id:x} in {seconds:.3f}s")
+    print_purged(purged, output.value)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

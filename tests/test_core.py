@@ -259,7 +259,7 @@ def plan(want, have, state=ALIVE):
 
 
 def actions(p):
-    return [(c.action, c.key, c.value) for c in p.changes]
+    return [(c.kind, c.key, c.value) for c in p.changes]
 
 
 def test_plan_should_add_new_keys_and_grant_a_missing_lease():
@@ -281,7 +281,7 @@ def test_plan_should_update_a_changed_value_guarded_by_its_revision():
 
 def test_plan_should_remove_own_keys_no_longer_desired():
     p = plan(desired(), {"/backends/web/aaa": stored("h:1"), "/backends/web/port": stored("80")})
-    assert [(c.action, c.key) for c in p.changes] == [("remove", "/backends/web/aaa"), ("remove", "/backends/web/port")]
+    assert [(c.kind, c.key) for c in p.changes] == [("remove", "/backends/web/aaa"), ("remove", "/backends/web/port")]
 
 
 def test_plan_should_never_touch_other_hosts_keys():
@@ -307,7 +307,7 @@ def test_plan_should_fix_its_own_port_key():
 
 def test_plan_should_never_remove_a_key_outside_the_prefix_even_on_its_lease():
     p = plan(desired(), {"/other/x": stored("v"), "/backendsx/a/b": stored("v"), "/backends/a/b": stored("v")})
-    assert [(c.action, c.key) for c in p.changes] == [("remove", "/backends/a/b")]
+    assert [(c.kind, c.key) for c in p.changes] == [("remove", "/backends/a/b")]
 
 
 def test_plan_should_keep_its_port_key_while_other_hosts_still_serve_the_service():

@@ -161,15 +161,15 @@ def is_port_key(key: str) -> bool:
 def apply(state, plan, lease_id, lease_state):
     """Play a plan against a state as etcd would: lease first, then guarded puts and deletes."""
     result = dict(state)
-    if plan.lease_action is dr.LeaseAction.REPLACE or lease_state is not dr.LeaseState.ALIVE:
+    if plan.lease_action.revokes or lease_state is not dr.LeaseState.ALIVE:
         result = {key: kv for key, kv in result.items() if kv.lease != lease_id}
-    lease_usable = plan.lease_action is not dr.LeaseAction.KEEP or lease_state is dr.LeaseState.ALIVE
+    lease_usable = plan.lease_action.grants or lease_state is dr.LeaseState.ALIVE
     revision = max((kv.mod_revision for kv in state.values()), default=0)
     for change in plan.changes:
         held = result.get(change.key)
         assert (held.mod_revision if held else 0) == change.expected_mod, f"etcd would refuse {change}"
         revision += 1
-        if change.action == "remove":
+        if change.kind is dr.ChangeKind.REMOVE:
             del result[change.key]
         else:
             assert lease_usable, f"{change} puts on a lease that is missing or has the wrong TTL"
