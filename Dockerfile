@@ -13,7 +13,7 @@ ARG PIP_FIND_LINKS
 ARG PIP_NO_INDEX
 ARG PIP_TRUSTED_HOST
 
-COPY pyproject.toml setup.cfg README.md docker_register.py /src/
+COPY pyproject.toml setup.cfg README.md LICENSE docker_register.py /src/
 RUN python3 -m venv /opt/docker-register \
  && /opt/docker-register/bin/pip install --no-cache-dir --disable-pip-version-check /src \
  && rm -rf /src

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 
@@ -94,3 +95,17 @@ def test_installed_console_script_reports_usage_errors_as_exit_2():
     result = subprocess.run([BINARY, "sync", "--ttl", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert subprocess.run([BINARY, "--version"], capture_output=True, text=True).stdout.startswith("docker-register")
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path):
+    # Run from an empty directory so the installed module answers, as it would for a user.
+    def module(*args):
+        return subprocess.run([sys.executable, "-m", "docker_register", *args], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+
+    version = module("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"docker-register {dr.__version__}"
+    usage = module("sync", "--ttl", "0")
+    assert usage.returncode == 2 and usage.stdout == "" and "Traceback" not in usage.stderr
+    lines = usage.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("docker-register: error: ") and "--ttl" in lines[0], usage.stderr
