@@ -65,6 +65,53 @@ IGNORE_LABEL = "SERVICE_IGNORE"
 NAME_LABEL = "SERVICE_NAME"
 #: Label naming one private port, e.g. SERVICE_80_NAME.
 PORT_NAME_LABEL = "SERVICE_{port}_NAME"
+#: Labels saying whether a tcp port is http (the default) or plain tcp, for the Traefik layout.
+PROTOCOL_LABEL = "SERVICE_PROTOCOL"
+PORT_PROTOCOL_LABEL = "SERVICE_{port}_PROTOCOL"
+#: Traefik's dynamic configuration sections a label or key may name.
+TRAEFIK_PROTOCOLS = ("http", "tcp", "udp")
+TRAEFIK_KINDS = ("routers", "services", "middlewares")
+#: Fields a traefik.* label may set, per protocol and kind ("#" an index, "*" any name). Traefik's KV
+#: provider stops applying every change while one key under its root names an unknown field, so a label
+#: outside this list is skipped with a note instead of being written.
+TRAEFIK_FIELDS = {
+    ("http", "routers"): (
+        "rule", "rulesyntax", "service", "priority", "entrypoints", "entrypoints.#", "middlewares", "middlewares.#",
+        "tls", "tls.certresolver", "tls.options", "tls.domains.#.main", "tls.domains.#.sans", "tls.domains.#.sans.#",
+        "observability.accesslogs", "observability.tracing", "observability.metrics"),
+    ("tcp", "routers"): (
+        "rule", "rulesyntax", "service", "priority", "entrypoints", "entrypoints.#", "middlewares", "middlewares.#",
+        "tls", "tls.passthrough", "tls.certresolver", "tls.options", "tls.domains.#.main", "tls.domains.#.sans",
+        "tls.domains.#.sans.#"),
+    ("udp", "routers"): ("service", "entrypoints", "entrypoints.#"),
+    ("http", "services"): (
+        "loadbalancer.passhostheader", "loadbalancer.serverstransport", "loadbalancer.strategy",
+        "loadbalancer.responseforwarding.flushinterval", "loadbalancer.sticky.cookie",
+        "loadbalancer.sticky.cookie.*", "loadbalancer.healthcheck.*", "loadbalancer.healthcheck.headers.*"),
+    ("tcp", "services"): ("loadbalancer.serverstransport", "loadbalancer.terminationdelay",
+                          "loadbalancer.proxyprotocol.version"),
+    ("udp", "services"): (),
+    ("http", "middlewares"): (
+        "addprefix.prefix", "stripprefix.prefixes", "stripprefix.prefixes.#", "stripprefix.forceslash",
+        "stripprefixregex.regex", "stripprefixregex.regex.#", "replacepath.path", "replacepathregex.regex",
+        "replacepathregex.replacement", "redirectscheme.*", "redirectregex.*", "basicauth.*", "basicauth.users.#",
+        "digestauth.*", "digestauth.users.#", "headers.*", "headers.*.#", "headers.customrequestheaders.*",
+        "headers.customresponseheaders.*", "headers.sslproxyheaders.*", "ipallowlist.sourcerange",
+        "ipallowlist.sourcerange.#", "ipallowlist.ipstrategy.*", "ipallowlist.rejectstatuscode", "ratelimit.*",
+        "ratelimit.sourcecriterion.*", "ratelimit.sourcecriterion.ipstrategy.*", "compress", "compress.*",
+        "retry.*", "chain.middlewares", "chain.middlewares.#", "buffering.*", "circuitbreaker.*",
+        "forwardauth.*", "forwardauth.tls.*", "inflightreq.amount", "inflightreq.sourcecriterion.*",
+        "errors.*", "passtlsclientcert.pem", "passtlsclientcert.info.*", "passtlsclientcert.info.*.*",
+        "contenttype.autodetect", "grpcweb.alloworigins", "grpcweb.alloworigins.#"),
+    ("tcp", "middlewares"): ("ipallowlist.sourcerange", "ipallowlist.sourcerange.#", "inflightconn.amount"),
+    ("udp", "middlewares"): (),
+}
+#: Longest traefik.* label value copied into a key; longer ones are skipped with a note.
+MAX_LABEL_VALUE = 4096
+#: Default DNS domain of the SkyDNS layout.
+DEFAULT_DOMAIN = "docker.local"
+#: One DNS label: what a SkyDNS name segment must be.
+DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 #: Protocols Docker publishes; tcp names carry no suffix, others get "-<proto>".
 PROTOCOLS = ("tcp", "udp", "sctp")
 #: Host bindings that mean "every address of the host".
@@ -123,13 +170,22 @@ class Conflict(Exception):
 
 @dataclass(frozen=True)
 class Registration:
-    """One published port of one container, as it should appear in etcd."""
+    """One reachable port of one container: where other hosts reach it, and under which service."""
 
     service: str
     container_id: str
     container_name: str
-    address: str
+    ip: str
+    port: int
     private_port: int
+    protocol: str = "tcp"
+    #: The container's labels, for layouts that read more of them (Traefik's routers).
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def address(self) -> str:
+        """ip:port, IPv6 in brackets."""
+        return format_address(self.ip, self.port)
 
 
 @dataclass(frozen=True)
@@ -143,10 +199,10 @@ class Skip:
 
 @dataclass(frozen=True)
 class Desired:
-    """Keys this host should hold: its own instance keys and the shared port keys."""
+    """Keys this host should hold: its own keys, and keys it shares with other hosts serving the same service."""
 
-    instances: Mapping[str, str]
-    ports: Mapping[str, str]
+    own: Mapping[str, str]
+    shared: Mapping[str, str]
     notes: tuple[str, ...] = ()
 
 
@@ -281,6 +337,13 @@ class Config:
     tls: Optional[TlsFiles] = None
     auth: Optional[Credentials] = None
     lock_file: Optional[str] = None
+    layout_name: str = "discover"
+    domain: str = DEFAULT_DOMAIN
+
+    @property
+    def layout(self) -> "Layout":
+        """The layout the keys follow."""
+        return LAYOUTS[self.layout_name]
 
     @property
     def lease_id(self) -> int:
@@ -337,18 +400,29 @@ def parse_credentials(user: Optional[str], password: Optional[str]) -> Optional[
     return Credentials(name, secret)
 
 
-def parse_prefix(prefix: str) -> str:
-    """Check a key prefix: absolute, no trailing slash, no empty or dot segments."""
-    if not prefix.startswith("/") or prefix == "/":
-        raise UsageError(f"--prefix must start with / and name a directory, like {DEFAULT_PREFIX} (got {prefix!r})")
+def parse_prefix(prefix: str, absolute: bool = True, example: str = DEFAULT_PREFIX) -> str:
+    """Check a key prefix: absolute (or, for Traefik, not), no trailing slash, no empty or dot segments."""
+    if absolute and (not prefix.startswith("/") or prefix == "/"):
+        raise UsageError(f"--prefix must start with / and name a directory, like {example} (got {prefix!r})")
+    if not absolute and prefix.startswith("/"):
+        raise UsageError(f"--prefix must not start with / for this layout: Traefik does not see such keys, "
+                         f"use a root like {example} (got {prefix!r})")
     if prefix.endswith("/"):
         raise UsageError(f"--prefix must not end with / (got {prefix!r})")
-    segments = prefix[1:].split("/")
+    segments = prefix.removeprefix("/").split("/")
     if any(segment in ("", ".", "..") for segment in segments):
         raise UsageError(f"--prefix must not contain empty, . or .. segments (got {prefix!r})")
     if NAME_UNSAFE.search(prefix.replace("/", "")):
         raise UsageError(f"--prefix may hold only letters, digits, '.', '_', '-' and '/' (got {prefix!r})")
     return prefix
+
+
+def parse_domain(domain: str) -> str:
+    """Check a DNS domain for the SkyDNS layout: dot-separated DNS labels."""
+    labels = domain.strip().lower().rstrip(".").split(".")
+    if not all(DNS_LABEL.fullmatch(label) for label in labels) or len(domain) > 200:
+        raise UsageError(f"--domain / DOCKER_REGISTER_DOMAIN: {domain!r} is not a DNS domain like {DEFAULT_DOMAIN}")
+    return ".".join(labels)
 
 
 def parse_host_ip(text: str) -> str:
@@ -440,7 +514,7 @@ def published_ports(container: Mapping) -> dict[tuple[int, str], list[Mapping]]:
     return dict(sorted(groups.items()))
 
 
-def reachable_address(bindings: Sequence[Mapping], host_ip: str) -> Optional[str]:
+def reachable_address(bindings: Sequence[Mapping], host_ip: str) -> Optional[tuple[str, int]]:
     """Pick the address other hosts reach a port at; None when it is bound to loopback only."""
     host_family = ipaddress.ip_address(host_ip).version
     candidates = []
@@ -462,7 +536,7 @@ def reachable_address(bindings: Sequence[Mapping], host_ip: str) -> Optional[str
     if not candidates:
         return None
     _, port, ip = min(candidates)
-    return format_address(ip, port)
+    return ip, port
 
 
 def service_name(labels: Mapping[str, str], image_name: Optional[str], port: int, proto: str,
@@ -512,7 +586,7 @@ def container_registrations(container: Mapping, host_ip: str) -> tuple[list[Regi
         if address is None:
             skips.append(Skip(label, f"{where}: bound to loopback only, other hosts cannot reach it"))
             continue
-        registrations.append(Registration(name, container_id, label, address, port))
+        registrations.append(Registration(name, container_id, label, *address, port, proto, labels))
     return registrations, skips
 
 
@@ -526,6 +600,28 @@ def registrations_from(containers: Iterable[Mapping], host_ip: str) -> tuple[lis
     return registrations, skips
 
 
+# --- Layouts: registrations -> the keys a consumer reads ------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one consumer wants the keys: a pure function from registrations to desired keys, and the key rules
+    the planner needs (which keys are shared between hosts, and where other hosts' keys keep one in use)."""
+
+    name: str
+    #: Root of the keys when --prefix is not given.
+    default_prefix: str
+    #: Whether the prefix starts with "/" (Traefik does not see keys that do).
+    absolute: bool
+    desire: Callable[[Sequence[Registration], "Config"], Desired]
+    #: (key, prefix) -> whether the key has this layout's shape; keys of another shape are never touched.
+    fits: Callable[[str, str], bool]
+    #: (key, prefix) -> whether hosts share the key (it is left alone when equal, removed only when unused).
+    is_shared: Callable[[str, str], bool]
+    #: (shared key, prefix, stored keys) -> folders where another host's own key keeps the shared key in use.
+    holders: Callable[[str, str, Mapping[str, "StoredKey"]], frozenset[str]]
+
+
 def instance_key(prefix: str, service: str, container_id: str) -> str:
     """The key of one container's port: <prefix>/<service>/<id12>."""
     return f"{prefix}/{service}/{container_id}"
@@ -536,24 +632,36 @@ def port_key(prefix: str, service: str) -> str:
     return f"{prefix}/{service}/{PORT_KEY}"
 
 
-def desired_keys(registrations: Iterable[Registration], prefix: str) -> Desired:
-    """Compute the keys this host should hold for its registrations."""
-    instances: dict[str, str] = {}
-    private_ports: dict[str, set[int]] = {}
+def own_keys(registrations: Iterable[Registration], key_of: Callable[[Registration], Optional[str]],
+             value_of: Callable[[Registration], str]) -> tuple[dict[str, str], list[str]]:
+    """One key per registration; a second registration on the same key is noted and left out."""
+    keys: dict[str, str] = {}
     notes = []
     for registration in registrations:
-        key = instance_key(prefix, registration.service, registration.container_id)
-        if key in instances:
+        key = key_of(registration)
+        if key is None:
+            continue
+        if key in keys:
             notes.append(f"{registration.container_name}: service {registration.service} named twice, kept the first")
             continue
-        instances[key] = registration.address
+        keys[key] = value_of(registration)
+    return keys, notes
+
+
+def discover_keys(registrations: Sequence[Registration], config: "Config") -> Desired:
+    """docker-discover's layout: <prefix>/<service>/<id12> = ip:port, and <prefix>/<service>/port shared."""
+    prefix = config.prefix
+    own, notes = own_keys(registrations, lambda r: instance_key(prefix, r.service, r.container_id),
+                          lambda r: r.address)
+    private_ports: dict[str, set[int]] = {}
+    for registration in registrations:
         private_ports.setdefault(registration.service, set()).add(registration.private_port)
-    ports = {}
+    shared = {}
     for service, found in sorted(private_ports.items()):
         if len(found) > 1:
             notes.append(f"service {service} runs on private ports {sorted(found)}; {PORT_KEY} key says {min(found)}")
-        ports[port_key(prefix, service)] = str(min(found))
-    return Desired(instances, ports, tuple(notes))
+        shared[port_key(prefix, service)] = str(min(found))
+    return Desired(own, shared, tuple(notes))
 
 
 def service_of(key: str, prefix: str) -> Optional[str]:
@@ -562,42 +670,318 @@ def service_of(key: str, prefix: str) -> Optional[str]:
     return parts[0] if len(parts) == 2 else None
 
 
-def service_folders(keys: Iterable[str], prefix: str) -> set[str]:
-    """The folders <prefix>/<service>/ holding these keys; keys outside the prefix are left out."""
-    return {f"{prefix}/{service}/" for service in (service_of(key, prefix) for key in keys) if service is not None}
+DISCOVER = Layout(
+    name="discover", default_prefix=DEFAULT_PREFIX, absolute=True, desire=discover_keys,
+    fits=lambda key, prefix: service_of(key, prefix) is not None,
+    is_shared=lambda key, prefix: key.endswith("/" + PORT_KEY),
+    holders=lambda key, prefix, stored: frozenset({key.rsplit("/", 1)[0] + "/"}),
+)
 
 
-def reads_for(desired: Desired, lease_keys: Iterable[str], prefix: str, limit: int = MAX_TXN_OPS) -> Reads:
+def dns_label(name: str) -> Optional[str]:
+    """A service name as one DNS label (lowercase letters, digits, inner hyphens, at most 63), or None."""
+    label = re.sub(r"[._]", "-", name.lower()).strip("-")
+    return label if DNS_LABEL.fullmatch(label) else None
+
+
+def skydns_keys(registrations: Sequence[Registration], config: "Config") -> Desired:
+    """CoreDNS's etcd plugin: <prefix>/<domain reversed>/<service>/<id12> = {"host", "port", "ttl"} JSON."""
+    root = config.prefix + "".join(f"/{label}" for label in reversed(config.domain.split(".")))
+    usable, notes = [], []
+    for registration in registrations:
+        if dns_label(registration.service) is None:
+            notes.append(f"{registration.container_name}: service {registration.service} cannot be a DNS label; "
+                         "skipped (use letters, digits and hyphens, at most 63)")
+        else:
+            usable.append(registration)
+    own, twice = own_keys(usable, lambda r: f"{root}/{dns_label(r.service)}/{r.container_id}",
+                          lambda r: json.dumps({"host": r.ip, "port": r.port, "ttl": config.ttl}))
+    return Desired(own, {}, tuple(notes + twice))
+
+
+SKYDNS = Layout(
+    name="skydns", default_prefix="/skydns", absolute=True, desire=skydns_keys,
+    fits=lambda key, prefix: key.startswith(prefix + "/"),
+    is_shared=lambda key, prefix: False,
+    holders=lambda key, prefix, stored: frozenset(),
+)
+
+
+def traefik_protocol(registration: Registration, named: Mapping[tuple[str, int], str]) -> str:
+    """http, tcp or udp: udp ports are UDP services; a tcp port is HTTP unless a label says tcp, or only a
+    traefik.tcp.services label names it."""
+    if registration.protocol != "tcp":
+        return registration.protocol
+    port = registration.private_port
+    chosen = registration.labels.get(PORT_PROTOCOL_LABEL.format(port=port)) or registration.labels.get(PROTOCOL_LABEL)
+    if chosen:
+        return "tcp" if chosen.strip().lower() == "tcp" else "http"
+    return "tcp" if ("tcp", port) in named and ("http", port) not in named else "http"
+
+
+def traefik_label_path(label: str) -> Optional[tuple[str, ...]]:
+    """The key segments of a traefik.* label (lowercased; [n] becomes /n), or None when it is not a safe path."""
+    segments = []
+    for part in label.split(".")[1:]:
+        match = re.fullmatch(r"([A-Za-z0-9_-]+)((?:\[\d{1,3}\])*)", part)
+        if not match:
+            return None
+        segments.append(match.group(1).lower())
+        segments.extend(re.findall(r"\[(\d{1,3})\]", match.group(2)))
+    return tuple(segments)
+
+
+def traefik_field_known(protocol: str, kind: str, rest: tuple[str, ...]) -> bool:
+    """Whether a path below a router, service or middleware name is a field Traefik knows."""
+    for pattern in TRAEFIK_FIELDS[(protocol, kind)]:
+        parts = pattern.split(".")
+        if len(parts) == len(rest) and all(
+                part == segment or part == "*" or (part == "#" and segment.isdigit())
+                for part, segment in zip(parts, rest)):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class TraefikLabels:
+    """What a container's traefik.* labels say: named services by (protocol, port), and config keys."""
+
+    #: (protocol, private port) -> Traefik service name, from ...services.<name>.loadbalancer.server.port.
+    services: Mapping[tuple[str, int], str]
+    #: http services whose servers are reached over https (loadbalancer.server.scheme=https).
+    https: frozenset[str]
+    #: (protocol, kind, name, rest of the path) -> value, for routers, middlewares and service options.
+    entries: Mapping[tuple[str, str, str, tuple[str, ...]], str]
+    notes: tuple[str, ...]
+
+
+def read_traefik_labels(labels: Mapping[str, str], container: str) -> TraefikLabels:
+    """Sort a container's traefik.* labels into named services, server schemes and config entries."""
+    services, https, entries, notes = {}, set(), {}, []
+    for label, value in sorted(labels.items()):
+        if not label.startswith("traefik."):
+            continue
+        path = traefik_label_path(label)
+        if path is None or len(path) > 12:
+            notes.append(f"{container}: label {label[:80]!r} is not a key path Traefik reads; skipped")
+            continue
+        if len(path) < 4 or path[0] not in TRAEFIK_PROTOCOLS or path[1] not in TRAEFIK_KINDS:
+            continue  # traefik.enable, traefik.docker.network and the like concern the Docker provider only
+        protocol, kind, name, rest = path[0], path[1], path[2], path[3:]
+        if not (kind == "services" and rest[:2] in (("loadbalancer", "server"), ("loadbalancer", "servers"))
+                or traefik_field_known(protocol, kind, rest)):
+            notes.append(f"{container}: label {label} sets no field Traefik's {protocol} {kind} know; skipped")
+            continue
+        if len(value) > MAX_LABEL_VALUE:
+            notes.append(f"{container}: label {label} has a value over {MAX_LABEL_VALUE} characters; skipped")
+            continue
+        if kind == "services" and rest[:2] == ("loadbalancer", "server") and rest[2:] == ("port",):
+            if value.strip().isdigit():
+                services[(protocol, int(value))] = name
+            else:
+                notes.append(f"{container}: label {label} is not a port number; skipped")
+        elif kind == "services" and rest[:2] == ("loadbalancer", "server") and rest[2:] == ("scheme",):
+            if value.strip().lower() == "https":
+                https.add(name)
+        elif kind == "services" and rest[:2] in (("loadbalancer", "server"), ("loadbalancer", "servers")):
+            notes.append(f"{container}: label {label} would set a server; servers are docker-register's own")
+        else:
+            key = (protocol, kind, name, rest)
+            if any(other[:3] == key[:3] and other[3] != rest and (other[3][:len(rest)] == rest
+                                                                  or rest[:len(other[3])] == other[3])
+                   for other in entries):
+                notes.append(f"{container}: label {label} collides with another label's key; skipped")
+                continue
+            entries[key] = value
+    return TraefikLabels(services, frozenset(https), entries, tuple(notes))
+
+
+def traefik_reference(value: str) -> str:
+    """Names a router refers to, lowercased like the names in keys; name@provider is left as written."""
+    return ",".join(name.strip() if "@" in name else name.strip().lower() for name in value.split(","))
+
+
+def traefik_server(registration: Registration, protocol: str, https: bool) -> tuple[str, str]:
+    """The leaf and value of one server: url for HTTP, address for TCP and UDP."""
+    if protocol == "http":
+        return "url", f"{'https' if https else 'http'}://{registration.address}"
+    return "address", registration.address
+
+
+def traefik_keys(registrations: Sequence[Registration], config: "Config") -> Desired:
+    """Traefik's KV provider: servers of each service keyed by container id, and routing from traefik.* labels."""
+    prefix = config.prefix
+    own, shared, notes = {}, {}, []
+    by_container: dict[str, list[Registration]] = {}
+    for registration in registrations:
+        by_container.setdefault(registration.container_id, []).append(registration)
+    for container_id, found in by_container.items():
+        container = found[0].container_name
+        if found[0].labels.get("traefik.enable", "").strip().lower() == "false":
+            continue  # kept out of Traefik, as its Docker provider does
+        labels = read_traefik_labels(found[0].labels, container)
+        notes.extend(labels.notes)
+        served: dict[str, set[str]] = {}
+        for registration in found:
+            protocol = traefik_protocol(registration, labels.services)
+            named = labels.services.get((protocol, registration.private_port))
+            service = named or registration.service.lower()
+            leaf, value = traefik_server(registration, protocol, service in labels.https)
+            key = f"{prefix}/{protocol}/services/{service}/loadbalancer/servers/{container_id}/{leaf}"
+            if key in own:
+                notes.append(f"{container}: {protocol} service {service} named twice, kept the first")
+                continue
+            own[key] = value
+            served.setdefault(protocol, set()).add(service)
+        for key, value in traefik_entries(labels, served, container, notes).items():
+            full = f"{prefix}/{key}"
+            if full in shared and shared[full] != value:
+                notes.append(f"{container}: {full} differs between containers on this host; kept the first")
+                continue
+            shared.setdefault(full, value)
+    return Desired(own, shared, tuple(notes))
+
+
+def traefik_entries(labels: TraefikLabels, served: Mapping[str, set[str]], container: str,
+                    notes: list[str]) -> dict[str, str]:
+    """Router, middleware and service-option keys (below the prefix) from one container's labels."""
+    keys: dict[str, str] = {}
+    routers_with_service = {(protocol, name) for (protocol, kind, name, rest) in labels.entries
+                            if kind == "routers" and rest == ("service",)}
+    for (protocol, kind, name, rest), value in labels.entries.items():
+        if kind == "services" and name not in served.get(protocol, ()):
+            notes.append(f"{container}: {protocol} service {name} has options but no port here; options skipped")
+            continue
+        if rest[-1:] in (("service",), ("middlewares",)) or rest[-2:-1] == ("middlewares",):
+            value = traefik_reference(value)
+        keys["/".join((protocol, kind, name, *rest))] = value
+    for protocol, kind, name, rest in labels.entries:
+        if kind != "routers" or (protocol, name) in routers_with_service:
+            continue
+        services = sorted(served.get(protocol, ()))
+        if len(services) == 1:
+            keys[f"{protocol}/routers/{name}/service"] = services[0]
+            routers_with_service.add((protocol, name))
+        else:
+            notes.append(f"{container}: {protocol} router {name} names no service and the container has "
+                         f"{len(services)} {protocol} services; router skipped")
+            for key in [k for k in keys if k.startswith(f"{protocol}/routers/{name}/")]:
+                del keys[key]
+            routers_with_service.add((protocol, name))
+    return keys
+
+
+def traefik_parts(key: str, prefix: str) -> Optional[tuple[str, ...]]:
+    """The segments of a key below the Traefik prefix: protocol, kind, name, ..."""
+    if not key.startswith(prefix + "/"):
+        return None
+    parts = tuple(key[len(prefix) + 1:].split("/"))
+    ok = len(parts) >= 4 and parts[0] in TRAEFIK_PROTOCOLS and parts[1] in TRAEFIK_KINDS
+    return parts if ok else None
+
+
+def traefik_is_server(parts: tuple[str, ...]) -> bool:
+    """Whether key segments name a server of a service (a host's own key)."""
+    return parts[1] == "services" and parts[3:5] == ("loadbalancer", "servers")
+
+
+def traefik_holders(key: str, prefix: str, stored: Mapping[str, "StoredKey"]) -> frozenset[str]:
+    """Server folders whose servers keep a router, middleware or service option in use."""
+    parts = traefik_parts(key, prefix) or ()
+    if len(parts) < 4:
+        return frozenset()
+    protocol, kind, name = parts[:3]
+
+    def servers(service: str) -> str:
+        return f"{prefix}/{protocol}/services/{service.strip().lower()}/loadbalancer/servers/"
+
+    if kind == "services":
+        return frozenset({servers(name)})
+    if kind == "routers":
+        service = stored.get(f"{prefix}/{protocol}/routers/{name}/service")
+        return frozenset({servers(service.value)} if service else ())
+    # A middleware is in use while a router that names it is.
+    return frozenset(folder for other, kv in stored.items()
+                     if kv.value.strip().lower() == name and "/middlewares/" in other
+                     and (traefik_parts(other, prefix) or ("", ""))[1] == "routers"
+                     for folder in traefik_holders(other, prefix, stored))
+
+
+TRAEFIK = Layout(
+    name="traefik", default_prefix="traefik", absolute=False, desire=traefik_keys,
+    fits=lambda key, prefix: traefik_parts(key, prefix) is not None,
+    is_shared=lambda key, prefix: not traefik_is_server(traefik_parts(key, prefix) or ("", "")),
+    holders=traefik_holders,
+)
+
+#: The layouts by name, the first the default.
+LAYOUTS = {layout.name: layout for layout in (DISCOVER, TRAEFIK, SKYDNS)}
+
+
+def desired_keys(registrations: Sequence[Registration], config: "Config") -> Desired:
+    """The keys this host should hold for its registrations, in the configured layout."""
+    return config.layout.desire(registrations, config)
+
+
+# --- Plan: desired keys against what the store holds ------------------------------------------
+
+
+def parent_folder(key: str) -> str:
+    """The folder a key is in, with its trailing slash."""
+    return key.rsplit("/", 1)[0] + "/"
+
+
+def stale_shared(desired: Desired, keys: Iterable[str], layout: Layout, prefix: str) -> list[str]:
+    """Shared keys among keys (this host's) that no container here wants any more."""
+    return [key for key in keys if layout.is_shared(key, prefix) and key not in desired.shared]
+
+
+def reads_for(desired: Desired, lease_keys: Iterable[str], prefix: str, limit: int = MAX_TXN_OPS,
+              layout: Layout = DISCOVER) -> Reads:
     """The least a plan needs to read, in one transaction of at most limit reads.
 
-    That is this host's desired keys and the keys on its lease, plus the whole folder of each port key
-    it may delete (it goes only when no other host still serves the service). Other hosts' keys are
-    not read, so a run costs the same in a fleet of any size. When that is too many reads, the
-    folders of all those keys; when even that is too many, the whole prefix.
+    That is this host's desired keys and the keys on its lease, plus the folders where other hosts'
+    keys keep a shared key of this host in use (it goes only when none does), as far as the keys alone
+    tell them. Other hosts' keys are not otherwise read, so a run costs the same in a fleet of any
+    size. When that is too many reads, the folders of all those keys; when even that is too many, the
+    whole prefix.
     """
-    own = {key for key in lease_keys if service_of(key, prefix) is not None}
-    wanted = {*desired.instances, *desired.ports}
-    running = {service_of(key, prefix) for key in desired.ports}
-    port_key_folders = service_folders(
-        (key for key in own if key.endswith("/" + PORT_KEY) and service_of(key, prefix) not in running), prefix)
-    keys = {key for key in wanted | own if not key.startswith(tuple(port_key_folders))}
-    if len(keys) + len(port_key_folders) <= limit:
-        return Reads(tuple(sorted(keys)), tuple(sorted(port_key_folders)))
-    folders = service_folders(wanted | own, prefix)
+    own = {key for key in lease_keys if layout.fits(key, prefix)}
+    wanted = {*desired.own, *desired.shared}
+    holder_folders = {folder for key in stale_shared(desired, own, layout, prefix)
+                      for folder in layout.holders(key, prefix, {})}
+    keys = {key for key in wanted | own if not key.startswith(tuple(holder_folders))}
+    if len(keys) + len(holder_folders) <= limit:
+        return Reads(tuple(sorted(keys)), tuple(sorted(holder_folders)))
+    folders = {parent_folder(key) for key in wanted | own}
     if len(folders) <= limit:
         return Reads(folders=tuple(sorted(folders)))
     return Reads(whole_prefix=True)
 
 
+def more_reads_for(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int, read: Reads, prefix: str,
+                   layout: Layout = DISCOVER, limit: int = MAX_TXN_OPS) -> Optional[Reads]:
+    """Holder folders that only the values just read name (a router's service), not read yet; None if none."""
+    if read.whole_prefix:
+        return None
+    ours = [key for key, kv in stored.items() if kv.lease == lease_id and layout.fits(key, prefix)]
+    folders = {folder for key in stale_shared(desired, ours, layout, prefix)
+               for folder in layout.holders(key, prefix, stored)
+               if not folder.startswith(read.folders or ("\0",))}
+    if not folders:
+        return None
+    return Reads(folders=tuple(sorted(folders))) if len(folders) <= limit else Reads(whole_prefix=True)
+
+
 def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
-                 lease_state: LeaseState, prefix: str) -> Plan:
+                 lease_state: LeaseState, prefix: str, layout: Layout = DISCOVER) -> Plan:
     """Compare desired keys with what etcd holds and list the writes that make them equal."""
     lease_alive = lease_state is LeaseState.ALIVE
     # Keys of a lease that is gone or about to be replaced do not count as present.
     current = {key: kv for key, kv in stored.items() if lease_alive or kv.lease != lease_id}
     changes, notes, unchanged = [], [], 0
 
-    for key, value in sorted(desired.instances.items()):
+    for key, value in sorted(desired.own.items()):
         kv = current.get(key)
         if kv is None:
             changes.append(Change(ChangeKind.ADD, key, value, None, 0))
@@ -606,7 +990,7 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
         else:
             unchanged += 1
 
-    for key, value in sorted(desired.ports.items()):
+    for key, value in sorted(desired.shared.items()):
         kv = current.get(key)
         if kv is None:
             changes.append(Change(ChangeKind.ADD, key, value, None, 0))
@@ -618,17 +1002,16 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
             notes.append(f"{key} is {kv.value!r}, set by another host; this host's containers use {value}")
             unchanged += 1
 
-    served_elsewhere = {
-        service_of(key, prefix) for key, kv in current.items()
-        if kv.lease != lease_id and not key.endswith("/" + PORT_KEY)
-    }
+    others = [key for key, kv in current.items()
+              if kv.lease != lease_id and layout.fits(key, prefix) and not layout.is_shared(key, prefix)]
     for key, kv in sorted(current.items()):
-        if kv.lease != lease_id or key in desired.instances or key in desired.ports:
+        if kv.lease != lease_id or key in desired.own or key in desired.shared:
             continue
-        if not key.startswith(prefix + "/"):
-            continue  # Never touch anything outside the prefix, whatever lease it is on.
-        if key.endswith("/" + PORT_KEY) and service_of(key, prefix) in served_elsewhere:
-            # Other hosts still serve it: keep the port key until our lease ends.
+        if not key.startswith(prefix + "/") or not layout.fits(key, prefix):
+            continue  # Never touch anything outside the prefix or the layout, whatever lease it is on.
+        if layout.is_shared(key, prefix) and any(other.startswith(folder) for folder in
+                                                 layout.holders(key, prefix, current) for other in others):
+            # Other hosts still serve it: keep the shared key until our lease ends.
             continue
         changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision))
 
@@ -1091,15 +1474,19 @@ def current_lease(store: Store, config: Config, renew: bool) -> tuple[LeaseState
 def current_plan(store: Store, desired: Desired, config: Config, renew: bool) -> Plan:
     """Read the lease, the keys on it and what else the plan needs; plan against them."""
     lease_state, lease_keys = current_lease(store, config, renew)
-    stored = store.read(reads_for(desired, lease_keys, config.prefix))
-    return plan_changes(desired, stored, config.lease_id, lease_state, config.prefix)
+    reads = reads_for(desired, lease_keys, config.prefix, layout=config.layout)
+    stored = store.read(reads)
+    more = more_reads_for(desired, stored, config.lease_id, reads, config.prefix, config.layout)
+    if more is not None:  # only when a shared key may go, and its holders are named by a value just read
+        stored.update(store.read(more))
+    return plan_changes(desired, stored, config.lease_id, lease_state, config.prefix, config.layout)
 
 
 def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool) -> Outcome:
     """One pass: list containers, plan against the store, apply unless dry-run; re-plan when a key moved."""
     started = time.monotonic()
     registrations, skips = current_registrations(docker, config)
-    desired = desired_keys(registrations, config.prefix)
+    desired = desired_keys(registrations, config)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         plan = current_plan(store, desired, config, renew=not dry_run)
         if dry_run:
@@ -1162,18 +1549,20 @@ def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: floa
     stays marked failed in its client).
     """
     adapters = None
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            adapters = adapters or connect()
-            report(locked_reconcile(config, adapters.docker, adapters.store, dry_run=False))
-        except UsageError:
-            raise
-        except RegisterError as error:
-            report_error(error)
-            adapters = close_quietly(adapters)
-        stop.wait(max(0.0, interval - (time.monotonic() - started)))
-    close_quietly(adapters)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                adapters = adapters or connect()
+                report(locked_reconcile(config, adapters.docker, adapters.store, dry_run=False))
+            except UsageError:
+                raise
+            except RegisterError as error:
+                report_error(error)
+                adapters = close_quietly(adapters)
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        close_quietly(adapters)
     return EXIT_OK
 
 
@@ -1279,6 +1668,10 @@ class Output(str, enum.Enum):
     json = "json"
 
 
+#: --layout's choices, from the layouts themselves.
+LayoutName = enum.Enum("LayoutName", {name: name for name in LAYOUTS}, type=str)
+
+
 app = typer.Typer(
     help="Register this host's published container ports in etcd v3, on a lease.",
     epilog="Exit codes: 0 success, 1 Docker or etcd unreachable or failing, 2 usage error.",
@@ -1307,8 +1700,14 @@ EtcdOption = Annotated[str, typer.Option(
     "--etcd", envvar="ETCD_HOST", help="Comma-separated etcd endpoints: host:port, http://… or https://….")]
 HostIpOption = Annotated[Optional[str], typer.Option(
     "--host-ip", envvar="HOST_IP", show_default="detected", help="Address other hosts use to reach published ports.")]
-PrefixOption = Annotated[str, typer.Option(
-    "--prefix", envvar="DOCKER_REGISTER_PREFIX", help="Root of all service keys.")]
+PrefixOption = Annotated[Optional[str], typer.Option(
+    "--prefix", envvar="DOCKER_REGISTER_PREFIX", show_default="by layout: /backends, traefik, /skydns",
+    help="Root of all service keys.")]
+LayoutOption = Annotated[LayoutName, typer.Option(
+    "--layout", envvar="DOCKER_REGISTER_LAYOUT",
+    help="Keys for docker-discover (discover), Traefik's KV provider (traefik) or CoreDNS's etcd plugin (skydns).")]
+DomainOption = Annotated[str, typer.Option(
+    "--domain", envvar="DOCKER_REGISTER_DOMAIN", help="DNS domain of the skydns layout's names.")]
 TimeoutOption = Annotated[float, typer.Option(
     "--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300,
     help="Bound in seconds on each Docker and etcd call.")]
@@ -1337,16 +1736,28 @@ class EtcdFlags:
     password: Optional[str]
 
 
-def build_config(flags: EtcdFlags, host_ip: Optional[str], prefix: str, ttl: int, timeout: float,
+@dataclass(frozen=True)
+class KeyFlags:
+    """The raw flags that say which keys a host holds."""
+
+    layout: str
+    prefix: Optional[str]
+    domain: str = DEFAULT_DOMAIN
+
+
+def build_config(flags: EtcdFlags, host_ip: Optional[str], keys: KeyFlags, ttl: int, timeout: float,
                  lock_file: Optional[str] = None) -> Config:
     """Validate flag values into a Config, detecting the host IP when none is given."""
     tls = read_tls_files(flags.cacert, flags.cert, flags.key)
     endpoints = parse_endpoints(flags.etcd, tls=tls is not None)
     auth = parse_credentials(flags.user, flags.password)
-    prefix = parse_prefix(prefix)
+    layout = LAYOUTS[keys.layout]
+    prefix = parse_prefix(layout.default_prefix if keys.prefix is None else keys.prefix, layout.absolute,
+                          layout.default_prefix)
+    domain = parse_domain(keys.domain)
     detected = not (host_ip and host_ip.strip())
     address = detect_host_ip() if detected else parse_host_ip(host_ip)
-    return Config(endpoints, address, prefix, ttl, timeout, detected, tls, auth, lock_file)
+    return Config(endpoints, address, prefix, ttl, timeout, detected, tls, auth, lock_file, layout.name, domain)
 
 
 def fail(error: RegisterError) -> typer.Exit:
@@ -1386,7 +1797,9 @@ def sync_command(
         help="Repeat the sync every SECONDS until SIGTERM/SIGINT (for containers without a timer).")] = None,
     etcd: EtcdOption = DEFAULT_ETCD,
     host_ip: HostIpOption = None,
-    prefix: PrefixOption = DEFAULT_PREFIX,
+    layout: LayoutOption = LayoutName.discover,
+    prefix: PrefixOption = None,
+    domain: DomainOption = DEFAULT_DOMAIN,
     ttl: Annotated[int, typer.Option("--ttl", envvar="DOCKER_REGISTER_TTL", min=MIN_TTL, max=MAX_TTL,
                                      help="Lease TTL in seconds; longer than the run interval.")] = DEFAULT_TTL,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
@@ -1403,7 +1816,7 @@ def sync_command(
     """Bring this host's keys in etcd in line with its running containers."""
     flags = EtcdFlags(etcd, cacert, cert, key, user, password)
     try:
-        config = build_config(flags, host_ip, prefix, ttl, timeout,
+        config = build_config(flags, host_ip, KeyFlags(layout.value, prefix, domain), ttl, timeout,
                               lock_file if lock_file != DEFAULT_LOCK_FILE else None)
         if every is not None:
             if dry_run:
@@ -1427,7 +1840,8 @@ def sync_command(
 def purge_command(
     etcd: EtcdOption = DEFAULT_ETCD,
     host_ip: HostIpOption = None,
-    prefix: PrefixOption = DEFAULT_PREFIX,
+    layout: LayoutOption = LayoutName.discover,
+    prefix: PrefixOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     output: OutputOption = Output.text,
     cacert: CacertOption = None,
@@ -1439,7 +1853,7 @@ def purge_command(
     """Take this host out of service now: revoke its lease, deleting all its keys and no other host's."""
     flags = EtcdFlags(etcd, cacert, cert, key, user, password)
     try:
-        config = build_config(flags, host_ip, prefix, DEFAULT_TTL, timeout)
+        config = build_config(flags, host_ip, KeyFlags(layout.value, prefix), DEFAULT_TTL, timeout)
         connection = etcd_connection(config)
         try:
             purged = purge(config, EtcdStore(connection, config.prefix))

@@ -5,39 +5,13 @@ from __future__ import annotations
 import pytest
 
 import docker_register as dr
+from fakes import container, port
 
 HOST = "10.0.0.5"
 PREFIX = "/backends"
 LEASE = dr.lease_id_for(HOST, PREFIX)
 OTHER_LEASE = 0x1234
-
-
-def container(cid="a" * 64, name="web1", image="local/web:latest", ports=None, labels=None,
-              status="Up 5 seconds", state="running"):
-    """One entry of GET /containers/json, shaped as the Engine API returns it."""
-    return {
-        "Id": cid,
-        "Names": [f"/{name}"],
-        "Image": image,
-        "ImageID": "sha256:" + "f" * 64,
-        "Command": "/bin/httpd -f -p 80",
-        "Created": 1795613505,
-        "Ports": ports if ports is not None else [
-            {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 32768, "Type": "tcp"},
-            {"IP": "::", "PrivatePort": 80, "PublicPort": 32768, "Type": "tcp"},
-        ],
-        "Labels": labels or {},
-        "State": state,
-        "Status": status,
-        "HostConfig": {"NetworkMode": "default"},
-        "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.2", "IPPrefixLen": 16,
-                                                   "Gateway": "172.17.0.1"}}},
-        "Mounts": [],
-    }
-
-
-def port(private, public, ip="0.0.0.0", proto="tcp"):
-    return {"IP": ip, "PrivatePort": private, "PublicPort": public, "Type": proto}
+CONFIG = dr.Config(endpoints=(), host_ip=HOST, prefix=PREFIX, ttl=30, timeout=5.0)
 
 
 def regs(*containers):
@@ -219,25 +193,25 @@ def test_port_order_from_docker_does_not_matter():
 
 def test_desired_keys_layout_and_port_key():
     found, _ = dr.registrations_from([container(), container(cid="b" * 64, ports=[port(80, 32769)])], HOST)
-    desired = dr.desired_keys(found, PREFIX)
-    assert desired.instances == {"/backends/web/aaaaaaaaaaaa": "10.0.0.5:32768",
+    desired = dr.desired_keys(found, CONFIG)
+    assert desired.own == {"/backends/web/aaaaaaaaaaaa": "10.0.0.5:32768",
                                  "/backends/web/bbbbbbbbbbbb": "10.0.0.5:32769"}
-    assert desired.ports == {"/backends/web/port": "80"}
+    assert desired.shared == {"/backends/web/port": "80"}
 
 
 def test_one_service_on_two_private_ports_notes_the_conflict():
     found, _ = dr.registrations_from([container(labels={"SERVICE_NAME": "x"}),
                                       container(cid="b" * 64, labels={"SERVICE_NAME": "x"},
                                                 ports=[port(8080, 9000)])], HOST)
-    desired = dr.desired_keys(found, PREFIX)
-    assert desired.ports == {"/backends/x/port": "80"} and "8080" in desired.notes[0]
+    desired = dr.desired_keys(found, CONFIG)
+    assert desired.shared == {"/backends/x/port": "80"} and "8080" in desired.notes[0]
 
 
 def test_two_ports_with_one_explicit_name_keep_the_first():
     found, _ = dr.registrations_from([container(ports=[port(80, 8080), port(81, 8081)],
                                                 labels={"SERVICE_80_NAME": "a", "SERVICE_81_NAME": "a"})], HOST)
-    desired = dr.desired_keys(found, PREFIX)
-    assert desired.instances == {"/backends/a/aaaaaaaaaaaa": "10.0.0.5:8080"} and desired.notes
+    desired = dr.desired_keys(found, CONFIG)
+    assert desired.own == {"/backends/a/aaaaaaaaaaaa": "10.0.0.5:8080"} and desired.notes
 
 
 # --- plans ------------------------------------------------------------------------------

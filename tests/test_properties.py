@@ -121,12 +121,13 @@ def worlds(draw):
     host_ip, prefix = draw(host_ips), draw(prefixes)
     lease = dr.lease_id_for(host_ip, prefix)
     ours = draw(container_lists)
-    desired = dr.desired_keys(dr.registrations_from(ours, host_ip)[0], prefix)
+    config = dr.Config(endpoints=(), host_ip=host_ip, prefix=prefix, ttl=30, timeout=5.0)
+    desired = dr.desired_keys(dr.registrations_from(ours, host_ip)[0], config)
     our_ids = sorted({c["Id"][:12] for c in ours})
-    services = st.sampled_from(sorted({dr.service_of(k, prefix) for k in desired.instances} - {None} | set(SERVICES)))
+    services = st.sampled_from(sorted({dr.service_of(k, prefix) for k in desired.own} - {None} | set(SERVICES)))
     foreign_ids = hex_text(12).filter(lambda cid: cid not in our_ids)
     stale_ids = st.sampled_from(our_ids) | hex_text(12) if our_ids else hex_text(12)
-    values = st.sampled_from(sorted({*desired.instances.values(), *desired.ports.values(), "80", "10.9.9.9:1"}))
+    values = st.sampled_from(sorted({*desired.own.values(), *desired.shared.values(), "80", "10.9.9.9:1"}))
     revisions = st.integers(1, 10**6)
     other_leases = st.sampled_from([0, *draw(st.lists(st.integers(1, 2**63 - 1).filter(lambda x: x != lease),
                                                       min_size=1, max_size=3))])
@@ -136,7 +137,7 @@ def worlds(draw):
 
     # Our lease only ever holds <prefix>/<service>/<leaf> keys: odd shapes and outside keys are other writers'.
     entries = []
-    for name, value in sorted({**desired.instances, **desired.ports}.items()):
+    for name, value in sorted({**desired.own, **desired.shared}.items()):
         kept = draw(st.sampled_from(["absent", "right", "wrong"]))
         if kept != "absent":
             entries.append((name, dr.StoredKey(value if kept == "right" else draw(values), lease, draw(revisions))))
@@ -203,15 +204,15 @@ def test_applying_the_plan_gives_exactly_the_desired_state(world):
     lease, desired = world.lease, world.desired
     after = apply(world.state, world.plan(), lease, world.lease_state)
     note(f"after: {after}")
-    for key, value in desired.instances.items():
+    for key, value in desired.own.items():
         assert after.get(key) is not None and (after[key].value, after[key].lease) == (value, lease), key
-    for key, value in desired.ports.items():
+    for key, value in desired.shared.items():
         assert key in after, key
         assert after[key].value == value if after[key].lease == lease else after[key] == world.state[key], key
     served_elsewhere = {dr.service_of(key, world.prefix) for key, kv in world.state.items()
                         if kv.lease != lease and not is_port_key(key)}
     for key, kv in after.items():
-        if kv.lease == lease and key not in desired.instances and key not in desired.ports:
+        if kv.lease == lease and key not in desired.own and key not in desired.shared:
             assert is_port_key(key) and dr.service_of(key, world.prefix) in served_elsewhere, key
     assert ({key: kv for key, kv in after.items() if kv.lease != lease}
             == {key: kv for key, kv in world.state.items() if kv.lease != lease})
