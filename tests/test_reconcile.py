@@ -1,0 +1,561 @@
+"""Orchestration on in-memory adapters: every branch of reconcile, purge and sync_every, no servers."""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+import docker_register as dr
+from fakes import ETCD_MAX_TXN_OPS, FakeDocker, FakeEtcd, container, port
+
+HOST = "10.0.0.5"
+PREFIX = "/backends"
+LEASE = dr.lease_id_for(HOST, PREFIX)
+OTHER_LEASE = dr.lease_id_for("10.0.0.6", PREFIX)
+WEB = "/backends/web/aaaaaaaaaaaa"
+WEB_PORT = "/backends/web/port"
+#: Bound on any wait for a sync_every thread; the passes themselves take milliseconds.
+JOIN_SECONDS = 5.0
+
+
+def config(tmp_path, ttl=30, **overrides) -> dr.Config:
+    settings = dict(endpoints=dr.parse_endpoints("127.0.0.1:2379"), host_ip=HOST, prefix=PREFIX, ttl=ttl,
+                    timeout=1.0, lock_file=str(tmp_path / "sync.lock"))
+    return dr.Config(**{**settings, **overrides})
+
+
+def web(n: int, public: int = 32768) -> dict:
+    """Container number n of image web, id starting with n in 12 hex digits."""
+    return container(cid=f"{n:012x}" + "e" * 52, name=f"web{n}", ports=[port(80, public)])
+
+
+def web_key(n: int) -> str:
+    return f"/backends/web/{n:012x}"
+
+
+def sync(cfg, docker, store, dry_run=False) -> dr.Outcome:
+    return dr.reconcile(cfg, docker, store, dry_run=dry_run)
+
+
+def changes(outcome: dr.Outcome) -> list[tuple[str, str]]:
+    return [(change.kind.value, change.key) for change in outcome.plan.changes]
+
+
+def leases_of(store: FakeEtcd) -> dict[str, int]:
+    return {key: store.lease_of(key) for key in store.values()}
+
+
+# --- the lease ------------------------------------------------------------------------------
+
+
+def test_first_run_grants_the_lease_and_adds_every_key_in_one_transaction(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    outcome = sync(config(tmp_path), docker, store)
+    assert outcome.plan.lease_action is dr.LeaseAction.GRANT
+    assert changes(outcome) == [("add", WEB), ("add", WEB_PORT)]
+    assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
+    assert leases_of(store) == {WEB: LEASE, WEB_PORT: LEASE}
+    assert store.leases[LEASE].granted_ttl == 30
+    assert store.writes == Counter(grant=1, txn=1, put=2)
+    assert store.revision == 2  # one revision for the whole transaction; the grant moves none
+    assert docker.calls == 1
+
+
+def test_a_run_with_nothing_changed_writes_nothing_and_only_keeps_the_lease_alive(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    sync(config(tmp_path), docker, store)
+    revision, writes, rpcs = store.revision, Counter(store.writes), Counter(store.rpcs)
+
+    outcome = sync(config(tmp_path), docker, store)
+
+    assert outcome.plan.lease_action is dr.LeaseAction.KEEP
+    assert outcome.plan.changes == ()
+    assert outcome.plan.unchanged == 2
+    assert store.writes == writes
+    assert store.revision == revision
+    assert store.rpcs - rpcs == Counter(keepalive=1, lease_ttl=1, range=1)
+    assert store.leases[LEASE].renewals == 1
+
+
+def test_a_changed_ttl_replaces_the_lease_and_rewrites_the_keys(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    sync(config(tmp_path, ttl=30), docker, store)
+    revision, writes = store.revision, Counter(store.writes)
+
+    outcome = sync(config(tmp_path, ttl=60), docker, store)
+
+    assert outcome.plan.lease_action is dr.LeaseAction.REPLACE
+    assert changes(outcome) == [("add", WEB), ("add", WEB_PORT)]
+    assert store.writes - writes == Counter(revoke=1, grant=1, txn=1, put=2)
+    assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
+    assert leases_of(store) == {WEB: LEASE, WEB_PORT: LEASE}
+    assert store.leases[LEASE].granted_ttl == 60
+    assert store.revision == revision + 2  # the revoke's deletions, then the transaction
+
+
+def test_a_changed_ttl_with_nothing_left_to_register_only_revokes_the_lease(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    sync(config(tmp_path, ttl=30), docker, store)
+    writes = Counter(store.writes)
+    docker.stop("aaaa")
+
+    outcome = sync(config(tmp_path, ttl=60), docker, store)
+
+    assert outcome.plan.lease_action is dr.LeaseAction.REVOKE
+    assert outcome.plan.changes == ()
+    assert store.writes - writes == Counter(revoke=1)
+    assert store.values() == {}
+    assert store.leases == {}
+
+
+def test_a_host_with_nothing_to_register_grants_no_lease_and_sends_only_a_keepalive(tmp_path):
+    docker, store = FakeDocker([container(state="exited")]), FakeEtcd()
+    outcome = sync(config(tmp_path), docker, store)
+    assert outcome.plan.lease_action is dr.LeaseAction.KEEP
+    assert outcome.plan.changes == ()
+    assert store.writes == Counter()
+    assert store.leases == {}
+    assert store.rpcs == Counter(keepalive=1)
+
+
+def test_a_lease_that_expired_between_runs_is_granted_again_and_its_keys_rewritten(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    sync(config(tmp_path), docker, store)
+    store.expire(LEASE)
+    assert store.values() == {}
+    writes = Counter(store.writes)
+
+    outcome = sync(config(tmp_path), docker, store)
+
+    assert outcome.plan.lease_action is dr.LeaseAction.GRANT
+    assert changes(outcome) == [("add", WEB), ("add", WEB_PORT)]
+    assert store.writes - writes == Counter(grant=1, txn=1, put=2)
+    assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
+    assert leases_of(store) == {WEB: LEASE, WEB_PORT: LEASE}
+
+
+def test_a_lease_that_expires_between_grant_and_write_is_granted_again_on_the_next_attempt(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    store.before_txn(lambda batch: store.expire(LEASE))  # the put names a lease that is gone: NOT_FOUND
+
+    outcome = sync(config(tmp_path), docker, store)
+
+    assert store.conflicts == 1
+    assert outcome.plan.lease_action is dr.LeaseAction.GRANT
+    assert store.writes == Counter(grant=2, txn=1, put=2)
+    assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
+    assert leases_of(store) == {WEB: LEASE, WEB_PORT: LEASE}
+
+
+# --- other writers --------------------------------------------------------------------------
+
+
+def test_a_key_moved_by_another_writer_is_read_again_and_the_run_then_succeeds(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    sync(config(tmp_path), docker, store)
+    docker.containers[0]["Ports"] = [port(80, 32769)]
+    writes, calls = Counter(store.writes), Counter(store.calls)
+    store.interfere(dr.MAX_ATTEMPTS - 1)
+
+    outcome = sync(config(tmp_path), docker, store)
+
+    assert store.conflicts == dr.MAX_ATTEMPTS - 1
+    assert store.calls - calls == Counter(keep_alive=dr.MAX_ATTEMPTS, lease=dr.MAX_ATTEMPTS,
+                                          read=dr.MAX_ATTEMPTS, apply=dr.MAX_ATTEMPTS)
+    # The last plan guarded the key with the revision the other writer left, and only it was written.
+    assert outcome.plan.changes == (dr.Change(dr.ChangeKind.UPDATE, WEB, "10.0.0.5:32769", "10.0.0.5:32768",
+                                              store.kv[WEB].mod_revision - 1),)
+    assert store.writes - writes == Counter(txn=1, put=1)
+    assert store.values() == {WEB: "10.0.0.5:32769", WEB_PORT: "80"}
+    assert docker.calls == 2  # Docker is listed once per run, not per attempt
+
+
+def test_keys_that_keep_changing_end_the_run_with_a_one_line_store_error(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    sync(config(tmp_path), docker, store)
+    docker.containers[0]["Ports"] = [port(80, 32769)]
+    writes = Counter(store.writes)
+    store.interfere(dr.MAX_ATTEMPTS)
+
+    with pytest.raises(dr.StoreError) as raised:
+        sync(config(tmp_path), docker, store)
+
+    assert raised.value.exit_code == 1
+    assert str(raised.value) == ("etcd at fake: keys kept changing under this run; "
+                                 "is another docker-register writing for this host?")
+    assert store.conflicts == dr.MAX_ATTEMPTS
+    assert store.writes == writes
+    assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
+
+
+# --- dry run and the lock -------------------------------------------------------------------
+
+
+def test_a_dry_run_shows_the_plan_writes_nothing_and_does_not_keep_the_lease_alive(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    sync(config(tmp_path), docker, store)
+    docker.stop("aaaa")
+    revision, writes, rpcs = store.revision, Counter(store.writes), Counter(store.rpcs)
+
+    outcome = dr.locked_reconcile(config(tmp_path), docker, store, dry_run=True)
+
+    assert outcome.dry_run
+    assert changes(outcome) == [("remove", WEB), ("remove", WEB_PORT)]
+    assert store.writes == writes
+    assert store.revision == revision
+    assert store.rpcs - rpcs == Counter(lease_ttl=1, range=1)
+    assert store.calls["apply"] == 1 and store.calls["keep_alive"] == 1  # both from the first, real run
+    assert store.leases[LEASE].renewals == 0
+    assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
+
+
+def test_a_dry_run_on_a_new_host_plans_the_grant_and_grants_nothing(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    outcome = sync(config(tmp_path), docker, store, dry_run=True)
+    assert outcome.plan.lease_action is dr.LeaseAction.GRANT
+    assert changes(outcome) == [("add", WEB), ("add", WEB_PORT)]
+    assert store.leases == {}
+    assert store.revision == 1
+    assert store.rpcs == Counter(lease_ttl=1, range=1)
+
+
+def test_a_run_skips_its_pass_when_another_run_holds_the_lock_and_a_dry_run_does_not_wait(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    cfg = config(tmp_path, timeout=0.1)
+    with open(cfg.lock_file, "a") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX)
+        assert dr.locked_reconcile(cfg, docker, store, dry_run=False) is None
+        assert docker.calls == 0
+        assert store.calls == Counter()
+        assert dr.locked_reconcile(cfg, docker, store, dry_run=True).plan.count(dr.ChangeKind.ADD) == 2
+    assert store.writes == Counter()
+    assert dr.locked_reconcile(cfg, docker, store, dry_run=False).plan.count(dr.ChangeKind.ADD) == 2
+    assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
+
+
+def test_a_detected_host_ip_on_a_docker_network_is_refused_before_the_store_is_asked(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    cfg = config(tmp_path, host_ip="172.17.0.2", host_ip_detected=True)
+    with pytest.raises(dr.UsageError) as raised:
+        sync(cfg, docker, store)
+    assert raised.value.exit_code == 2
+    assert "detected address 172.17.0.2 is on a Docker network" in str(raised.value)
+    assert store.calls == Counter()
+
+
+# --- containers coming and going ------------------------------------------------------------
+
+
+def test_a_stopped_container_loses_its_key_and_the_port_key_stays_while_another_host_serves_it(tmp_path):
+    docker, store = FakeDocker([web(1), web(2)]), FakeEtcd()
+    store.grant(OTHER_LEASE, 30)
+    store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
+    sync(config(tmp_path), docker, store)
+    assert store.values() == {web_key(1): "10.0.0.5:32768", web_key(2): "10.0.0.5:32768",
+                              web_key(3): "10.0.0.6:32768", WEB_PORT: "80"}
+
+    docker.stop(f"{1:012x}")
+    assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(1))]
+    docker.stop(f"{2:012x}")
+    assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(2))]
+
+    assert store.values() == {web_key(3): "10.0.0.6:32768", WEB_PORT: "80"}
+    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: LEASE}
+
+
+def test_the_port_key_goes_once_no_host_serves_the_service(tmp_path):
+    docker, store = FakeDocker([web(1)]), FakeEtcd()
+    store.grant(OTHER_LEASE, 30)
+    store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
+    sync(config(tmp_path), docker, store)
+    docker.stop(f"{1:012x}")
+    assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(1))]
+
+    store.expire(OTHER_LEASE)
+    writes = Counter(store.writes)
+    outcome = sync(config(tmp_path), docker, store)
+
+    assert changes(outcome) == [("remove", WEB_PORT)]
+    assert outcome.plan.lease_action is dr.LeaseAction.KEEP
+    assert store.writes - writes == Counter(txn=1, delete=1)
+    assert store.values() == {}
+
+
+def test_a_router_whose_service_another_host_serves_is_read_for_in_a_second_read_and_kept(tmp_path):
+    # Traefik layout: the router's keys are shared; which servers keep them in use is named only by the
+    # value of its service key, so the run reads that folder once it has read the value.
+    cfg = config(tmp_path, prefix="traefik", layout_name="traefik")
+    lease, other_lease = cfg.lease_id, dr.lease_id_for("10.0.0.6", "traefik")
+    servers = "traefik/http/services/web/loadbalancer/servers/"
+    router = {"traefik/http/routers/site/rule": "Host(`example.test`)", "traefik/http/routers/site/service": "web"}
+    docker = FakeDocker([container(labels={"traefik.http.routers.site.rule": "Host(`example.test`)"})])
+    store = FakeEtcd("traefik")
+    store.grant(other_lease, 30)
+    store.put(servers + "bbbbbbbbbbbb/url", "http://10.0.0.6:32768", lease=other_lease)
+    sync(cfg, docker, store)
+    assert store.values() == {**router, servers + "aaaaaaaaaaaa/url": "http://10.0.0.5:32768",
+                              servers + "bbbbbbbbbbbb/url": "http://10.0.0.6:32768"}
+    docker.stop("aaaa")
+    rpcs = Counter(store.rpcs)
+
+    outcome = sync(cfg, docker, store)
+
+    assert changes(outcome) == [("remove", servers + "aaaaaaaaaaaa/url")]
+    assert store.rpcs - rpcs == Counter(keepalive=1, lease_ttl=1, range=2, txn=1)  # two reads, one write
+    assert store.values() == {**router, servers + "bbbbbbbbbbbb/url": "http://10.0.0.6:32768"}
+    assert {key: store.lease_of(key) for key in router} == dict.fromkeys(router, lease)
+
+    store.expire(other_lease)
+    assert sorted(changes(sync(cfg, docker, store))) == [("remove", key) for key in sorted(router)]
+    assert store.values() == {}
+
+
+def test_more_than_128_changes_go_in_several_transactions_of_at_most_128(tmp_path):
+    count = 200
+    docker, store = FakeDocker([web(n, public=30000 + n) for n in range(1, count + 1)]), FakeEtcd()
+
+    outcome = sync(config(tmp_path), docker, store)
+
+    assert outcome.plan.count(dr.ChangeKind.ADD) == count + 1
+    assert store.txn_sizes == [128, count + 1 - 128]
+    assert store.revision == 1 + 2
+    assert store.values() == {**{web_key(n): f"10.0.0.5:{30000 + n}" for n in range(1, count + 1)}, WEB_PORT: "80"}
+    assert set(leases_of(store).values()) == {LEASE}
+
+    writes = Counter(store.writes)
+    assert sync(config(tmp_path), docker, store).plan.changes == ()  # reads folders now: too many keys
+    assert store.writes == writes
+
+    for n in range(1, count + 1):
+        docker.stop(f"{n:012x}")
+    sync(config(tmp_path), docker, store)
+    assert store.txn_sizes[2:] == [128, count + 1 - 128]
+    assert store.values() == {}
+
+
+def test_a_transaction_over_etcds_limit_fails_the_run_in_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    # If the batching ever sent more than etcd takes, the fake refuses it as etcd does.
+    monkeypatch.setattr(dr, "batches", lambda changes: iter([changes]))
+    docker = FakeDocker([web(n) for n in range(1, ETCD_MAX_TXN_OPS + 1)])  # 128 instances + the port key
+    store = FakeEtcd()
+    with pytest.raises(dr.StoreError) as raised:
+        sync(config(tmp_path), docker, store)
+    assert raised.value.exit_code == 1
+    assert str(raised.value) == ("etcd at fake: write keys: invalid argument "
+                                 "(etcdserver: too many operations in txn request)")
+    assert store.values() == {}
+    assert store.writes == Counter(grant=1)
+
+
+# --- purge ----------------------------------------------------------------------------------
+
+
+def test_purge_removes_exactly_this_hosts_keys_and_a_second_purge_removes_nothing(tmp_path):
+    docker, store = FakeDocker([container()]), FakeEtcd()
+    sync(config(tmp_path), docker, store)
+    store.grant(OTHER_LEASE, 30)
+    store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
+    store.put("/backends/static/manual", "10.0.0.9:80")
+    revision, writes = store.revision, Counter(store.writes)
+
+    purged = dr.purge(config(tmp_path), store)
+
+    assert purged.lease_id == LEASE
+    assert purged.keys == (WEB, WEB_PORT)
+    assert store.values() == {"/backends/static/manual": "10.0.0.9:80", web_key(3): "10.0.0.6:32768"}
+    assert leases_of(store) == {"/backends/static/manual": 0, web_key(3): OTHER_LEASE}
+    assert store.writes - writes == Counter(revoke=1)
+    assert store.revision == revision + 1  # the lease's keys go in one revision
+    assert LEASE not in store.leases
+
+    rpcs = Counter(store.rpcs)
+    again = dr.purge(config(tmp_path), store)
+    assert again.keys == ()
+    assert store.rpcs - rpcs == Counter(lease_ttl=1)
+    assert store.writes - writes == Counter(revoke=1)
+
+
+# --- sync_every -----------------------------------------------------------------------------
+
+
+class Connector:
+    """connect() for sync_every: the same fakes each time (the servers outlive a connection), counted."""
+
+    def __init__(self, docker: FakeDocker, store: FakeEtcd):
+        self.docker, self.store = docker, store
+        self.connects = 0
+        self.closes = 0
+
+    def __call__(self) -> dr.Adapters:
+        self.connects += 1
+        return dr.Adapters(self.docker, self.store, (self.close,))
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def start_sync_every(cfg, connect, interval, report, stop) -> tuple[threading.Thread, dict]:
+    """Run sync_every in a thread; its return value or exception lands in the dict."""
+    result = {}
+
+    def target():
+        try:
+            result["code"] = dr.sync_every(cfg, connect, interval, report, stop)
+        except BaseException as error:  # handed to the test thread
+            result["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_sync_every_repeats_the_pass_on_the_same_adapters_until_stopped(tmp_path):
+    connect, stop, outcomes = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), []
+
+    def report(outcome):
+        outcomes.append(outcome)
+        if len(outcomes) == 3:
+            stop.set()
+
+    thread, result = start_sync_every(config(tmp_path), connect, 0.01, report, stop)
+    thread.join(JOIN_SECONDS)
+
+    assert not thread.is_alive()
+    assert result == {"code": 0}
+    assert [(o.plan.count(dr.ChangeKind.ADD), o.plan.unchanged) for o in outcomes] == [(2, 0), (0, 2), (0, 2)]
+    assert (connect.connects, connect.closes, connect.docker.calls) == (1, 1, 3)
+    assert connect.store.writes == Counter(grant=1, txn=1, put=2)
+    assert connect.store.leases[LEASE].renewals == 2
+
+
+def test_sync_every_reports_a_failed_pass_and_opens_the_adapters_again(tmp_path, capsys):
+    connect, stop, outcomes = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), []
+    connect.docker.fail_next()
+
+    def report(outcome):
+        outcomes.append(outcome)
+        stop.set()
+
+    thread, result = start_sync_every(config(tmp_path), connect, 0.01, report, stop)
+    thread.join(JOIN_SECONDS)
+
+    assert not thread.is_alive()
+    assert result == {"code": 0}
+    assert capsys.readouterr().err == ("docker-register: error: docker at fake: cannot list containers: "
+                                       "Connection refused\n")
+    assert len(outcomes) == 1 and outcomes[0].plan.count(dr.ChangeKind.ADD) == 2
+    assert (connect.connects, connect.closes, connect.docker.calls) == (2, 2, 2)
+    assert connect.store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
+
+
+def test_setting_the_stop_event_ends_sync_every_promptly_between_passes(tmp_path):
+    connect, stop, passed = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), threading.Event()
+    outcomes = []
+
+    def report(outcome):
+        outcomes.append(outcome)
+        passed.set()
+
+    thread, result = start_sync_every(config(tmp_path), connect, 60.0, report, stop)
+    assert passed.wait(JOIN_SECONDS)
+    started = time.monotonic()
+    stop.set()
+    thread.join(JOIN_SECONDS)
+
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 1.0
+    assert result == {"code": 0}
+    assert len(outcomes) == 1
+    assert (connect.connects, connect.closes) == (1, 1)
+
+
+def test_sync_every_ends_on_a_usage_error_instead_of_retrying_it(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = config(tmp_path, lock_file=str(blocker / "sync.lock"))  # its folder is a file: cannot be opened
+    connect, stop = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event()
+
+    thread, result = start_sync_every(cfg, connect, 0.01, lambda outcome: None, stop)
+    thread.join(JOIN_SECONDS)
+
+    assert not thread.is_alive()
+    assert isinstance(result.get("error"), dr.UsageError), result
+    assert result["error"].exit_code == 2
+    assert str(result["error"]).startswith(f"--lock-file: cannot open {blocker / 'sync.lock'}")
+    assert connect.connects == 1
+    assert connect.store.calls == Counter()
+
+
+def test_sync_every_reports_a_pass_skipped_for_the_lock_and_writes_nothing(tmp_path):
+    cfg = config(tmp_path, timeout=0.05)
+    connect, stop, outcomes = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), []
+
+    def report(outcome):
+        outcomes.append(outcome)
+        stop.set()
+
+    with open(cfg.lock_file, "a") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX)
+        thread, result = start_sync_every(cfg, connect, 0.01, report, stop)
+        thread.join(JOIN_SECONDS)
+
+    assert not thread.is_alive()
+    assert result == {"code": 0}
+    assert outcomes == [None]
+    assert connect.docker.calls == 0
+    assert connect.store.calls == Counter()
+
+
+# --- the fake keeps etcd's rules -------------------------------------------------------------
+
+
+def plan_of(*changes_, lease_action=dr.LeaseAction.KEEP) -> dr.Plan:
+    return dr.Plan(LEASE, lease_action, tuple(changes_), 0)
+
+
+def add(key, value="v") -> dr.Change:
+    return dr.Change(dr.ChangeKind.ADD, key, value, None, 0)
+
+
+def test_fake_etcd_refuses_a_put_on_a_missing_lease_and_writes_nothing():
+    store = FakeEtcd()
+    with pytest.raises(dr.Conflict, match="requested lease not found"):
+        store.apply(plan_of(add("/backends/a/1")), ttl=30)
+    assert (store.values(), store.revision, store.writes) == ({}, 1, Counter())
+
+
+def test_fake_etcd_writes_nothing_of_a_transaction_whose_compare_fails():
+    store = FakeEtcd()
+    store.put("/backends/a/2", "taken")
+    with pytest.raises(dr.Conflict):
+        store.apply(plan_of(add("/backends/a/1"), add("/backends/a/2"), lease_action=dr.LeaseAction.GRANT), ttl=30)
+    assert store.values() == {"/backends/a/2": "taken"}
+    assert store.revision == 2
+    assert store.writes == Counter(grant=1)
+
+
+def test_fake_etcd_tolerates_granting_a_live_lease_again_as_the_real_store_does():
+    store = FakeEtcd()
+    store.grant(LEASE, 30)
+    store.apply(plan_of(add("/backends/a/1"), lease_action=dr.LeaseAction.GRANT), ttl=60)
+    assert store.leases[LEASE].granted_ttl == 30  # etcd keeps the lease it has
+    assert store.writes == Counter(txn=1, put=1)
+    assert store.rpcs["grant"] == 1
+
+
+def test_fake_etcd_keeps_per_key_revisions_and_raises_short_ttls_to_etcds_minimum():
+    store = FakeEtcd()
+    store.grant(LEASE, 1)
+    assert store.leases[LEASE].granted_ttl == 2
+    store.put("/backends/a/1", "x", lease=LEASE)
+    store.put("/backends/a/1", "y")
+    entry = store.kv["/backends/a/1"]
+    assert (entry.create_revision, entry.mod_revision, entry.version, entry.lease) == (2, 3, 2, 0)
+    assert store.lease(LEASE) == dr.LeaseInfo(2, ())  # the second put took the key off the lease
+    assert store.keep_alive(LEASE) and not store.keep_alive(OTHER_LEASE)
+    assert store.read(dr.Reads(keys=("/backends/a/1", "/backends/a/none"))) == {
+        "/backends/a/1": dr.StoredKey("y", 0, 3)}
