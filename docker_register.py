@@ -112,6 +112,9 @@ MAX_LABEL_VALUE = 4096
 DEFAULT_DOMAIN = "docker.local"
 #: One DNS label: what a SkyDNS name segment must be.
 DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+#: Labels choosing the network a container registers on with --internal (per port, then for all).
+NETWORK_LABEL = "SERVICE_NETWORK"
+PORT_NETWORK_LABEL = "SERVICE_{port}_NETWORK"
 #: Protocols Docker publishes; tcp names carry no suffix, others get "-<proto>".
 PROTOCOLS = ("tcp", "udp", "sctp")
 #: Host bindings that mean "every address of the host".
@@ -259,6 +262,8 @@ class Change:
     value: Optional[str]
     old_value: Optional[str]
     expected_mod: int
+    #: Another host's lease to put the key on (a shared key handed to a host still using it); None: ours.
+    lease: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +344,8 @@ class Config:
     lock_file: Optional[str] = None
     layout_name: str = "discover"
     domain: str = DEFAULT_DOMAIN
+    internal: bool = False
+    network: Optional[str] = None
 
     @property
     def layout(self) -> "Layout":
@@ -503,17 +510,6 @@ def container_label(container: Mapping) -> str:
     return f"{name} ({short_id})" if name else short_id
 
 
-def published_ports(container: Mapping) -> dict[tuple[int, str], list[Mapping]]:
-    """Group a container's host bindings by (private port, protocol)."""
-    groups: dict[tuple[int, str], list[Mapping]] = {}
-    for binding in container.get("Ports") or []:
-        if not binding.get("PublicPort"):
-            continue
-        key = (int(binding.get("PrivatePort") or 0), str(binding.get("Type") or "tcp").lower())
-        groups.setdefault(key, []).append(binding)
-    return dict(sorted(groups.items()))
-
-
 def reachable_address(bindings: Sequence[Mapping], host_ip: str) -> Optional[tuple[str, int]]:
     """Pick the address other hosts reach a port at; None when it is bound to loopback only."""
     host_family = ipaddress.ip_address(host_ip).version
@@ -539,6 +535,82 @@ def reachable_address(bindings: Sequence[Mapping], host_ip: str) -> Optional[tup
     return ip, port
 
 
+@dataclass(frozen=True)
+class Addressing:
+    """Where registrations' addresses come from: published ports (the default) or container networks."""
+
+    host_ip: str
+    #: Register <container ip>:<private port> on a container network instead of published ports.
+    internal: bool = False
+    #: The network to use when a container is on several and no label chooses (--network).
+    network: Optional[str] = None
+    #: Exposed ports of host-network containers by container id ("80/tcp" strings), read per run.
+    exposed: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+def on_host_network(container: Mapping) -> bool:
+    """Whether a container shares the host's network stack (its list entry then shows no ports)."""
+    return (container.get("HostConfig") or {}).get("NetworkMode") == "host"
+
+
+def container_ports(container: Mapping, addressing: Addressing) -> dict[tuple[int, str], list[Mapping]]:
+    """The ports to register, by (private port, protocol): published bindings, or every exposed port
+    when addresses come from a container network or the host network."""
+    if on_host_network(container):
+        entries = [{"PrivatePort": int(spec.partition("/")[0]), "Type": spec.partition("/")[2] or "tcp"}
+                   for spec in addressing.exposed.get(str(container.get("Id", "")), ())
+                   if spec.partition("/")[0].isdigit()]
+    else:
+        entries = [binding for binding in container.get("Ports") or []
+                   if addressing.internal or binding.get("PublicPort")]
+    groups: dict[tuple[int, str], list[Mapping]] = {}
+    for binding in entries:
+        key = (int(binding.get("PrivatePort") or 0), str(binding.get("Type") or "tcp").lower())
+        groups.setdefault(key, []).append(binding)
+    return dict(sorted(groups.items()))
+
+
+def network_addresses(container: Mapping, family: int) -> dict[str, str]:
+    """Each network of a container with an address, mapped to the address of the wanted family (else the other)."""
+    found = {}
+    for name, network in sorted(((container.get("NetworkSettings") or {}).get("Networks") or {}).items()):
+        v4, v6 = (network or {}).get("IPAddress") or "", (network or {}).get("GlobalIPv6Address") or ""
+        address = (v6 or v4) if family == 6 else (v4 or v6)
+        if address:
+            found[str(name)] = address
+    return found
+
+
+def chosen_network(labels: Mapping[str, str], port: int, default: Optional[str],
+                   networks: Mapping[str, str]) -> tuple[Optional[str], str]:
+    """The network a port registers on (label per port, label, --network, the only one), or None and why."""
+    wanted = labels.get(PORT_NETWORK_LABEL.format(port=port)) or labels.get(NETWORK_LABEL) or default
+    listed = ", ".join(networks) or "none with an address"
+    if wanted:
+        if wanted in networks:
+            return wanted, ""
+        return None, f"not on network {wanted[:80]!r} (its networks: {listed})"
+    if len(networks) == 1:
+        return next(iter(networks)), ""
+    if not networks:
+        return None, "no network address"
+    return None, f"on several networks ({listed}); choose one with {NETWORK_LABEL} or --network"
+
+
+def port_address(container: Mapping, port: int, bindings: Sequence[Mapping],
+                 addressing: Addressing) -> tuple[Optional[tuple[str, int]], str]:
+    """Where other hosts reach one port, or None and why: the one place an address is decided."""
+    if on_host_network(container):
+        return (addressing.host_ip, port), ""
+    if not addressing.internal:
+        address = reachable_address(bindings, addressing.host_ip)
+        return address, "" if address else "bound to loopback only, other hosts cannot reach it"
+    family = ipaddress.ip_address(addressing.host_ip).version
+    networks = network_addresses(container, family)
+    name, why = chosen_network(container.get("Labels") or {}, port, addressing.network, networks)
+    return ((networks[name], port), "") if name else (None, why)
+
+
 def service_name(labels: Mapping[str, str], image_name: Optional[str], port: int, proto: str,
                  several_ports: bool) -> Optional[str]:
     """Name the service of one published port, following the SERVICE_* label rules."""
@@ -556,7 +628,7 @@ def service_name(labels: Mapping[str, str], image_name: Optional[str], port: int
     return sanitize_name(name)
 
 
-def container_registrations(container: Mapping, host_ip: str) -> tuple[list[Registration], list[Skip]]:
+def container_registrations(container: Mapping, addressing: Addressing) -> tuple[list[Registration], list[Skip]]:
     """Turn one container list entry into registrations and skip notes."""
     label = container_label(container)
     labels = container.get("Labels") or {}
@@ -570,7 +642,7 @@ def container_registrations(container: Mapping, host_ip: str) -> tuple[list[Regi
     container_id = str(container.get("Id", ""))[:12].lower()
     if not re.fullmatch(r"[0-9a-f]{12}", container_id):
         return [], [Skip(label, "container id is not hexadecimal")]
-    groups = published_ports(container)
+    groups = container_ports(container, addressing)
     image_name = image_basename(str(container.get("Image") or ""))
     registrations, skips = [], []
     for (port, proto), bindings in groups.items():
@@ -582,19 +654,22 @@ def container_registrations(container: Mapping, host_ip: str) -> tuple[list[Regi
         if name is None:
             skips.append(Skip(label, f"{where}: no usable service name (set {NAME_LABEL})"))
             continue
-        address = reachable_address(bindings, host_ip)
+        address, why = port_address(container, port, bindings, addressing)
         if address is None:
-            skips.append(Skip(label, f"{where}: bound to loopback only, other hosts cannot reach it"))
+            skips.append(Skip(label, f"{where}: {why}"))
             continue
         registrations.append(Registration(name, container_id, label, *address, port, proto, labels))
     return registrations, skips
 
 
-def registrations_from(containers: Iterable[Mapping], host_ip: str) -> tuple[list[Registration], list[Skip]]:
+def registrations_from(containers: Iterable[Mapping], host_ip: str, internal: bool = False,
+                       network: Optional[str] = None, exposed: Optional[Mapping[str, Sequence[str]]] = None
+                       ) -> tuple[list[Registration], list[Skip]]:
     """Turn the Docker container list into registrations and skip notes."""
+    addressing = Addressing(host_ip, internal, network, exposed or {})
     registrations, skips = [], []
     for container in sorted(containers, key=lambda c: str(c.get("Id", ""))):
-        found, skipped = container_registrations(container, host_ip)
+        found, skipped = container_registrations(container, addressing)
         registrations.extend(found)
         skips.extend(skipped)
     return registrations, skips
@@ -787,10 +862,8 @@ def read_traefik_labels(labels: Mapping[str, str], container: str) -> TraefikLab
             notes.append(f"{container}: label {label} would set a server; servers are docker-register's own")
         else:
             key = (protocol, kind, name, rest)
-            if any(other[:3] == key[:3] and other[3] != rest and (other[3][:len(rest)] == rest
-                                                                  or rest[:len(other[3])] == other[3])
-                   for other in entries):
-                notes.append(f"{container}: label {label} collides with another label's key; skipped")
+            if key in entries:  # two labels differing only in case: Traefik would read them as one
+                notes.append(f"{container}: label {label} names the same key as another label; skipped")
                 continue
             entries[key] = value
     return TraefikLabels(services, frozenset(https), entries, tuple(notes))
@@ -824,6 +897,10 @@ def traefik_keys(registrations: Sequence[Registration], config: "Config") -> Des
         served: dict[str, set[str]] = {}
         for registration in found:
             protocol = traefik_protocol(registration, labels.services)
+            if protocol not in TRAEFIK_PROTOCOLS:
+                notes.append(f"{container}: port {registration.private_port}/{protocol}: Traefik routes no "
+                             f"{protocol}; skipped")
+                continue
             named = labels.services.get((protocol, registration.private_port))
             service = named or registration.service.lower()
             leaf, value = traefik_server(registration, protocol, service in labels.https)
@@ -900,11 +977,17 @@ def traefik_holders(key: str, prefix: str, stored: Mapping[str, "StoredKey"]) ->
     if kind == "routers":
         service = stored.get(f"{prefix}/{protocol}/routers/{name}/service")
         return frozenset({servers(service.value)} if service else ())
-    # A middleware is in use while a router that names it is.
-    return frozenset(folder for other, kv in stored.items()
-                     if kv.value.strip().lower() == name and "/middlewares/" in other
-                     and (traefik_parts(other, prefix) or ("", ""))[1] == "routers"
-                     for folder in traefik_holders(other, prefix, stored))
+    # A middleware is in use while a router that names it is: read the routers, then their services' servers.
+    naming = [other for other, kv in stored.items() if traefik_names_middleware(other, kv.value, name, prefix)]
+    return frozenset({f"{prefix}/{protocol}/routers/"}).union(
+        *(traefik_holders(other, prefix, stored) for other in naming))
+
+
+def traefik_names_middleware(key: str, value: str, middleware: str, prefix: str) -> bool:
+    """Whether a key is a router's middlewares entry (a list or one item) naming the middleware."""
+    parts = traefik_parts(key, prefix) or ("", "")
+    listed = parts[1] == "routers" and (parts[-1] == "middlewares" or parts[-2:-1] == ("middlewares",))
+    return listed and middleware in traefik_reference(value).split(",")
 
 
 TRAEFIK = Layout(
@@ -1002,20 +1085,25 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
             notes.append(f"{key} is {kv.value!r}, set by another host; this host's containers use {value}")
             unchanged += 1
 
-    others = [key for key, kv in current.items()
-              if kv.lease != lease_id and layout.fits(key, prefix) and not layout.is_shared(key, prefix)]
+    others = {key: kv.lease for key, kv in current.items()
+              if kv.lease != lease_id and layout.fits(key, prefix) and not layout.is_shared(key, prefix)}
     for key, kv in sorted(current.items()):
         if kv.lease != lease_id or key in desired.own or key in desired.shared:
             continue
         if not key.startswith(prefix + "/") or not layout.fits(key, prefix):
             continue  # Never touch anything outside the prefix or the layout, whatever lease it is on.
-        if layout.is_shared(key, prefix) and any(other.startswith(folder) for folder in
-                                                 layout.holders(key, prefix, current) for other in others):
-            # Other hosts still serve it: keep the shared key until our lease ends.
+        heir = layout.is_shared(key, prefix) and next(
+            (others[other] for folder in sorted(layout.holders(key, prefix, current))
+             for other in sorted(others) if other.startswith(folder)), None)
+        if heir:
+            # Another host still serves it: hand the shared key to that host's lease, so it lives as long
+            # as a host uses it, not as long as the host that happened to write it first.
+            changes.append(Change(ChangeKind.UPDATE, key, kv.value, kv.value, kv.mod_revision, heir))
             continue
         changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision))
 
-    lease_action = lease_action_for(lease_state, any(change.kind is not ChangeKind.REMOVE for change in changes))
+    puts_on_lease = any(change.kind is not ChangeKind.REMOVE and change.lease is None for change in changes)
+    lease_action = lease_action_for(lease_state, puts_on_lease)
     return Plan(lease_id, lease_action, tuple(changes), unchanged, desired.notes + tuple(notes))
 
 
@@ -1163,6 +1251,9 @@ class ContainerSource(Protocol):
     def running_containers(self) -> list[dict]:
         """GET /containers/json entries of the running containers."""
 
+    def exposed_ports(self, container_id: str) -> list[str]:
+        """A container's exposed ports ("80/tcp"): the list call omits them for host-network containers."""
+
 
 class DockerSource:
     """Lists running containers with one Engine API request."""
@@ -1197,6 +1288,22 @@ class DockerSource:
         except (docker.errors.DockerException, requests.RequestException, ValueError) as error:
             raise DockerError(f"docker at {self.where}: cannot list containers: {describe_docker_error(error)}"
                               ) from None
+
+    def exposed_ports(self, container_id: str) -> list[str]:
+        """GET /containers/<id>/json: Config.ExposedPorts, which includes the image's EXPOSE lines."""
+        import docker
+        import requests
+
+        url = self.client._url("/containers/{0}/json", container_id, versioned_api=False)
+        try:
+            response = self.client._get(url)
+            self.client._raise_for_status(response)
+            return sorted(((json.loads(response.content).get("Config") or {}).get("ExposedPorts") or {}))
+        except docker.errors.NotFound:
+            return []  # gone since the list call: nothing to register
+        except (docker.errors.DockerException, requests.RequestException, ValueError) as error:
+            raise DockerError(f"docker at {self.where}: cannot inspect container {container_id[:12]}: "
+                              f"{describe_docker_error(error)}") from None
 
     def close(self) -> None:
         """Close the HTTP session."""
@@ -1403,7 +1510,7 @@ class EtcdStore:
         compare = [transactions.Mod(change.key) == change.expected_mod for change in batch]
         success = [
             transactions.Delete(change.key) if change.kind is ChangeKind.REMOVE
-            else transactions.Put(change.key, change.value, lease=lease_id)
+            else transactions.Put(change.key, change.value, lease=change.lease or lease_id)
             for change in batch
         ]
         succeeded, _ = self.client.transaction(compare=compare, success=success, failure=[])
@@ -1460,7 +1567,8 @@ def current_registrations(docker: ContainerSource, config: Config) -> tuple[list
     containers = docker.running_containers()
     if config.host_ip_detected:
         check_detected_ip(config.host_ip, containers)
-    return registrations_from(containers, config.host_ip)
+    exposed = {c["Id"]: docker.exposed_ports(c["Id"]) for c in containers if on_host_network(c) and c.get("Id")}
+    return registrations_from(containers, config.host_ip, config.internal, config.network, exposed)
 
 
 def current_lease(store: Store, config: Config, renew: bool) -> tuple[LeaseState, tuple[str, ...]]:
@@ -1510,13 +1618,20 @@ def locked_reconcile(config: Config, docker: ContainerSource, store: Store, dry_
 
 
 def purge(config: Config, store: Store) -> Purged:
-    """Delete this host's keys by revoking its lease, which removes them all at once and no other host's."""
+    """Delete this host's keys by revoking its lease, which removes them all at once and no other host's.
+
+    Shared keys another host still uses are handed to that host's lease first, so they stay.
+    """
     started = time.monotonic()
-    info = store.lease(config.lease_id)
+    plan = current_plan(store, Desired({}, {}), config, renew=False)
+    handed = tuple(change for change in plan.changes if change.lease is not None)
+    if handed:
+        with contextlib.suppress(Conflict):  # a key moved meanwhile: its users' next runs put it back
+            store.apply(Plan(plan.lease_id, LeaseAction.KEEP, handed, 0), config.ttl)
+    info = store.lease(config.lease_id)  # read again: what the revoke removes, handed keys no longer on it
     if info is not None:
         store.revoke(config.lease_id)
-    keys = tuple(sorted(info.keys)) if info else ()
-    return Purged(config.lease_id, keys, time.monotonic() - started)
+    return Purged(config.lease_id, tuple(sorted(info.keys)) if info else (), time.monotonic() - started)
 
 
 @dataclass
@@ -1708,6 +1823,12 @@ LayoutOption = Annotated[LayoutName, typer.Option(
     help="Keys for docker-discover (discover), Traefik's KV provider (traefik) or CoreDNS's etcd plugin (skydns).")]
 DomainOption = Annotated[str, typer.Option(
     "--domain", envvar="DOCKER_REGISTER_DOMAIN", help="DNS domain of the skydns layout's names.")]
+InternalOption = Annotated[bool, typer.Option(
+    "--internal", envvar="DOCKER_REGISTER_INTERNAL",
+    help="Register each container's own address on a network and its private ports, not published ports.")]
+NetworkOption = Annotated[Optional[str], typer.Option(
+    "--network", envvar="DOCKER_REGISTER_NETWORK", show_default=False,
+    help="With --internal: the network to use when a container is on several and no label chooses.")]
 TimeoutOption = Annotated[float, typer.Option(
     "--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300,
     help="Bound in seconds on each Docker and etcd call.")]
@@ -1743,6 +1864,8 @@ class KeyFlags:
     layout: str
     prefix: Optional[str]
     domain: str = DEFAULT_DOMAIN
+    internal: bool = False
+    network: Optional[str] = None
 
 
 def build_config(flags: EtcdFlags, host_ip: Optional[str], keys: KeyFlags, ttl: int, timeout: float,
@@ -1757,7 +1880,10 @@ def build_config(flags: EtcdFlags, host_ip: Optional[str], keys: KeyFlags, ttl: 
     domain = parse_domain(keys.domain)
     detected = not (host_ip and host_ip.strip())
     address = detect_host_ip() if detected else parse_host_ip(host_ip)
-    return Config(endpoints, address, prefix, ttl, timeout, detected, tls, auth, lock_file, layout.name, domain)
+    if keys.network is not None and not keys.network.strip():
+        raise UsageError("--network / DOCKER_REGISTER_NETWORK: the network name is empty")
+    return Config(endpoints, address, prefix, ttl, timeout, detected, tls, auth, lock_file, layout.name, domain,
+                  keys.internal, keys.network)
 
 
 def fail(error: RegisterError) -> typer.Exit:
@@ -1800,6 +1926,8 @@ def sync_command(
     layout: LayoutOption = LayoutName.discover,
     prefix: PrefixOption = None,
     domain: DomainOption = DEFAULT_DOMAIN,
+    internal: InternalOption = False,
+    network: NetworkOption = None,
     ttl: Annotated[int, typer.Option("--ttl", envvar="DOCKER_REGISTER_TTL", min=MIN_TTL, max=MAX_TTL,
                                      help="Lease TTL in seconds; longer than the run interval.")] = DEFAULT_TTL,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
@@ -1816,7 +1944,7 @@ def sync_command(
     """Bring this host's keys in etcd in line with its running containers."""
     flags = EtcdFlags(etcd, cacert, cert, key, user, password)
     try:
-        config = build_config(flags, host_ip, KeyFlags(layout.value, prefix, domain), ttl, timeout,
+        config = build_config(flags, host_ip, KeyFlags(layout.value, prefix, domain, internal, network), ttl, timeout,
                               lock_file if lock_file != DEFAULT_LOCK_FILE else None)
         if every is not None:
             if dry_run:

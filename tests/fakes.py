@@ -87,6 +87,12 @@ class FakeDocker:
             raise dr.DockerError(f"{self.where}: cannot list containers: Connection refused")
         return [copy.deepcopy(c) for c in self.containers if c.get("State") == "running"]
 
+    def exposed_ports(self, container_id: str) -> list[str]:
+        """Like an inspect: the exposed ports of the container ("80/tcp"), from its "ExposedPorts" entry here."""
+        self.inspects = getattr(self, "inspects", 0) + 1
+        found = [c for c in self.containers if c["Id"] == container_id]
+        return sorted(found[0].get("ExposedPorts", ())) if found else []
+
 
 # --- etcd ---------------------------------------------------------------------------------
 
@@ -262,7 +268,7 @@ class FakeEtcd:
             self.conflicts += 1
             raise dr.Conflict("a key changed while this run was writing")
         puts = [change for change in batch if change.kind is not dr.ChangeKind.REMOVE]
-        if puts and lease_id not in self.leases:
+        if any((change.lease or lease_id) not in self.leases for change in puts):
             self.conflicts += 1
             # gRPC NOT_FOUND, which EtcdConnection.call turns into Conflict; nothing of the txn is applied.
             raise dr.Conflict("etcdserver: requested lease not found")
@@ -275,7 +281,7 @@ class FakeEtcd:
                 if self._delete(change.key):
                     self.writes["delete"] += 1
             else:
-                self._put(change.key, change.value, lease_id)
+                self._put(change.key, change.value, change.lease or lease_id)
                 self.writes["put"] += 1
         self.writes["txn"] += 1
         self.txn_sizes.append(len(batch))

@@ -284,9 +284,11 @@ def test_plan_should_never_remove_a_key_outside_the_prefix_even_on_its_lease():
     assert [(c.kind, c.key) for c in p.changes] == [("remove", "/backends/a/b")]
 
 
-def test_plan_should_keep_its_port_key_while_other_hosts_still_serve_the_service():
+def test_plan_should_hand_its_port_key_to_a_host_still_serving_the_service():
     have = {"/backends/web/port": stored("80"), "/backends/web/bbb": stored("o:1", lease=OTHER_LEASE)}
-    assert plan(desired(), have).changes == ()
+    p = plan(desired(), have)
+    assert p.changes == (dr.Change("update", "/backends/web/port", "80", "80", 5, lease=OTHER_LEASE),)
+    assert p.lease_action is dr.LeaseAction.KEEP  # nothing goes on this host's lease
 
 
 def test_plan_should_move_keys_of_its_containers_onto_its_lease():
@@ -373,3 +375,91 @@ def test_lease_ids_are_stable_positive_and_distinct():
     assert 0 < LEASE < 2 ** 63
     assert dr.lease_id_for("10.0.0.6", PREFIX) != LEASE
     assert dr.lease_id_for(HOST, "/other") != LEASE
+
+
+# --- where the address comes from: published ports, a container network, the host network --------
+
+
+def networked(networks, ports=None, labels=None, mode="default", cid="a" * 64):
+    """A container on the given networks {name: (ipv4, ipv6)}, with exposed (unpublished) ports by default."""
+    entry = container(cid=cid, labels=labels, ports=ports if ports is not None else [
+        {"PrivatePort": 80, "Type": "tcp"}, {"PrivatePort": 53, "Type": "udp"}])
+    entry["HostConfig"] = {"NetworkMode": mode}
+    entry["NetworkSettings"]["Networks"] = {
+        name: {"IPAddress": v4, "GlobalIPv6Address": v6, "IPPrefixLen": 24} for name, (v4, v6) in networks.items()}
+    return entry
+
+
+def internal(*containers, network=None, host_ip=HOST, exposed=None):
+    found, skips = dr.registrations_from(containers, host_ip, internal=True, network=network, exposed=exposed)
+    return {(r.service, r.address) for r in found}, [s.reason for s in skips]
+
+
+def test_internal_registers_the_container_address_and_private_port_of_every_exposed_port():
+    found, skips = internal(networked({"routed": ("10.50.0.7", "")}))
+    assert found == {("web-53-udp", "10.50.0.7:53"), ("web-80", "10.50.0.7:80")} and skips == []
+
+
+def test_without_internal_exposed_unpublished_ports_stay_unregistered():
+    found, _ = dr.registrations_from([networked({"routed": ("10.50.0.7", "")})], HOST)
+    assert found == []
+
+
+def test_internal_on_several_networks_without_a_choice_is_skipped_naming_them():
+    found, skips = internal(networked({"front": ("10.50.0.7", ""), "back": ("10.60.0.7", "")}, ports=[port(80, 0)]))
+    assert found == set() and "back, front" in skips[0] and "SERVICE_NETWORK" in skips[0]
+
+
+@pytest.mark.parametrize("labels, network, expected", [
+    ({"SERVICE_NETWORK": "back"}, None, "10.60.0.7:80"),
+    ({}, "front", "10.50.0.7:80"),
+    ({"SERVICE_NETWORK": "back"}, "front", "10.60.0.7:80"),
+    ({"SERVICE_80_NETWORK": "front", "SERVICE_NETWORK": "back"}, None, "10.50.0.7:80"),
+])
+def test_internal_network_choice_label_per_port_then_label_then_flag(labels, network, expected):
+    entry = networked({"front": ("10.50.0.7", ""), "back": ("10.60.0.7", "")},
+                      ports=[{"PrivatePort": 80, "Type": "tcp"}], labels=labels)
+    found, skips = internal(entry, network=network)
+    assert found == {("web", expected)} and skips == []
+
+
+@pytest.mark.parametrize("hostile", ["", "/", "..", "x" * 1000, "other-containers-net"])
+def test_internal_label_naming_a_network_the_container_is_not_on_is_a_note(hostile):
+    entry = networked({"front": ("10.50.0.7", "")}, ports=[{"PrivatePort": 80, "Type": "tcp"}],
+                      labels={"SERVICE_NETWORK": hostile})
+    found, skips = internal(entry)
+    if hostile:
+        assert found == set() and "not on network" in skips[0] and "front" in skips[0] and len(skips[0]) < 300
+    else:  # an empty label chooses nothing: the only network
+        assert found == {("web", "10.50.0.7:80")}
+
+
+def test_internal_container_without_a_network_address_is_skipped_with_a_note():
+    found, skips = internal(networked({}, ports=[{"PrivatePort": 80, "Type": "tcp"}], mode="none"))
+    assert found == set() and skips == ["port 80/tcp: no network address"]
+
+
+@pytest.mark.parametrize("host_ip, expected", [(HOST, "10.50.0.7:80"), ("2001:db8::5", "[fd00::7]:80")])
+def test_internal_takes_the_network_address_of_the_host_ips_family(host_ip, expected):
+    entry = networked({"dual": ("10.50.0.7", "fd00::7")}, ports=[{"PrivatePort": 80, "Type": "tcp"}])
+    found, _ = internal(entry, host_ip=host_ip)
+    assert found == {("web", expected)}
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_host_network_containers_register_host_ip_and_exposed_port_in_both_modes(inside):
+    entry = networked({"host": ("", "")}, ports=[], mode="host")
+    found, _ = dr.registrations_from([entry], HOST, internal=inside, exposed={entry["Id"]: ["8080/tcp"]})
+    assert [(r.service, r.address) for r in found] == [("web", "10.0.0.5:8080")]
+
+
+def test_one_list_call_and_one_inspect_per_host_network_container_only():
+    from fakes import FakeDocker
+
+    hosted = networked({"host": ("", "")}, ports=[], mode="host", cid="b" * 64)
+    hosted["ExposedPorts"] = ["9000/tcp"]
+    docker = FakeDocker([container(), hosted])
+    config = dr.Config(endpoints=(), host_ip=HOST, prefix=PREFIX, ttl=30, timeout=5.0)
+    found, _ = dr.current_registrations(docker, config)
+    assert sorted(r.address for r in found) == ["10.0.0.5:32768", "10.0.0.5:9000"]
+    assert docker.calls == 1 and docker.inspects == 1

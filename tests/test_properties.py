@@ -173,8 +173,8 @@ def apply(state, plan, lease_id, lease_state):
         if change.kind is dr.ChangeKind.REMOVE:
             del result[change.key]
         else:
-            assert lease_usable, f"{change} puts on a lease that is missing or has the wrong TTL"
-            result[change.key] = dr.StoredKey(change.value, lease_id, revision)
+            assert change.lease is not None or lease_usable, f"{change} puts on a lease that is missing or has the wrong TTL"
+            result[change.key] = dr.StoredKey(change.value, change.lease or lease_id, revision)
     return result
 
 
@@ -212,9 +212,15 @@ def test_applying_the_plan_gives_exactly_the_desired_state(world):
     served_elsewhere = {dr.service_of(key, world.prefix) for key, kv in world.state.items()
                         if kv.lease != lease and not is_port_key(key)}
     for key, kv in after.items():
-        if kv.lease == lease and key not in desired.own and key not in desired.shared:
-            assert is_port_key(key) and dr.service_of(key, world.prefix) in served_elsewhere, key
-    assert ({key: kv for key, kv in after.items() if kv.lease != lease}
+        assert kv.lease != lease or key in desired.own or key in desired.shared, f"{key} stayed on our lease"
+    # A port key this host no longer needs is handed, unchanged, to a host still serving the service.
+    handed = {key for key, kv in after.items() if kv.lease != lease and world.state[key].lease == lease}
+    for key in handed:
+        assert is_port_key(key) and dr.service_of(key, world.prefix) in served_elsewhere, key
+        serving = {kv.lease for other, kv in world.state.items() if kv.lease != lease and not is_port_key(other)
+                   and dr.service_of(other, world.prefix) == dr.service_of(key, world.prefix)}
+        assert after[key].value == world.state[key].value and after[key].lease in serving, key
+    assert ({key: kv for key, kv in after.items() if kv.lease != lease and key not in handed}
             == {key: kv for key, kv in world.state.items() if kv.lease != lease})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 import subprocess
@@ -181,14 +182,32 @@ def test_a_no_change_run_makes_zero_puts_and_zero_deletes(world):
 
 
 def test_a_run_keeps_the_lease_alive(world):
+    # etcd deletes a lease's keys once TTL seconds pass without a renewal (it checks every 500 ms), and a
+    # run renews somewhere between its start and its end. So if a run and the read after it end less than
+    # TTL after the previous run started, the lease cannot have lapsed: the keys must be the same, on the
+    # same lease at the same revisions. A pair this machine made slower proves nothing: the TTL becomes
+    # twice what that pair took and counting starts again. Once a chain passes TTL + 1 s (expiry check,
+    # revoke commit) after its first read, that first renewal alone would have lost the keys.
+    ttl, base, previous_start = 3, None, 0.0
+    deadline = time.monotonic() + 120
     world.docker_run("-P", "local/web")
-    world.sync("--ttl", "3")
-    for _ in range(3):
-        time.sleep(1.5)
-        world.sync("--ttl", "3")
-    time.sleep(1.5)
-    assert len(world.keys()) == 2  # 6 s after the first run: alive only because each run renewed it
-    wait_until(lambda: world.keys() == {}, 10, "keys to expire once runs stop")
+    while True:
+        started = time.monotonic()
+        world.sync("--ttl", str(ttl))
+        held = world.etcd.get_prefix(world.prefix + "/")
+        read = time.monotonic()
+        if base is None:
+            base, base_read = held, read
+        elif read - previous_start >= ttl:
+            ttl, base = math.ceil(2 * (read - previous_start)), None
+        else:
+            assert len(held) == 2 and held == base, "a run that renewed in time lost or rewrote keys"
+            if read > base_read + ttl + 1:
+                break
+        previous_start = started
+        assert read < deadline, f"runs too slow to prove anything in 120 s (TTL now {ttl})"
+    # The last renewal was before `read`: gone TTL + 0.5 s later, plus a revoke's commit.
+    wait_until(lambda: world.keys() == {}, ttl + 5, "keys to expire once runs stop")
 
 
 def test_lost_lease_is_granted_again_and_every_key_rewritten(world):
@@ -327,7 +346,8 @@ def test_a_run_reads_its_own_keys_not_the_fleets(world):
 
     world.engine.remove_all_containers()
     result = world.sync()
-    assert result.stdout.startswith("added 0, updated 0, removed 1, unchanged 0")
-    after = world.keys()
-    assert after[f"{world.prefix}/web/port"] == "80"  # the other host still serves web: the port key stays
+    # The other host still serves web: the port key stays, handed to that host's lease (the update).
+    assert result.stdout.startswith("added 0, updated 1, removed 1, unchanged 0")
+    after = world.etcd.get_prefix(world.prefix + "/")
+    assert after[f"{world.prefix}/web/port"]["value"] == "80" and after[f"{world.prefix}/web/port"]["lease"] == other.id
     assert len(after) == len(keys) + 1
