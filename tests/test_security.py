@@ -201,6 +201,7 @@ def test_unreadable_key_file_exits_2(certs, tmp_path):
     import os
     import pwd
     import sys
+    import traceback
 
     import docker_register as dr
 
@@ -208,24 +209,36 @@ def test_unreadable_key_file_exits_2(certs, tmp_path):
     locked = tmp_path / "locked.key"
     locked.write_bytes(key.read_bytes())
     locked.chmod(0)
-    # As root every file is readable: check as an unprivileged user, for whom it is not. A forked
-    # child already has the module loaded, so the checkout's own permissions do not matter.
+    # As root every file is readable: check as an unprivileged user (nobody, when run as root), for whom
+    # it is not. A forked child already has the module loaded, so the checkout's own permissions do not matter.
     nobody = pwd.getpwnam("nobody")
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
-        sys.stderr = open(write_end, "w")  # pytest has replaced sys.stderr in this process
-        os.setgroups([])
-        os.setgid(nobody.pw_gid)
-        os.setuid(nobody.pw_uid)
-        code = dr.main(["sync", "--cert", str(cert), "--key", str(locked)])
-        sys.stderr.flush()
-        os._exit(code)
+        # The child must never return into pytest, whatever fails: it always ends in os._exit, and
+        # a failure of its own (exit 99) comes back to the parent as a traceback on the pipe.
+        code = 99
+        try:
+            os.close(read_end)
+            sys.stderr = open(write_end, "w")  # pytest has replaced sys.stderr in this process
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+            code = dr.main(["sync", "--cert", str(cert), "--key", str(locked)])
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os._exit(code if isinstance(code, int) else 99)
     os.close(write_end)
     with os.fdopen(read_end) as stderr:
         message = stderr.read()
     _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 2 and re.search(r"--(key|cert): cannot read", message), message
+    code = os.waitstatus_to_exitcode(status)
+    assert code == 2 and re.search(r"--(key|cert): cannot read", message), f"child exited {code}: {message}"
     assert len(message.strip().splitlines()) == 1
 
 
