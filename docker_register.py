@@ -108,6 +108,17 @@ TRAEFIK_FIELDS = {
 }
 #: Longest traefik.* label value copied into a key; longer ones are skipped with a note.
 MAX_LABEL_VALUE = 4096
+#: Container events that make `sync --every --events` run a pass at once (health changes too).
+PASS_EVENTS = frozenset({"start", "die", "kill", "stop", "pause", "unpause", "destroy"})
+#: Signals whose kill event means "being stopped": docker stop's SIGTERM, the usual other stop signals
+#: (SIGINT, SIGQUIT), and SIGKILL (docker rm -f, or the end of the grace period). Reload signals such
+#: as SIGHUP or SIGUSR1 do not count.
+STOP_SIGNALS = frozenset({"2", "3", "9", "15", "INT", "QUIT", "KILL", "TERM",
+                          "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
+#: How long a pass waits after the first event of a burst, to take the rest of the burst with it.
+COALESCE_SECONDS = 0.25
+#: Longest wait before trying the Docker event stream again after it broke.
+MAX_EVENTS_BACKOFF = 30.0
 #: Default DNS domain of the SkyDNS layout.
 DEFAULT_DOMAIN = "docker.local"
 #: One DNS label: what a SkyDNS name segment must be.
@@ -628,12 +639,15 @@ def service_name(labels: Mapping[str, str], image_name: Optional[str], port: int
     return sanitize_name(name)
 
 
-def container_registrations(container: Mapping, addressing: Addressing) -> tuple[list[Registration], list[Skip]]:
+def container_registrations(container: Mapping, addressing: Addressing,
+                            draining: frozenset[str] = frozenset()) -> tuple[list[Registration], list[Skip]]:
     """Turn one container list entry into registrations and skip notes."""
     label = container_label(container)
     labels = container.get("Labels") or {}
     if labels.get(IGNORE_LABEL):
         return [], [Skip(label, f"{IGNORE_LABEL} is set", quiet=True)]
+    if container.get("Id") in draining:
+        return [], [Skip(label, "being stopped (draining)", quiet=True)]
     if container.get("State", "running") != "running":
         return [], [Skip(label, f"state is {container.get('State')}", quiet=True)]
     health = health_of(container)
@@ -663,16 +677,42 @@ def container_registrations(container: Mapping, addressing: Addressing) -> tuple
 
 
 def registrations_from(containers: Iterable[Mapping], host_ip: str, internal: bool = False,
-                       network: Optional[str] = None, exposed: Optional[Mapping[str, Sequence[str]]] = None
-                       ) -> tuple[list[Registration], list[Skip]]:
-    """Turn the Docker container list into registrations and skip notes."""
+                       network: Optional[str] = None, exposed: Optional[Mapping[str, Sequence[str]]] = None,
+                       draining: frozenset[str] = frozenset()) -> tuple[list[Registration], list[Skip]]:
+    """Turn the Docker container list into registrations and skip notes; draining containers are left out."""
     addressing = Addressing(host_ip, internal, network, exposed or {})
     registrations, skips = [], []
     for container in sorted(containers, key=lambda c: str(c.get("Id", ""))):
-        found, skipped = container_registrations(container, addressing)
+        found, skipped = container_registrations(container, addressing, draining)
         registrations.extend(found)
         skips.extend(skipped)
     return registrations, skips
+
+
+class EventEffect(enum.Enum):
+    """What one Docker event means for the pass loop."""
+
+    NONE = "none"
+    PASS = "pass"  # something changed: run a pass now
+    DRAIN = "drain"  # the container is being stopped: leave it out from now on, and run a pass now
+    UNDRAIN = "undrain"  # the container started (again): it may register, and run a pass now
+
+
+def event_effect(event: Mapping) -> tuple[EventEffect, str]:
+    """Read one /events message: its effect and the full container id it is about."""
+    actor = event.get("Actor") or {}
+    container_id = str(actor.get("ID") or event.get("id") or "")
+    action = str(event.get("Action") or event.get("status") or "")
+    if event.get("Type", "container") != "container" or not container_id:
+        return EventEffect.NONE, container_id
+    if action == "kill":
+        signal = str((actor.get("Attributes") or {}).get("signal", "")).upper()
+        return (EventEffect.DRAIN if signal in STOP_SIGNALS else EventEffect.PASS), container_id
+    if action == "start":
+        return EventEffect.UNDRAIN, container_id
+    if action in PASS_EVENTS or action.startswith("health_status"):
+        return EventEffect.PASS, container_id
+    return EventEffect.NONE, container_id
 
 
 # --- Layouts: registrations -> the keys a consumer reads ------------------------------------
@@ -975,8 +1015,9 @@ def traefik_holders(key: str, prefix: str, stored: Mapping[str, "StoredKey"]) ->
     if kind == "services":
         return frozenset({servers(name)})
     if kind == "routers":
+        # The router's folder names its service (whoever wrote that key); that service's servers hold it.
         service = stored.get(f"{prefix}/{protocol}/routers/{name}/service")
-        return frozenset({servers(service.value)} if service else ())
+        return frozenset({f"{prefix}/{protocol}/routers/{name}/", *([servers(service.value)] if service else [])})
     # A middleware is in use while a router that names it is: read the routers, then their services' servers.
     naming = [other for other, kv in stored.items() if traefik_names_middleware(other, kv.value, name, prefix)]
     return frozenset({f"{prefix}/{protocol}/routers/"}).union(
@@ -1254,6 +1295,9 @@ class ContainerSource(Protocol):
     def exposed_ports(self, container_id: str) -> list[str]:
         """A container's exposed ports ("80/tcp"): the list call omits them for host-network containers."""
 
+    def events(self) -> Iterator[dict]:
+        """Docker's container events as they happen (GET /events), until the stream breaks (DockerError)."""
+
 
 class DockerSource:
     """Lists running containers with one Engine API request."""
@@ -1304,6 +1348,17 @@ class DockerSource:
         except (docker.errors.DockerException, requests.RequestException, ValueError) as error:
             raise DockerError(f"docker at {self.where}: cannot inspect container {container_id[:12]}: "
                               f"{describe_docker_error(error)}") from None
+
+    def events(self) -> Iterator[dict]:
+        """GET /events?filters={"type":["container"]}, one decoded message at a time; no timeout while idle."""
+        import docker
+        import requests
+
+        try:
+            yield from self.client.events(decode=True, filters={"type": ["container"]})
+        except (docker.errors.DockerException, requests.RequestException, ValueError, OSError) as error:
+            raise DockerError(f"docker at {self.where}: event stream: {describe_docker_error(error)}") from None
+        raise DockerError(f"docker at {self.where}: event stream ended")
 
     def close(self) -> None:
         """Close the HTTP session."""
@@ -1550,6 +1605,8 @@ class Outcome:
     skips: tuple[Skip, ...]
     dry_run: bool
     seconds: float
+    #: Ids of the containers the pass saw running.
+    running: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -1561,14 +1618,17 @@ class Purged:
     seconds: float
 
 
-def current_registrations(docker: ContainerSource, config: Config) -> tuple[list[Registration], list[Skip]]:
-    """List the running containers and turn them into registrations and skip notes."""
+def current_registrations(docker: ContainerSource, config: Config, draining: frozenset[str] = frozenset()
+                          ) -> tuple[list[Registration], list[Skip], frozenset[str]]:
+    """List the running containers: registrations, skip notes, and the ids seen running."""
     # The container list goes out of scope here, so its memory is free again before gRPC starts.
     containers = docker.running_containers()
     if config.host_ip_detected:
         check_detected_ip(config.host_ip, containers)
     exposed = {c["Id"]: docker.exposed_ports(c["Id"]) for c in containers if on_host_network(c) and c.get("Id")}
-    return registrations_from(containers, config.host_ip, config.internal, config.network, exposed)
+    registrations, skips = registrations_from(containers, config.host_ip, config.internal, config.network,
+                                              exposed, draining)
+    return registrations, skips, frozenset(str(c.get("Id", "")) for c in containers)
 
 
 def current_lease(store: Store, config: Config, renew: bool) -> tuple[LeaseState, tuple[str, ...]]:
@@ -1581,7 +1641,12 @@ def current_lease(store: Store, config: Config, renew: bool) -> tuple[LeaseState
 
 def current_plan(store: Store, desired: Desired, config: Config, renew: bool) -> Plan:
     """Read the lease, the keys on it and what else the plan needs; plan against them."""
-    lease_state, lease_keys = current_lease(store, config, renew)
+    return plan_against(store, desired, config, *current_lease(store, config, renew))
+
+
+def plan_against(store: Store, desired: Desired, config: Config, lease_state: LeaseState,
+                 lease_keys: Sequence[str]) -> Plan:
+    """Read what a plan needs besides the lease (a second read only when a value names more), and plan."""
     reads = reads_for(desired, lease_keys, config.prefix, layout=config.layout)
     stored = store.read(reads)
     more = more_reads_for(desired, stored, config.lease_id, reads, config.prefix, config.layout)
@@ -1590,10 +1655,11 @@ def current_plan(store: Store, desired: Desired, config: Config, renew: bool) ->
     return plan_changes(desired, stored, config.lease_id, lease_state, config.prefix, config.layout)
 
 
-def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool) -> Outcome:
+def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool,
+              draining: frozenset[str] = frozenset()) -> Outcome:
     """One pass: list containers, plan against the store, apply unless dry-run; re-plan when a key moved."""
     started = time.monotonic()
-    registrations, skips = current_registrations(docker, config)
+    registrations, skips, running = current_registrations(docker, config, draining)
     desired = desired_keys(registrations, config)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         plan = current_plan(store, desired, config, renew=not dry_run)
@@ -1606,15 +1672,16 @@ def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bo
             if attempt == MAX_ATTEMPTS:
                 raise StoreError(f"{store.where}: keys kept changing under this run; "
                                  "is another docker-register writing for this host?") from None
-    return Outcome(config, plan, tuple(skips), dry_run, time.monotonic() - started)
+    return Outcome(config, plan, tuple(skips), dry_run, time.monotonic() - started, running)
 
 
-def locked_reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool) -> Optional[Outcome]:
+def locked_reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool,
+                     draining: frozenset[str] = frozenset()) -> Optional[Outcome]:
     """Reconcile while holding the host's lock; None when another run held it too long. A dry run needs no lock."""
     if dry_run:
-        return reconcile(config, docker, store, dry_run=True)
+        return reconcile(config, docker, store, dry_run=True, draining=draining)
     with run_lock(config.lock_file, wait=config.timeout) as held:
-        return reconcile(config, docker, store, dry_run=False) if held else None
+        return reconcile(config, docker, store, dry_run=False, draining=draining) if held else None
 
 
 def purge(config: Config, store: Store) -> Purged:
@@ -1623,15 +1690,19 @@ def purge(config: Config, store: Store) -> Purged:
     Shared keys another host still uses are handed to that host's lease first, so they stay.
     """
     started = time.monotonic()
-    plan = current_plan(store, Desired({}, {}), config, renew=False)
+    lease_state, lease_keys = current_lease(store, config, renew=False)
+    if lease_state is LeaseState.MISSING:
+        return Purged(config.lease_id, (), time.monotonic() - started)
+    plan = plan_against(store, Desired({}, {}), config, lease_state, lease_keys)
     handed = tuple(change for change in plan.changes if change.lease is not None)
     if handed:
-        with contextlib.suppress(Conflict):  # a key moved meanwhile: its users' next runs put it back
+        try:
             store.apply(Plan(plan.lease_id, LeaseAction.KEEP, handed, 0), config.ttl)
-    info = store.lease(config.lease_id)  # read again: what the revoke removes, handed keys no longer on it
-    if info is not None:
-        store.revoke(config.lease_id)
-    return Purged(config.lease_id, tuple(sorted(info.keys)) if info else (), time.monotonic() - started)
+            lease_keys = set(lease_keys) - {change.key for change in handed}
+        except Conflict:
+            pass  # a key moved meanwhile: the next runs of the hosts using it put it back
+    store.revoke(config.lease_id)
+    return Purged(config.lease_id, tuple(sorted(lease_keys)), time.monotonic() - started)
 
 
 @dataclass
@@ -1656,26 +1727,96 @@ def close_quietly(adapters: Optional[Adapters]) -> None:
     return None
 
 
+class Triggers:
+    """What Docker's events tell the pass loop: run a pass now, and which containers are being stopped."""
+
+    def __init__(self):
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._draining: dict[str, float] = {}  # container id -> when its stop began
+
+    def note(self, effect: EventEffect, container_id: str) -> None:
+        """Take in one event's effect."""
+        if effect is EventEffect.NONE:
+            return
+        with self._lock:
+            if effect is EventEffect.DRAIN:
+                self._draining.setdefault(container_id, time.monotonic())
+            elif effect is EventEffect.UNDRAIN:
+                self._draining.pop(container_id, None)
+        self.wake.set()
+
+    def draining(self) -> frozenset[str]:
+        """The containers being stopped."""
+        with self._lock:
+            return frozenset(self._draining)
+
+    def forget_gone(self, running: frozenset[str], listed_at: float) -> None:
+        """Stop draining containers that a list taken after their stop began no longer shows: they are gone."""
+        with self._lock:
+            for container_id, since in list(self._draining.items()):
+                if since < listed_at and container_id not in running:
+                    del self._draining[container_id]
+
+
+def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers, stop: threading.Event,
+                  say: Callable[[str], None]) -> None:
+    """Feed Docker's events to the triggers until stop; a broken stream is retried with a growing pause,
+    said once when it breaks and once when it is back."""
+    backoff, broken = 0.5, False
+    while not stop.is_set():
+        try:
+            source = open_source()
+            try:
+                events = source.events()
+                if broken:
+                    say("docker events: stream is back")
+                    triggers.wake.set()  # events may have been missed while it was down
+                    broken, backoff = False, 0.5
+                for event in events:
+                    triggers.note(*event_effect(event))
+                    if stop.is_set():
+                        return
+            finally:
+                source.close()
+        except RegisterError as error:
+            if not broken:
+                say(f"{error}; passes go on every interval, reconnecting")
+                broken = True
+        stop.wait(backoff)
+        backoff = min(backoff * 2, MAX_EVENTS_BACKOFF)
+
+
 def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: float, report: Callable,
-               stop: threading.Event) -> int:
-    """Reconcile every interval seconds until stop is set; a failed pass is reported, not fatal.
+               stop: threading.Event, triggers: Optional[Triggers] = None) -> int:
+    """Reconcile every interval seconds until stop is set, and soon after an event when triggers are given;
+    a failed pass is reported, not fatal.
 
     The adapters are kept from pass to pass and opened afresh after a failure (a failed etcd endpoint
     stays marked failed in its client).
     """
+    triggers = triggers or Triggers()
     adapters = None
     try:
         while not stop.is_set():
             started = time.monotonic()
+            triggers.wake.clear()
             try:
                 adapters = adapters or connect()
-                report(locked_reconcile(config, adapters.docker, adapters.store, dry_run=False))
+                outcome = locked_reconcile(config, adapters.docker, adapters.store, False, triggers.draining())
+                if outcome is not None:
+                    triggers.forget_gone(outcome.running, started)
+                report(outcome)
             except UsageError:
                 raise
             except RegisterError as error:
                 report_error(error)
                 adapters = close_quietly(adapters)
-            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+            next_pass = started + interval
+            while not stop.is_set() and time.monotonic() < next_pass:
+                if triggers.wake.wait(max(0.0, min(0.5, next_pass - time.monotonic()))):
+                    stop.wait(COALESCE_SECONDS)  # take the rest of a burst along with the first event
+                    break
     finally:
         close_quietly(adapters)
     return EXIT_OK
@@ -1748,6 +1889,11 @@ def print_purged(purged: Purged, output: str) -> None:
         print(f"removed {len(purged.keys)} keys of lease {purged.lease_id:x} in {purged.seconds:.3f}s")
 
 
+def print_note(text: str) -> None:
+    """Print one note line on stderr."""
+    print(f"docker-register: note: {text}", file=sys.stderr, flush=True)
+
+
 def report_error(error: RegisterError) -> None:
     """Print a run's error as one line."""
     print(f"docker-register: error: {error}", file=sys.stderr, flush=True)
@@ -1756,8 +1902,7 @@ def report_error(error: RegisterError) -> None:
 def print_outcome(outcome: Optional[Outcome], output: str) -> None:
     """Print a run's result in the chosen format; None is a pass skipped for the lock."""
     if outcome is None:
-        print("docker-register: note: another docker-register run holds the lock; skipped this pass",
-              file=sys.stderr)
+        print_note("another docker-register run holds the lock; skipped this pass")
         if output == "json":
             print(json.dumps({"skipped_pass": "another run holds the lock"}), flush=True)
         return
@@ -1765,7 +1910,7 @@ def print_outcome(outcome: Optional[Outcome], output: str) -> None:
         print(json.dumps(outcome_json(outcome)), flush=True)
         return
     for note in notes_of(outcome):
-        print(f"docker-register: note: {note}", file=sys.stderr)
+        print_note(note)
     if outcome.dry_run:
         print_dry_run(outcome)
     print(summary_line(outcome), flush=True)  # flushed: a long-running sync --every is read line by line
@@ -1921,6 +2066,10 @@ def sync_command(
     every: Annotated[Optional[float], typer.Option(
         "--every", envvar="DOCKER_REGISTER_EVERY", min=1, max=MAX_TTL, show_default=False,
         help="Repeat the sync every SECONDS until SIGTERM/SIGINT (for containers without a timer).")] = None,
+    events: Annotated[bool, typer.Option(
+        "--events", envvar="DOCKER_REGISTER_EVENTS",
+        help="With --every: also run a pass as soon as Docker reports a container change, and take a "
+             "container out as soon as it is being stopped.")] = False,
     etcd: EtcdOption = DEFAULT_ETCD,
     host_ip: HostIpOption = None,
     layout: LayoutOption = LayoutName.discover,
@@ -1946,14 +2095,22 @@ def sync_command(
     try:
         config = build_config(flags, host_ip, KeyFlags(layout.value, prefix, domain, internal, network), ttl, timeout,
                               lock_file if lock_file != DEFAULT_LOCK_FILE else None)
+        if events and every is None:
+            raise UsageError("--events needs --every (the periodic pass that repairs missed events)")
         if every is not None:
             if dry_run:
                 raise UsageError("--every and --dry-run do not go together")
             if ttl <= every:
                 raise UsageError(f"--ttl ({ttl}) must be longer than --every ({every:g}), or keys expire between runs")
             report = functools.partial(print_outcome, output=output.value)
-            raise typer.Exit(sync_every(config, functools.partial(open_adapters, config), every, report,
-                                        stop_on_signals()))
+            stop = stop_on_signals()
+            triggers = Triggers()
+            if events:
+                threading.Thread(target=follow_events, daemon=True, name="docker-events",
+                                 args=(functools.partial(DockerSource, config.timeout), triggers, stop,
+                                       print_note)).start()
+            raise typer.Exit(sync_every(config, functools.partial(open_adapters, config), every, report, stop,
+                                        triggers))
         adapters = open_adapters(config)
         try:
             outcome = locked_reconcile(config, adapters.docker, adapters.store, dry_run)

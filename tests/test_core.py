@@ -460,6 +460,7 @@ def test_one_list_call_and_one_inspect_per_host_network_container_only():
     hosted["ExposedPorts"] = ["9000/tcp"]
     docker = FakeDocker([container(), hosted])
     config = dr.Config(endpoints=(), host_ip=HOST, prefix=PREFIX, ttl=30, timeout=5.0)
-    found, _ = dr.current_registrations(docker, config)
+    found, _, running = dr.current_registrations(docker, config)
+    assert running == {"a" * 64, "b" * 64}
     assert sorted(r.address for r in found) == ["10.0.0.5:32768", "10.0.0.5:9000"]
     assert docker.calls == 1 and docker.inspects == 1

@@ -250,7 +250,7 @@ def test_a_detected_host_ip_on_a_docker_network_is_refused_before_the_store_is_a
 # --- containers coming and going ------------------------------------------------------------
 
 
-def test_a_stopped_container_loses_its_key_and_the_port_key_stays_while_another_host_serves_it(tmp_path):
+def test_a_stopped_container_loses_its_key_and_the_port_key_is_handed_to_the_host_still_serving_it(tmp_path):
     docker, store = FakeDocker([web(1), web(2)]), FakeEtcd()
     store.grant(OTHER_LEASE, 30)
     store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
@@ -261,10 +261,15 @@ def test_a_stopped_container_loses_its_key_and_the_port_key_stays_while_another_
     docker.stop(f"{1:012x}")
     assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(1))]
     docker.stop(f"{2:012x}")
-    assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(2))]
+    web_mod, port_mod = store.kv[web_key(2)].mod_revision, store.kv[WEB_PORT].mod_revision
+    outcome = sync(config(tmp_path), docker, store)
+    assert outcome.plan.changes == (
+        dr.Change(dr.ChangeKind.REMOVE, web_key(2), None, "10.0.0.5:32768", web_mod),
+        dr.Change(dr.ChangeKind.UPDATE, WEB_PORT, "80", "80", port_mod, lease=OTHER_LEASE))
+    assert outcome.plan.lease_action is dr.LeaseAction.KEEP
 
     assert store.values() == {web_key(3): "10.0.0.6:32768", WEB_PORT: "80"}
-    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: LEASE}
+    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: OTHER_LEASE}
 
 
 def test_the_port_key_goes_once_no_host_serves_the_service(tmp_path):
@@ -273,9 +278,12 @@ def test_the_port_key_goes_once_no_host_serves_the_service(tmp_path):
     store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
     sync(config(tmp_path), docker, store)
     docker.stop(f"{1:012x}")
-    assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(1))]
+    assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(1)), ("update", WEB_PORT)]
+    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: OTHER_LEASE}  # handed over, kept
 
-    store.expire(OTHER_LEASE)
+    store.expire(OTHER_LEASE)  # the last host serving it goes: the port key goes with its lease
+    assert store.values() == {}
+    store.put(WEB_PORT, "80", lease=LEASE)  # a port key left on this host's lease, no host serving it
     writes = Counter(store.writes)
     outcome = sync(config(tmp_path), docker, store)
 
@@ -285,7 +293,7 @@ def test_the_port_key_goes_once_no_host_serves_the_service(tmp_path):
     assert store.values() == {}
 
 
-def test_a_router_whose_service_another_host_serves_is_read_for_in_a_second_read_and_kept(tmp_path):
+def test_a_router_whose_service_another_host_serves_is_read_for_in_a_second_read_and_handed_to_that_host(tmp_path):
     # Traefik layout: the router's keys are shared; which servers keep them in use is named only by the
     # value of its service key, so the run reads that folder once it has read the value.
     cfg = config(tmp_path, prefix="traefik", layout_name="traefik")
@@ -301,17 +309,23 @@ def test_a_router_whose_service_another_host_serves_is_read_for_in_a_second_read
                               servers + "bbbbbbbbbbbb/url": "http://10.0.0.6:32768"}
     docker.stop("aaaa")
     rpcs = Counter(store.rpcs)
+    mods = {key: store.kv[key].mod_revision for key in [*router, servers + "aaaaaaaaaaaa/url"]}
 
     outcome = sync(cfg, docker, store)
 
-    assert changes(outcome) == [("remove", servers + "aaaaaaaaaaaa/url")]
+    assert outcome.plan.changes == (
+        *(dr.Change(dr.ChangeKind.UPDATE, key, value, value, mods[key], lease=other_lease)
+          for key, value in sorted(router.items())),
+        dr.Change(dr.ChangeKind.REMOVE, servers + "aaaaaaaaaaaa/url", None, "http://10.0.0.5:32768",
+                  mods[servers + "aaaaaaaaaaaa/url"]))
+    assert outcome.plan.lease_action is dr.LeaseAction.KEEP
     assert store.rpcs - rpcs == Counter(keepalive=1, lease_ttl=1, range=2, txn=1)  # two reads, one write
     assert store.values() == {**router, servers + "bbbbbbbbbbbb/url": "http://10.0.0.6:32768"}
-    assert {key: store.lease_of(key) for key in router} == dict.fromkeys(router, lease)
+    assert {key: store.lease_of(key) for key in router} == dict.fromkeys(router, other_lease)
 
-    store.expire(other_lease)
-    assert sorted(changes(sync(cfg, docker, store))) == [("remove", key) for key in sorted(router)]
+    store.expire(other_lease)  # the last host serving it goes: the router goes with its lease
     assert store.values() == {}
+    assert changes(sync(cfg, docker, store)) == []
 
 
 def test_more_than_128_changes_go_in_several_transactions_of_at_most_128(tmp_path):
@@ -365,18 +379,19 @@ def test_purge_removes_exactly_this_hosts_keys_and_a_second_purge_removes_nothin
     purged = dr.purge(config(tmp_path), store)
 
     assert purged.lease_id == LEASE
-    assert purged.keys == (WEB, WEB_PORT)
-    assert store.values() == {"/backends/static/manual": "10.0.0.9:80", web_key(3): "10.0.0.6:32768"}
-    assert leases_of(store) == {"/backends/static/manual": 0, web_key(3): OTHER_LEASE}
-    assert store.writes - writes == Counter(revoke=1)
-    assert store.revision == revision + 1  # the lease's keys go in one revision
+    assert purged.keys == (WEB,)  # the port key another host still serves was handed over first, then kept
+    assert store.values() == {"/backends/static/manual": "10.0.0.9:80", web_key(3): "10.0.0.6:32768",
+                              WEB_PORT: "80"}
+    assert leases_of(store) == {"/backends/static/manual": 0, web_key(3): OTHER_LEASE, WEB_PORT: OTHER_LEASE}
+    assert store.writes - writes == Counter(txn=1, put=1, revoke=1)
+    assert store.revision == revision + 2  # one handover transaction, then the lease's keys go in one revision
     assert LEASE not in store.leases
 
     rpcs = Counter(store.rpcs)
     again = dr.purge(config(tmp_path), store)
     assert again.keys == ()
     assert store.rpcs - rpcs == Counter(lease_ttl=1)
-    assert store.writes - writes == Counter(revoke=1)
+    assert store.writes - writes == Counter(txn=1, put=1, revoke=1)
 
 
 # --- sync_every -----------------------------------------------------------------------------

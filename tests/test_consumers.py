@@ -1,0 +1,314 @@
+"""The Traefik layout read by a real Traefik: docker-register writes, Traefik's etcd provider routes real traffic.
+
+Every request goes to this machine only: Traefik listens on loopback, and the servers it proxies to are
+published ports of containers the tests started, at an address of this machine (the engine's own bridge).
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import os
+import subprocess
+from collections import Counter
+
+import pytest
+
+from harness import Dockerd, Traefik, free_port, require, wait_until
+
+#: Requests sent where every one must succeed (or fail) once Traefik has applied a change.
+REQUESTS = 40
+#: The Host header the web containers' router matches.
+WEB_HOST = "web.example"
+#: Labels of a web container set up for a single-host Traefik: a Host() router naming no service.
+WEB_LABELS = ("-l", f"traefik.http.routers.web.rule=Host(`{WEB_HOST}`)")
+#: A web container whose page is its own hostname (its short id), so a response says who served it.
+WEB_SELF = ("local/web", "sh", "-c", "hostname > /www/index.html && exec httpd -f -p 80 -h /www")
+#: The line Traefik logs (at DEBUG) for every configuration its etcd provider sends after a watch event.
+CONFIGURATION_RECEIVED = "Configuration received"
+
+_roots = itertools.count(1)
+
+
+def bridge_ip(engine: Dockerd) -> str:
+    """The IPv4 address of an engine's bridge: an address of this machine."""
+    out = subprocess.run([require("ip"), "-4", "-o", "addr", "show", "dev", engine.bridge],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split(" inet ", 1)[1].split("/", 1)[0]
+
+
+def direct_get(ip: str, port: int) -> tuple[int, str]:
+    """GET / straight from a published port (no Traefik): (status, body)."""
+    connection = http.client.HTTPConnection(ip, port, timeout=5)
+    try:
+        connection.request("GET", "/", headers={"Connection": "close"})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def never_within(check, seconds: float) -> bool:
+    """Whether check() stays falsy for the whole time (polled every 50 ms)."""
+    try:
+        wait_until(check, seconds, "", interval=0.05)
+    except TimeoutError:
+        return True
+    return False
+
+
+class Edge:
+    """A Traefik reading one root key of the test etcd, and docker-register writing that root."""
+
+    def __init__(self, world, traefik: Traefik, host_ip: str):
+        self.world = world
+        self.traefik = traefik
+        self.root = traefik.root_key
+        self.host_ip = host_ip
+
+    def env(self, engine: Dockerd | None = None, host_ip: str | None = None, lock: str | None = None) -> dict:
+        """Environment of a traefik-layout run as one host: its engine, its address, its lock."""
+        env = {"DOCKER_REGISTER_PREFIX": self.root, "HOST_IP": host_ip or self.host_ip}
+        if engine is not None:
+            env["DOCKER_HOST"] = engine.host
+        if lock is not None:
+            env["DOCKER_REGISTER_LOCK"] = lock
+        return env
+
+    def sync(self, engine: Dockerd | None = None, host_ip: str | None = None, lock: str | None = None
+             ) -> subprocess.CompletedProcess:
+        """One sync in the traefik layout, which must succeed."""
+        return self.world.sync("--layout", "traefik", **self.env(engine, host_ip, lock))
+
+    def servers(self, service: str = "web", protocol: str = "http") -> set[str]:
+        """The server urls (http) or addresses (tcp) Traefik runs for a service of the etcd provider."""
+        found = self.traefik.services(protocol).get(f"{service}@etcd")
+        if not found:
+            return set()
+        return {server.get("url") or server.get("address") for server in found["loadBalancer"]["servers"]}
+
+    def wait_servers(self, expected: set[str], service: str = "web", protocol: str = "http") -> None:
+        """Wait until Traefik runs exactly these servers for the service."""
+        try:
+            self.traefik.wait_for(lambda: self.servers(service, protocol) == expected, 15,
+                                  f"traefik to run {protocol} service {service} with servers {sorted(expected)}")
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; it runs {sorted(self.servers(service, protocol))}") from None
+
+    def answers(self, count: int = REQUESTS) -> Counter:
+        """Send count requests for the web host; (status, body) of each, counted."""
+        return Counter((status, body.strip()) for status, body in
+                       (self.traefik.get(WEB_HOST) for _ in range(count)))
+
+    def configurations_received(self) -> int:
+        """How many configurations Traefik has logged receiving so far."""
+        return self.traefik.log.read_text(errors="replace").count(CONFIGURATION_RECEIVED)
+
+    def quiet(self, seconds: float) -> bool:
+        """Whether Traefik receives no configuration for that long (waits that long unless one arrives)."""
+        count = self.configurations_received()
+        return never_within(lambda: self.configurations_received() != count, seconds)
+
+
+@pytest.fixture
+def edge(world, tmp_path):
+    """A Traefik (DEBUG log, 200 ms throttle) on a root key of its own, and this machine's address as
+    the host's: the shared engine's bridge, where its published ports answer."""
+    root = f"traefik-t{next(_roots):04d}"  # fixed width: no root is a prefix of another
+    # Traefik's watch backs off for seconds while its root is empty: give it a key first.
+    world.etcd.etcdctl("put", f"{root}/docker-register-tests", "x")
+    traefik = Traefik(tmp_path / "traefik", [world.etcd.endpoint], root_key=root, level="DEBUG")
+    try:
+        traefik.start()
+        yield Edge(world, traefik, bridge_ip(world.engine))
+    finally:
+        traefik.stop()
+        world.etcd.etcdctl("del", "--prefix", root + "/", check=False)
+
+
+@pytest.fixture
+def second_engine(tmp_path_factory):
+    """Another dockerd on this machine, with a bridge and subnet of its own: a second host's engine."""
+    pid = os.getpid()
+    engine = Dockerd(tmp_path_factory.mktemp("eng2"), bridge=f"drs{pid % 100000}", subnet=f"10.214.{pid % 250}.1/24")
+    try:
+        engine.start()
+        engine.build_images()
+        yield engine
+    finally:
+        engine.stop()
+
+
+def publish(port: int) -> tuple[str, str]:
+    """Publish a container port on all addresses at a free host port. Not -P: Docker's allocator starts at
+    32768 in every engine, and other engines on this machine (a second host's, other test runs') hold those."""
+    return "-p", f"{free_port()}:{port}"
+
+
+def start_web(engine: Dockerd, *labels: str) -> str:
+    """Start a self-naming web container with a published port; return its short id (its page)."""
+    return engine.docker("run", "-d", *publish(80), *labels, *WEB_SELF).stdout.strip()[:12]
+
+
+def published_url(engine: Dockerd, container: str, ip: str) -> str:
+    """http://ip:port for a container's port 80 published on 0.0.0.0."""
+    bindings = engine.docker("port", container, "80/tcp").stdout.split()
+    port = next(b for b in bindings if b.startswith("0.0.0.0:")).rsplit(":", 1)[1]
+    return f"http://{ip}:{port}"
+
+
+def served_by_both(edge: Edge, first: str, second: str) -> Counter:
+    """Send requests until both containers have answered (bounded); every answer must be a 200."""
+    seen: Counter = Counter()
+
+    def both():
+        seen.update(edge.answers(4))
+        return {(200, first), (200, second)} <= set(seen)
+    try:
+        wait_until(both, 20, f"both {first} and {second} to answer through traefik", interval=0)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}; answers so far {dict(seen)}") from None
+    assert set(seen) == {(200, first), (200, second)}, seen
+    return seen
+
+
+def test_two_containers_of_one_service_both_answer_through_a_host_rule(world, edge):
+    first = start_web(world.engine, *WEB_LABELS)
+    second = start_web(world.engine, *WEB_LABELS)
+    edge.sync()
+    keys = world.etcd.values(edge.root + "/")
+    assert keys[f"{edge.root}/http/routers/web/rule"] == f"Host(`{WEB_HOST}`)"
+    assert keys[f"{edge.root}/http/routers/web/service"] == "web"
+    expected = {published_url(world.engine, cid, edge.host_ip) for cid in (first, second)}
+    servers = f"{edge.root}/http/services/web/loadbalancer/servers"
+    assert {keys[f"{servers}/{cid}/url"] for cid in (first, second)} == expected
+
+    edge.wait_servers(expected)
+    assert edge.traefik.routers()["web@etcd"]["rule"] == f"Host(`{WEB_HOST}`)"
+    served_by_both(edge, first, second)
+    # The router matches only its host: another Host header finds no route.
+    assert edge.traefik.get("other.example")[0] == 404
+
+
+def test_after_a_container_stops_every_request_reaches_the_other(world, edge):
+    leaving = start_web(world.engine, *WEB_LABELS)
+    staying = start_web(world.engine, *WEB_LABELS)
+    edge.sync()
+    edge.wait_servers({published_url(world.engine, cid, edge.host_ip) for cid in (leaving, staying)})
+    served_by_both(edge, leaving, staying)
+
+    world.engine.docker("stop", "--time", "1", leaving)
+    edge.sync()
+    assert not any(leaving in key for key in world.etcd.values(edge.root + "/"))
+    edge.wait_servers({published_url(world.engine, staying, edge.host_ip)})
+    assert edge.answers() == Counter({(200, staying): REQUESTS})
+
+
+def test_two_hosts_serving_one_service_are_one_traefik_service(world, edge, second_engine, tmp_path):
+    here = start_web(world.engine, *WEB_LABELS)
+    there = start_web(second_engine, *WEB_LABELS)
+    there_ip = bridge_ip(second_engine)
+    assert there_ip != edge.host_ip
+    here_url = published_url(world.engine, here, edge.host_ip)
+    there_url = published_url(second_engine, there, there_ip)
+    # Each engine publishes on every address of this machine (userland proxy, no iptables): each host's
+    # port answers at that host's own address.
+    for url, cid in ((here_url, here), (there_url, there)):
+        ip, port = url.removeprefix("http://").split(":")
+        assert direct_get(ip, int(port)) == (200, cid + "\n"), url
+
+    edge.sync()
+    edge.wait_servers({here_url})
+    edge.sync(engine=second_engine, host_ip=there_ip, lock=str(tmp_path / "host2.lock"))
+    edge.wait_servers({here_url, there_url})
+    assert [name for name in edge.traefik.services() if name.endswith("@etcd")] == ["web@etcd"]
+    keys = world.etcd.get_prefix(edge.root + "/")
+    leases = {kv["lease"] for key, kv in keys.items() if "/loadbalancer/servers/" in key}
+    assert len(leases) == 2 and 0 not in leases, "each host's servers are on its own lease"
+    served_by_both(edge, here, there)
+
+
+def test_a_tcp_service_is_reached_through_a_tcp_router(world, edge):
+    echo = world.engine.docker(
+        "run", "-d", *publish(7), "-l", "SERVICE_PROTOCOL=tcp", "-l", "traefik.tcp.routers.echo.rule=HostSNI(`*`)",
+        "-l", "traefik.tcp.routers.echo.entrypoints=tcp", "local/echo").stdout.strip()[:12]
+    edge.sync()
+    bindings = world.engine.docker("port", echo, "7/tcp").stdout.split()
+    address = f"{edge.host_ip}:{next(b for b in bindings if b.startswith('0.0.0.0:')).rsplit(':', 1)[1]}"
+    keys = world.etcd.values(edge.root + "/")
+    assert keys[f"{edge.root}/tcp/services/echo/loadbalancer/servers/{echo}/address"] == address
+    assert keys[f"{edge.root}/tcp/routers/echo/service"] == "echo"
+
+    edge.wait_servers({address}, "echo", "tcp")
+    assert edge.traefik.routers("tcp")["echo@etcd"]["entryPoints"] == ["tcp"]
+    message = b"hello through traefik\n"
+    assert edge.traefik.wait_for(lambda: edge.traefik.echo_tcp(message) == message, 10,
+                                 "the echo container to answer through the tcp entrypoint")
+    assert all(edge.traefik.echo_tcp(f"request {i}\n".encode()) == f"request {i}\n".encode() for i in range(10))
+
+
+def test_a_run_without_changes_writes_nothing_and_traefik_receives_nothing(world, edge):
+    first = start_web(world.engine, *WEB_LABELS)
+    second = start_web(world.engine, *WEB_LABELS)
+    edge.sync()
+    edge.wait_servers({published_url(world.engine, cid, edge.host_ip) for cid in (first, second)})
+    wait_until(lambda: edge.quiet(1.0), 10, "traefik to receive no more configurations")
+    received = edge.configurations_received()
+    assert received >= 1, "traefik logs every configuration it receives (else this test proves nothing)"
+    # Not etcd_mvcc_txn_total: the run's read is a read-only transaction, which counts there but
+    # writes nothing (no proposal, no revision).
+    writes = ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_server_proposals_committed_total")
+    before = {name: world.etcd.metrics()[name] for name in writes}
+    revision = world.etcd.revision()
+    services, routers = edge.traefik.services(), edge.traefik.routers()
+
+    result = edge.sync()
+
+    assert result.stdout.startswith("added 0, updated 0, removed 0, unchanged "), result.stdout
+    assert {name: world.etcd.metrics()[name] for name in writes} == before
+    assert world.etcd.revision() == revision, "no new revision, so no watch event"
+    # Five times the 200 ms throttle: nothing arrives, nothing changes.
+    assert never_within(lambda: edge.configurations_received() != received, 1.0), \
+        "traefik received a configuration after a run that changed nothing"
+    assert edge.traefik.services() == services and edge.traefik.routers() == routers
+    served_by_both(edge, first, second)
+
+
+def test_purge_takes_the_hosts_servers_out_of_traefik(world, edge):
+    # Traefik ignores an empty configuration from a provider and keeps routing by the last one ("Skipping
+    # empty configuration"), so a root that purge leaves empty would prove nothing: an operator's own
+    # middleware (no lease, never docker-register's to touch) stays under the root, as in real use.
+    operator_key = f"{edge.root}/http/middlewares/operator/headers/customresponseheaders/X-Operator"
+    world.etcd.etcdctl("put", operator_key, "yes")
+    first = start_web(world.engine, *WEB_LABELS)
+    second = start_web(world.engine, *WEB_LABELS)
+    edge.sync()
+    edge.wait_servers({published_url(world.engine, cid, edge.host_ip) for cid in (first, second)})
+    served_by_both(edge, first, second)
+
+    result = world.run("purge", "--layout", "traefik", **edge.env())
+    assert result.returncode == 0, result.stderr
+
+    assert world.etcd.values(edge.root + "/") == {f"{edge.root}/docker-register-tests": "x", operator_key: "yes"}
+    edge.traefik.wait_for(lambda: "web@etcd" not in edge.traefik.services(), 15, "traefik to drop the purged service")
+    assert "operator@etcd" in {m["name"] for m in edge.traefik.api("/api/http/middlewares")}
+    answers = edge.answers()
+    assert set(answers) == {(404, "404 page not found")}, answers
+
+
+def test_purging_one_of_two_hosts_leaves_every_request_to_the_other(world, edge, second_engine, tmp_path):
+    here = start_web(world.engine, *WEB_LABELS)
+    there = start_web(second_engine, *WEB_LABELS)
+    there_ip = bridge_ip(second_engine)
+    there_url = published_url(second_engine, there, there_ip)
+    there_env = {"engine": second_engine, "host_ip": there_ip, "lock": str(tmp_path / "host2.lock")}
+    edge.sync()
+    edge.sync(**there_env)
+    edge.wait_servers({published_url(world.engine, here, edge.host_ip), there_url})
+    served_by_both(edge, here, there)
+
+    result = world.run("purge", "--layout", "traefik", **edge.env())
+    assert result.returncode == 0, result.stderr
+
+    edge.wait_servers({there_url})
+    assert edge.answers() == Counter({(200, there): REQUESTS})
