@@ -656,6 +656,9 @@ def container_registrations(container: Mapping, addressing: Addressing,
     container_id = str(container.get("Id", ""))[:12].lower()
     if not re.fullmatch(r"[0-9a-f]{12}", container_id):
         return [], [Skip(label, "container id is not hexadecimal")]
+    if addressing.internal and not on_host_network(container) and not network_addresses(container, 4):
+        # A container on no network (--network none) lists no ports either: noted once, not per port.
+        return [], [Skip(label, "no network address (--internal registers container addresses)")]
     groups = container_ports(container, addressing)
     image_name = image_basename(str(container.get("Image") or ""))
     registrations, skips = [], []
@@ -2027,6 +2030,8 @@ def build_config(flags: EtcdFlags, host_ip: Optional[str], keys: KeyFlags, ttl: 
     address = detect_host_ip() if detected else parse_host_ip(host_ip)
     if keys.network is not None and not keys.network.strip():
         raise UsageError("--network / DOCKER_REGISTER_NETWORK: the network name is empty")
+    if keys.network and not keys.internal:
+        raise UsageError("--network / DOCKER_REGISTER_NETWORK chooses a container network: it needs --internal")
     return Config(endpoints, address, prefix, ttl, timeout, detected, tls, auth, lock_file, layout.name, domain,
                   keys.internal, keys.network)
 

@@ -52,6 +52,12 @@ BAD_FLAGS = [
     (["sync", "--host-ip", "not-an-ip"], "HOST_IP"),
     (["sync", "--host-ip", "127.0.0.1"], "HOST_IP"),
     (["sync", "--host-ip", "0.0.0.0"], "HOST_IP"),
+    (["sync", "--network", "front"], "--internal"),
+    (["sync", "--internal", "--network", " "], "--network"),
+    (["sync", "--layout", "traefik", "--prefix", "/traefik"], "--prefix"),
+    (["sync", "--layout", "skydns", "--domain", "not a domain"], "--domain"),
+    (["sync", "--layout", "consul"], "--layout"),
+    (["sync", "--events"], "--events"),
     (["sync", "--no-such-flag"], "--no-such-flag"),
     (["frobnicate"], "frobnicate"),
 ]

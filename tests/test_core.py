@@ -435,8 +435,14 @@ def test_internal_label_naming_a_network_the_container_is_not_on_is_a_note(hosti
 
 
 def test_internal_container_without_a_network_address_is_skipped_with_a_note():
-    found, skips = internal(networked({}, ports=[{"PrivatePort": 80, "Type": "tcp"}], mode="none"))
-    assert found == set() and skips == ["port 80/tcp: no network address"]
+    # As dockerd 20.10 lists a --network none container: no ports, a "none" network without an address.
+    found, skips = internal(networked({"none": ("", "")}, ports=[], mode="none"))
+    assert found == set() and skips == ["no network address (--internal registers container addresses)"]
+
+
+def test_without_internal_a_container_on_no_network_is_quietly_absent():
+    found, skips = dr.registrations_from([networked({"none": ("", "")}, ports=[], mode="none")], HOST)
+    assert found == [] and skips == []
 
 
 @pytest.mark.parametrize("host_ip, expected", [(HOST, "10.50.0.7:80"), ("2001:db8::5", "[fd00::7]:80")])
