@@ -227,10 +227,11 @@ def test_traefik_router_names_differing_only_in_case_across_two_containers_keep_
 
 
 def test_traefik_router_names_differing_only_in_case_on_one_container_are_noted():
-    labels = {"traefik.http.routers.Web.rule": "Host(`a.example`)", "traefik.http.routers.web.rule": "Host(`b.example`)"}
+    labels = {"traefik.http.routers.Web.rule": "Host(`a.example`)",
+              "traefik.http.routers.web.rule": "Host(`b.example`)"}
     want = desired(container(labels=labels))
-    assert router("web", "rule") in want.shared
-    assert len(want.notes) == 1 and "traefik.http.routers" in want.notes[0], want.notes
+    assert want.shared == {router("web", "rule"): "Host(`a.example`)", router("web", "service"): "web"}
+    assert len(want.notes) == 1 and "traefik.http.routers.web.rule" in want.notes[0], want.notes
 
 
 # --- Traefik: list values ---------------------------------------------------------------------
@@ -257,7 +258,8 @@ def test_traefik_list_values_stay_one_comma_value_and_indexes_become_segments():
 
 
 def test_traefik_indexed_entrypoints_become_numbered_keys():
-    labels = {**ROUTER, "traefik.http.routers.web.entrypoints[0]": "web", "traefik.http.routers.web.entrypoints[1]": "w2"}
+    labels = {**ROUTER, "traefik.http.routers.web.entrypoints[0]": "web",
+              "traefik.http.routers.web.entrypoints[1]": "w2"}
     want = desired(container(labels=labels))
     assert want.shared[router("web", "entrypoints/0")] == "web"
     assert want.shared[router("web", "entrypoints/1")] == "w2"
@@ -381,6 +383,15 @@ def test_traefik_stale_router_goes_when_no_host_serves_its_service_any_more():
     assert second == dr.Reads(folders=("traefik/http/services/web/loadbalancer/servers/",))
     assert actions(p) == [("remove", router("web", "rule"), None), ("remove", router("web", "service"), None),
                           ("remove", server("web"), None)]
+
+
+def test_traefik_stale_router_rule_stays_when_another_host_wrote_its_service_key():
+    # Whoever wrote first holds each key: the rule can be ours while the service key is another host's.
+    have = {router("web", "rule"): stored("Host(`web.example`)"), router("web", "service"): stored("web", OTHER_LEASE),
+            server("web", B): stored("http://10.0.0.6:1", OTHER_LEASE)}
+    _, _, p = reads_then_plan(dr.Desired({}, {}), have)
+    assert p.changes == (dr.Change("update", router("web", "rule"), "Host(`web.example`)", "Host(`web.example`)", 5,
+                                   OTHER_LEASE),)
 
 
 def test_traefik_reads_need_no_second_read_when_nothing_shared_may_go():
@@ -540,8 +551,9 @@ MIDDLEWARES = ["strip", "Auth", "web"]
 MIDDLEWARE_REFERENCES = ["strip", "auth,Strip", "strip@file", "Web", "nothing"]
 HOSTILE_LABELS = ["traefik.http.routers.a/b.rule", "traefik.http.routers..rule", "traefik.http.routers.web..rule",
                   "traefik..http", "traefik.", "traefik.http.routers.web.bogus", "traefik.http.routers.web.rule.",
-                  "traefik.http.services.web.loadbalancer.server.url", "traefik.tcp.services.db.loadbalancer.servers.x.address",
-                  "traefik.http.routers.web[0].rule", "traefik.http[0].routers.web.rule", "traefik.http.routers.we b.rule",
+                  "traefik.http.services.web.loadbalancer.server.url",
+                  "traefik.tcp.services.db.loadbalancer.servers.x.address", "traefik.http.routers.web[0].rule",
+                  "traefik.http[0].routers.web.rule", "traefik.http.routers.we b.rule",
                   "traefik.udp.routers.dns.rule", "traefik.sctp.routers.web.rule", "traefik.http.routers.x" + ".a" * 12]
 
 
