@@ -2,7 +2,7 @@
 #   docker run -d --name docker-register --restart unless-stopped \
 #     -e HOST_IP=10.0.0.5 -e ETCD_HOST=10.0.0.2:2379 \
 #     -v /var/run/docker.sock:/var/run/docker.sock docker-register
-# The default command syncs every 10 s until the container is stopped.
+# The default command syncs every 10 s and right after each container event, until it is stopped.
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}
 
@@ -22,4 +22,4 @@ ENV PATH=/opt/docker-register/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 ENTRYPOINT ["docker-register"]
-CMD ["sync", "--every", "10"]
+CMD ["sync", "--every", "10", "--events"]

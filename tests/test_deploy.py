@@ -16,7 +16,8 @@ from conftest import BINARY
 from harness import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = ("docker-register.service", "docker-register.timer", "docker-register-purge.service")
+UNITS = ("docker-register.service", "docker-register.timer", "docker-register-purge.service",
+         "docker-register-watch.service")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def systemd_root(tmp_path_factory) -> Path:
     shutil.copytree("/usr/lib/systemd", root / "usr/lib/systemd", symlinks=True)
     (root / "bin").mkdir()
     shutil.copy("/bin/true", root / "bin/true")
+    shutil.copy("/bin/sh", root / "bin/sh")
     binary = root / "usr/local/bin/docker-register"
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
@@ -89,6 +91,58 @@ def test_purge_is_wired_to_the_timer_stopping():
     assert "docker-register-purge.service" in unit_settings("docker-register.timer")["Wants"][0]
 
 
+def test_watch_service_is_the_long_running_alternative_to_the_timer():
+    watch = unit_settings("docker-register-watch.service")
+    assert watch["Type"] in (["simple"], ["exec"])
+    assert watch["ExecStart"] == ["/usr/local/bin/docker-register sync --every 10 --events"]
+    assert watch["Restart"] == ["on-failure"] and watch["RestartSec"] and watch["RestartPreventExitStatus"] == ["2"]
+    assert watch["Conflicts"] == ["docker-register.timer"]
+    assert {"docker.service", "network-online.target"} <= {unit for line in watch["After"] for unit in line.split()}
+    assert "docker-register purge" in watch["ExecStopPost"][0]
+    assert watch["WantedBy"] == ["multi-user.target"]
+    # The lease TTL outlives a restart, so a crash does not take the host out of service.
+    assert int(watch["RestartSec"][0].rstrip("s")) + 1 < dr.DEFAULT_TTL
+
+
+def test_watch_service_is_hardened_exactly_like_the_oneshot():
+    oneshot = unit_settings("docker-register.service")
+    watch = unit_settings("docker-register-watch.service")
+    what_makes_it_a_oneshot = {"Description", "Type", "ExecStart", "TimeoutStartSec", "After", "Wants"}
+    hardening = set(oneshot) - what_makes_it_a_oneshot
+    assert {"DynamicUser", "SupplementaryGroups", "CapabilityBoundingSet", "ProtectSystem", "SystemCallFilter",
+            "RestrictAddressFamilies", "EnvironmentFile", "RuntimeDirectory"} <= hardening
+    assert {setting: watch.get(setting) for setting in hardening} == {setting: oneshot[setting] for setting in hardening}
+
+
+def stop_post_command(unit: str) -> str:
+    """The unit's ExecStopPost= as the shell runs it, with the test's docker-register."""
+    (command,) = unit_settings(unit)["ExecStopPost"]
+    script = re.fullmatch(r"/bin/sh -c '(.*)'", command).group(1)
+    return script.replace("$$", "$").replace("/usr/local/bin/docker-register", BINARY)
+
+
+def test_watch_service_runs_for_real_and_purges_only_when_stopped_on_purpose(world):
+    command = unit_settings("docker-register-watch.service")["ExecStart"][0].split()[1:]
+    proc = subprocess.Popen([BINARY, *command], env=world.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        world.docker_run("-P", "local/web")
+        wait_until(lambda: len(world.keys()) == 2, 15, "the watch command to register the container")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0  # systemd sees SERVICE_RESULT=success
+    finally:
+        proc.kill()
+    script = stop_post_command("docker-register-watch.service")
+    for result in ("exit-code", "signal", "oom-kill"):  # a crash: Restart= brings it back, the keys stay
+        ran = subprocess.run(["sh", "-c", script], env={**world.env(), "SERVICE_RESULT": result},
+                             capture_output=True, text=True, timeout=30)
+        assert ran.returncode == 0 and ran.stdout == "" and len(world.keys()) == 2, (result, ran.stderr)
+    ran = subprocess.run(["sh", "-c", script], env={**world.env(), "SERVICE_RESULT": "success"},
+                         capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0 and ran.stdout.startswith("removed 2 keys"), ran.stdout + ran.stderr
+    assert world.keys() == {}
+
+
 def exposure(root: Path, unit: str) -> str:
     out = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", unit],
                          capture_output=True, text=True).stdout
@@ -97,7 +151,7 @@ def exposure(root: Path, unit: str) -> str:
 
 def test_exposure_scores_are_the_ones_the_readme_reports(systemd_root):
     readme = (ROOT / "README.md").read_text()
-    for unit in ("docker-register.service", "docker-register-purge.service"):
+    for unit in ("docker-register.service", "docker-register-purge.service", "docker-register-watch.service"):
         score = exposure(systemd_root, unit)
         assert float(score) < 2.0
         assert f"`{unit}`: {score}" in readme, f"README should report {unit} exposure {score}"

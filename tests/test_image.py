@@ -97,9 +97,22 @@ def test_image_keeps_the_host_registered_and_stops_promptly(world, image):
     wait_until(lambda: world.keys() == {f"{world.prefix}/web/{web[:12]}": f"{world.host_ip}:{port}",
                                         f"{world.prefix}/web/port": "80"},
                30, "the container to register web1")
-    # The default command repeats: a stopped container is removed on a later pass.
+    # The default command follows Docker's events: each step below is taken within a couple of seconds,
+    # not at the next pass of the 10 s interval (two steps in a row could not both fall just before one).
+    web2 = world.docker_run("--name", "web2", "-P", "local/web")
+    wait_until(lambda: f"{world.prefix}/web/{web2[:12]}" in world.keys(), 2, "the start event to register web2")
     world.engine.docker("rm", "-f", "web1")
-    wait_until(lambda: world.keys() == {}, 30, "the container to remove web1's keys")
+    wait_until(lambda: f"{world.prefix}/web/{web[:12]}" not in world.keys(), 2, "the kill event to remove web1")
+    # Drained before it stops: web2's httpd ignores SIGTERM, so docker stop waits out its grace period
+    # while the key is already gone.
+    stopping = subprocess.Popen([require("docker"), "-H", world.engine.host, "stop", "-t", "5", "web2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: world.keys() == {}, 2, "docker stop to take web2 out")
+        running = world.engine.docker("inspect", "-f", "{{.State.Running}}", web2).stdout.strip()
+        assert running == "true", "web2 should still be running while drained"
+    finally:
+        stopping.wait(30)
 
     started = time.monotonic()
     world.engine.docker("stop", runner)
