@@ -115,8 +115,10 @@ PASS_EVENTS = frozenset({"start", "die", "kill", "stop", "pause", "unpause", "de
 #: as SIGHUP or SIGUSR1 do not count.
 STOP_SIGNALS = frozenset({"2", "3", "9", "15", "INT", "QUIT", "KILL", "TERM",
                           "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
-#: How long a pass waits after the first event of a burst, to take the rest of the burst with it.
+#: A pass after events waits until none came for this long, to take a whole burst in one pass...
 COALESCE_SECONDS = 0.25
+#: ...but no longer than this after the first event of the burst.
+COALESCE_MAX_SECONDS = 1.0
 #: Longest wait before trying the Docker event stream again after it broke.
 MAX_EVENTS_BACKOFF = 30.0
 #: Default DNS domain of the SkyDNS layout.
@@ -136,6 +138,22 @@ BRIDGE_INTERFACE = re.compile(r"^(docker\d*|docker_gwbridge|br-.*|veth.*|cni\d*|
 NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 #: gRPC refuses replies over 4 MiB by default; a large registry can exceed it.
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+#: Stores a run can write to, the first the default; the others need their client, a pip extra of the same name.
+BACKENDS = ("etcd", "zookeeper", "redis")
+#: The Python module each optional backend's extra brings.
+BACKEND_MODULES = {"zookeeper": "kazoo", "redis": "redis"}
+#: Default ZooKeeper ensemble and Redis server.
+DEFAULT_ZOOKEEPER = "127.0.0.1:2181"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+#: ZooKeeper keeps its own nodes under this path: no prefix may go there.
+ZOOKEEPER_RESERVED = "/zookeeper"
+#: A node created and deleted under the root in every ZooKeeper write transaction: readers that watch only
+#: the root's children (Traefik's zooKeeper provider) then read the tree again. No reader ever sees it.
+ZOOKEEPER_SIGNAL = "docker-register-change-{session:x}"
+#: Redis key of a host's index: the set of its keys. ':' is never in a prefix, so no layout's keys meet it.
+REDIS_INDEX = "docker-register:hosts:{lease:016x}"
+#: StoredKey.lease of a Redis key that carries an expiry but is not in this host's index: another host's.
+FOREIGN_LEASE = -1
 
 #: Base class of the CLI parser's usage errors (typer may vendor click, so take it from typer).
 CLI_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
@@ -171,6 +189,14 @@ class StoreError(RegisterError):
 
 class EtcdError(StoreError):
     """etcd could not be reached or refused the request."""
+
+
+class ZooKeeperError(StoreError):
+    """ZooKeeper could not be reached or refused the request."""
+
+
+class RedisError(StoreError):
+    """Redis could not be reached or refused the request."""
 
 
 class Conflict(Exception):
@@ -341,6 +367,29 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class ZooKeeperSettings:
+    """How to reach ZooKeeper (TLS files and digest credentials optional), and where the host's session is kept."""
+
+    hosts: str
+    state_file: str
+    ca: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    auth: Optional[Credentials] = None
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How to reach Redis: its URL without password, the password, TLS files (rediss://) optional."""
+
+    url: str
+    password: Optional[str] = field(default=None, repr=False)
+    ca: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Config:
     """Validated settings of one run."""
 
@@ -357,6 +406,9 @@ class Config:
     domain: str = DEFAULT_DOMAIN
     internal: bool = False
     network: Optional[str] = None
+    backend: str = "etcd"
+    zookeeper: Optional[ZooKeeperSettings] = None
+    redis: Optional[RedisSettings] = None
 
     @property
     def layout(self) -> "Layout":
@@ -403,19 +455,96 @@ def parse_endpoint(item: str, default_scheme: str = "http") -> EtcdEndpoint:
     return EtcdEndpoint(host, port, secure=scheme == "https")
 
 
-def parse_credentials(user: Optional[str], password: Optional[str]) -> Optional[Credentials]:
-    """Combine --user (name or name:password) and --password into credentials."""
+def parse_credentials(user: Optional[str], password: Optional[str], flag: str = "", env: str = "ETCD"
+                      ) -> Optional[Credentials]:
+    """Combine --user (name or name:password) and --password into credentials (--<flag>user, <env>_USER...)."""
     if not user:
         if password:
-            raise UsageError("--password / ETCD_PASSWORD needs --user / ETCD_USER")
+            raise UsageError(f"--{flag}password / {env}_PASSWORD needs --{flag}user / {env}_USER")
         return None
     name, sep, inline = user.partition(":")
     if not name:
-        raise UsageError("--user / ETCD_USER: the user name is empty")
+        raise UsageError(f"--{flag}user / {env}_USER: the user name is empty")
     secret = password or (inline if sep else None)
     if not secret:
-        raise UsageError(f"--user {name}: give a password with --password, ETCD_PASSWORD or {name}:PASSWORD")
+        raise UsageError(f"--{flag}user {name}: give a password with --{flag}password, {env}_PASSWORD "
+                         f"or {name}:PASSWORD")
     return Credentials(name, secret)
+
+
+def parse_zookeeper_hosts(text: str) -> str:
+    """Check a comma-separated ZooKeeper ensemble, host:port each (IPv6 in brackets); return it as kazoo takes it."""
+    hosts = []
+    for item in text.split(","):
+        item = item.strip()
+        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d+)", item)
+        if not match:
+            raise UsageError(f"--zookeeper / ZOOKEEPER_HOSTS: {item!r} is not host:port "
+                             "(a comma-separated ensemble; no chroot path)")
+        if not 0 < int(match.group(2)) < 65536:
+            raise UsageError(f"--zookeeper / ZOOKEEPER_HOSTS: port {match.group(2)} in {item!r} is out of range")
+        hosts.append(item)
+    return ",".join(hosts)
+
+
+def parse_redis_url(text: str) -> tuple[str, Optional[str]]:
+    """Check redis://[user[:password]@]host[:port][/db] (rediss:// for TLS); return the URL without its password,
+    and the password."""
+    from urllib.parse import unquote, urlsplit
+
+    flag = "--redis / REDIS_URL"
+    try:
+        url = urlsplit(text.strip())
+        port = url.port
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}") from None
+    if url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise UsageError(f"{flag}: {text.split('@')[-1]!r} is not redis://host:port/db or rediss://host:port/db")
+    if url.path.strip("/") and not url.path.strip("/").isdigit() or url.query or url.fragment:
+        raise UsageError(f"{flag}: the path must be a database number, like /0 (got {url.path!r})")
+    user = f"{url.username}@" if url.username else ""
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    clean = f"{url.scheme}://{user}{host}:{port or 6379}/{url.path.strip('/') or '0'}"
+    return clean, unquote(url.password) if url.password else None
+
+
+def zookeeper_path(key: str) -> str:
+    """The ZooKeeper path of a key: a key without a leading / (the traefik layout's) gets one."""
+    return key if key.startswith("/") else "/" + key
+
+
+def zookeeper_key(path: str, prefix: str) -> str:
+    """The key of a ZooKeeper path, for a prefix with or without a leading /."""
+    return path if prefix.startswith("/") else path[1:]
+
+
+def zookeeper_state_file(lock_file: Optional[str], host_ip: str, prefix: str) -> str:
+    """Where the host's ZooKeeper session is kept: next to the lock file, one file per host IP and prefix."""
+    folder = os.path.dirname(lock_file or DEFAULT_LOCK_FILE)
+    return os.path.join(folder, f"zookeeper-{lease_id_for(host_ip, prefix):016x}.session")
+
+
+def redis_index_key(lease_id: int) -> str:
+    """The Redis key listing a host's keys."""
+    return REDIS_INDEX.format(lease=lease_id)
+
+
+def glob_escape(text: str) -> str:
+    """Escape Redis glob characters, so that a SCAN pattern built on text matches text literally."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def leaves_only(desired: Desired) -> Desired:
+    """Leave out keys that other desired keys are below, with a note: in a tree store (ZooKeeper), a node of a
+    session cannot have nodes below it. The keys below are kept (traefik ...tls/certresolver makes ...tls)."""
+    keys = sorted({*desired.own, *desired.shared})
+    parents = {key for key, after in zip(keys, keys[1:]) if after.startswith(key + "/")}
+    if not parents:
+        return desired
+    notes = tuple(f"{key} has keys below it, which a ZooKeeper node of a session cannot have; left out, "
+                  "the keys below kept" for key in sorted(parents))
+    return Desired({k: v for k, v in desired.own.items() if k not in parents},
+                   {k: v for k, v in desired.shared.items() if k not in parents}, desired.notes + notes)
 
 
 def parse_prefix(prefix: str, absolute: bool = True, example: str = DEFAULT_PREFIX) -> str:
@@ -1101,8 +1230,11 @@ def more_reads_for(desired: Desired, stored: Mapping[str, StoredKey], lease_id: 
 
 
 def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
-                 lease_state: LeaseState, prefix: str, layout: Layout = DISCOVER) -> Plan:
-    """Compare desired keys with what etcd holds and list the writes that make them equal."""
+                 lease_state: LeaseState, prefix: str, layout: Layout = DISCOVER, hand_over: bool = True) -> Plan:
+    """Compare desired keys with what etcd holds and list the writes that make them equal.
+
+    hand_over False is for stores that cannot put a key on another host's lease (ZooKeeper, Redis): a shared
+    key another host still uses then stays where it is, unchanged."""
     lease_alive = lease_state is LeaseState.ALIVE
     # Keys of a lease that is gone or about to be replaced do not count as present.
     current = {key: kv for key, kv in stored.items() if lease_alive or kv.lease != lease_id}
@@ -1139,6 +1271,9 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
         heir = layout.is_shared(key, prefix) and next(
             (others[other] for folder in sorted(layout.holders(key, prefix, current))
              for other in sorted(others) if other.startswith(folder)), None)
+        if heir and not hand_over:
+            unchanged += 1  # kept on this host's lease while another host uses it; purge takes it along
+            continue
         if heir:
             # Another host still serves it: hand the shared key to that host's lease, so it lives as long
             # as a host uses it, not as long as the host that happened to write it first.
@@ -1178,14 +1313,15 @@ def batches(changes: Sequence[Change], size: int = MAX_TXN_OPS) -> Iterator[Sequ
 # ---------------------------------------------------------------------------
 
 
-def read_tls_files(cacert: Optional[str], cert: Optional[str], key: Optional[str]) -> Optional[TlsFiles]:
-    """Read the PEM files named by --cacert, --cert and --key; None when TLS flags are absent."""
+def read_tls_files(cacert: Optional[str], cert: Optional[str], key: Optional[str], flag: str = ""
+                   ) -> Optional[TlsFiles]:
+    """Read the PEM files named by --cacert, --cert and --key (--<flag>cacert...); None when TLS flags are absent."""
     if bool(cert) != bool(key):
-        raise UsageError("--cert and --key go together (client certificate and its key)")
+        raise UsageError(f"--{flag}cert and --{flag}key go together (client certificate and its key)")
     if not (cacert or cert):
         return None
     contents = []
-    for flag, path in (("--cacert", cacert), ("--cert", cert), ("--key", key)):
+    for flag, path in ((f"--{flag}cacert", cacert), (f"--{flag}cert", cert), (f"--{flag}key", key)):
         if not path:
             contents.append(None)
             continue
@@ -1269,6 +1405,13 @@ class Store(Protocol):
 
     #: Where the store is, for error lines ("etcd at http://…").
     where: str
+    #: Whether a key can be put on another host's lease (etcd); if not, a shared key stays where it is.
+    hands_over: bool
+    #: Whether keys are nodes of a tree (ZooKeeper), where a node of a session cannot have nodes below it.
+    tree: bool
+
+    def host_lease(self, config: Config) -> int:
+        """This host's lease id: etcd and Redis derive it from the host IP and prefix, ZooKeeper's is its session."""
 
     def keep_alive(self, lease_id: int) -> bool:
         """Renew the lease; False when it no longer exists."""
@@ -1321,9 +1464,6 @@ class DockerSource:
 
     def running_containers(self) -> list[dict]:
         """GET /containers/json?filters={"status":["running"]} as raw dicts."""
-        import docker
-        import requests
-
         # Unversioned path: the engine answers with its own API version, so one call works on
         # engines whose supported version ranges do not overlap (20.10 up to 1.41, 29 from 1.44).
         url = self.client._url("/containers/json", versioned_api=False)
@@ -1332,14 +1472,13 @@ class DockerSource:
             response = self.client._get(url, params=params)
             self.client._raise_for_status(response)
             return json.loads(response.content)  # From bytes: no decoded copy of the whole body.
-        except (docker.errors.DockerException, requests.RequestException, ValueError) as error:
+        except docker_failures() as error:
             raise DockerError(f"docker at {self.where}: cannot list containers: {describe_docker_error(error)}"
                               ) from None
 
     def exposed_ports(self, container_id: str) -> list[str]:
         """GET /containers/<id>/json: Config.ExposedPorts, which includes the image's EXPOSE lines."""
         import docker
-        import requests
 
         url = self.client._url("/containers/{0}/json", container_id, versioned_api=False)
         try:
@@ -1348,24 +1487,38 @@ class DockerSource:
             return sorted(((json.loads(response.content).get("Config") or {}).get("ExposedPorts") or {}))
         except docker.errors.NotFound:
             return []  # gone since the list call: nothing to register
-        except (docker.errors.DockerException, requests.RequestException, ValueError) as error:
+        except docker_failures() as error:
             raise DockerError(f"docker at {self.where}: cannot inspect container {container_id[:12]}: "
                               f"{describe_docker_error(error)}") from None
 
     def events(self) -> Iterator[dict]:
-        """GET /events?filters={"type":["container"]}, one decoded message at a time; no timeout while idle."""
-        import docker
-        import requests
-
+        """GET /events?filters={"type":["container"]}, sent now; then one decoded message at a time, with no
+        timeout while idle."""
         try:
-            yield from self.client.events(decode=True, filters={"type": ["container"]})
-        except (docker.errors.DockerException, requests.RequestException, ValueError, OSError) as error:
+            stream = self.client.events(decode=True, filters={"type": ["container"]})
+        except docker_failures() as error:
+            raise DockerError(f"docker at {self.where}: event stream: {describe_docker_error(error)}") from None
+        return self._messages(stream)
+
+    def _messages(self, stream: Iterable[dict]) -> Iterator[dict]:
+        """The stream's messages; its end or failure is a DockerError."""
+        try:
+            yield from stream
+        except docker_failures() as error:
             raise DockerError(f"docker at {self.where}: event stream: {describe_docker_error(error)}") from None
         raise DockerError(f"docker at {self.where}: event stream ended")
 
     def close(self) -> None:
         """Close the HTTP session."""
         self.client.close()
+
+
+def docker_failures() -> tuple[type[BaseException], ...]:
+    """What the docker SDK and requests raise when the engine is gone, refuses or sends no JSON."""
+    import docker
+    import requests
+
+    return docker.errors.DockerException, requests.RequestException, ValueError, OSError
 
 
 def first_line(error: BaseException) -> str:
@@ -1484,10 +1637,17 @@ class EtcdConnection:
 class EtcdStore:
     """The Store on etcd v3: a lease per host, keys read in one transaction, plans written in guarded ones."""
 
+    hands_over = True
+    tree = False
+
     def __init__(self, connection: EtcdConnection, prefix: str):
         self.connection = connection
         self.prefix = prefix
         self.where = connection.where
+
+    def host_lease(self, config: Config) -> int:
+        """The lease id derived from the host IP and the prefix: no local state."""
+        return config.lease_id
 
     @property
     def client(self):
@@ -1594,6 +1754,563 @@ def describe_etcd_error(error: Optional[BaseException]) -> str:
     return first_line(error) if error else "no endpoint answered"
 
 
+# --- Other backends: ZooKeeper and Redis (optional clients, imported only when chosen) ---------
+
+
+def backend_module(backend: str):
+    """Import an optional backend's client; a missing one is a usage error naming the extra to install."""
+    import importlib
+
+    name = BACKEND_MODULES[backend]
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UsageError(f"--backend {backend} needs the {name} client: "
+                         f"pip install 'docker-register[{backend}]'") from None
+
+
+@dataclass(frozen=True)
+class SavedSession:
+    """The host's ZooKeeper session as the state file keeps it: id, password and the TTL it was made for."""
+
+    session: int
+    password: bytes = field(repr=False)
+    ttl: int
+
+
+def session_text(saved: SavedSession) -> str:
+    """The state file's content."""
+    return json.dumps({"session": f"{saved.session:x}", "password": saved.password.hex(), "ttl": saved.ttl}) + "\n"
+
+
+def parse_session(text: str) -> Optional[SavedSession]:
+    """Read a state file's content; None when it is not one (a new session is then made)."""
+    try:
+        data = json.loads(text)
+        saved = SavedSession(int(data["session"], 16), bytes.fromhex(data["password"]), int(data["ttl"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return saved if saved.session > 0 and saved.ttl > 0 else None
+
+
+def zookeeper_error(where: str, what: str, error: BaseException) -> ZooKeeperError:
+    """One line for a kazoo error."""
+    names = {"ConnectionLoss": "connection lost", "SessionExpiredError": "session expired",
+             "NoAuthError": "not authorised", "AuthFailedError": "authentication failed",
+             "ConnectionClosedError": "connection closed", "OperationTimeoutError": "no answer in time",
+             "TimeoutError": "no answer in time", "KazooTimeoutError": "no answer in time"}
+    text = names.get(type(error).__name__) or first_line(error)
+    return ZooKeeperError(f"{where}: {what}: {text}")
+
+
+class ZooKeeperStore:
+    """The Store on ZooKeeper: the host's session is its lease, its keys are ephemeral nodes of the session.
+
+    The session id and password are kept in a state file (mode 0600) so that the next run re-attaches to the
+    same session, which writes nothing. The lease id the planner sees is the session id, a key's lease its
+    node's ephemeralOwner, its revision the node's version. Persistent parents are created and removed with
+    the keys, in the same multi transaction, which also signals the root (see ZOOKEEPER_SIGNAL).
+    """
+
+    hands_over = False  # a node belongs to the session that made it
+    tree = True
+
+    def __init__(self, settings: ZooKeeperSettings, prefix: str, ttl: Optional[int], timeout: float):
+        backend_module("zookeeper")
+        self.settings = settings
+        self.prefix = prefix
+        self.root = zookeeper_path(prefix)
+        #: The TTL the session must be granted; None (purge): the saved session's, unchecked.
+        self.ttl = ttl
+        self.timeout = timeout
+        self.where = f"zookeeper at {settings.hosts}"
+        self._client = None
+        self._saved: Optional[SavedSession] = None
+        self._granted_ms = 0
+        self._owners: dict[str, int] = {}  # path -> ephemeralOwner, as the last read saw it
+
+    # --- the session ------------------------------------------------------------------------
+
+    @property
+    def client(self):
+        """The started kazoo client: re-attached to the saved session when it is alive, else on a new one."""
+        if self._client is None:
+            self._saved = self._load()
+            ttl = self.ttl or (self._saved.ttl if self._saved else DEFAULT_TTL)
+            self._client = self._start(ttl, self._saved)
+            if self.ttl is not None and self._granted_ms != self.ttl * 1000:
+                granted = self._granted_ms
+                self.close()
+                raise UsageError(f"--ttl {self.ttl}: {self.where} grants a session timeout of {granted / 1000:g} s "
+                                 "for it (its minSessionTimeout and maxSessionTimeout bound it); "
+                                 "choose a TTL it grants")
+        return self._client
+
+    @property
+    def kept(self) -> bool:
+        """Whether the client's session is the one in the state file (re-attached, or saved by this run)."""
+        client_id = self._client.client_id if self._client is not None else None
+        return bool(self._saved and client_id and client_id[0] == self._saved.session)
+
+    def _start(self, ttl: int, saved: Optional[SavedSession]):
+        import logging
+
+        from kazoo.client import KazooClient
+        from kazoo.retry import KazooRetry
+        from kazoo.security import make_acl, make_digest_acl
+
+        quiet = logging.getLogger("docker_register.kazoo")  # kazoo logs every reconnect; errors come as one line
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+        logging.getLogger("kazoo").addHandler(logging.NullHandler())
+        auth, acl = self.settings.auth, None
+        if auth:  # our nodes: all rights to our user, read to everyone (the consumers)
+            acl = [make_digest_acl(auth.user, auth.password, all=True), make_acl("world", "anyone", read=True)]
+        client = KazooClient(
+            hosts=self.settings.hosts, timeout=ttl, client_id=(saved.session, saved.password) if saved else None,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1), logger=quiet,
+            use_ssl=bool(self.settings.ca or self.settings.cert), ca=self.settings.ca, certfile=self.settings.cert,
+            keyfile=self.settings.key, default_acl=acl,
+            auth_data=[("digest", f"{auth.user}:{auth.password}")] if auth else None)
+        # The timeout the server granted is not kept by kazoo: read it where the connection learns it.
+        connection, connect = client._connection, client._connection._connect
+
+        def granted(*args):
+            read_timeout, connect_timeout = connect(*args)
+            self._granted_ms = round(connect_timeout * len(client.hosts))
+            return read_timeout, connect_timeout
+
+        connection._connect = granted
+        # Not client.start(timeout): on a timeout it waits for the connection's own (the session timeout).
+        client.start_async().wait(self.timeout)
+        if not client.connected:
+            reason = "authentication failed" if "AUTH_FAILED" in str(client.client_state) else "no answer in time"
+            self._detach(client)
+            raise ZooKeeperError(f"{self.where}: connect: {reason}")
+        return client
+
+    def _detach(self, client) -> None:
+        """Stop a client without closing its session (what stop() does, without the closeSession request); a kept
+        session lives on until the next run re-attaches. The connection's thread ends by itself (after kazoo's
+        retry pause, 0.1 s, not waited for)."""
+        import socket as sockets
+
+        with contextlib.suppress(Exception):
+            client._stopped.set()
+            if client._connection._socket is not None:
+                client._connection._socket.shutdown(sockets.SHUT_RDWR)
+
+    def _load(self) -> Optional[SavedSession]:
+        try:
+            with open(self.settings.state_file, encoding="ascii") as state:
+                return parse_session(state.read())
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def _save(self) -> None:
+        """Keep the session for the next runs: written whole, readable by the owner only."""
+        session, password = self._client.client_id
+        saved = SavedSession(session, password, self.ttl or DEFAULT_TTL)
+        path = self.settings.state_file
+        temporary = f"{path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(handle, "w", encoding="ascii") as state:
+                os.fchmod(state.fileno(), 0o600)
+                state.write(session_text(saved))
+            os.replace(temporary, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise UsageError(f"--zookeeper-state: cannot write {path}: {error.strerror}") from None
+        self._saved = saved
+
+    def _forget(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.settings.state_file)
+        self._saved = None
+
+    def _wait(self, what: str, pending):
+        """The result of one asynchronous call, bounded by the timeout."""
+        try:
+            return pending.get(timeout=self.timeout)
+        except Exception as error:
+            raise zookeeper_error(self.where, what, error) from None
+
+    def _end_session(self) -> list[str]:
+        """Delete the session's keys (with their emptied parents, signalling the root), close the session and
+        forget it; the paths deleted."""
+        paths = self._ephemerals() if self.kept else []
+        if paths:
+            self._multi([Change(ChangeKind.REMOVE, zookeeper_key(path, self.prefix), None, None, -1)
+                         for path in paths])
+        client, self._client = self._client, None
+        with contextlib.suppress(Exception):
+            client.stop()  # closeSession: the server deletes whatever ephemeral node is left
+            client.close()
+        self._forget()
+        return paths
+
+    def _ephemerals(self) -> list[str]:
+        """The session's nodes under the root (GetEphemerals, ZooKeeper 3.6+; kazoo has no call for it)."""
+        from collections import namedtuple
+
+        from kazoo.protocol.serialization import GetChildren, write_string
+
+        class GetEphemerals(namedtuple("GetEphemerals", "path")):
+            type = 103
+
+            def serialize(self):
+                return bytearray(write_string(self.path))
+
+            deserialize = GetChildren.deserialize  # a vector of strings, like GetChildren's reply
+
+        pending = self.client.handler.async_result()
+        self.client._call(GetEphemerals(self.root + "/"), pending)
+        return sorted(path for path in self._wait("list the session's nodes", pending)
+                      if path.startswith(self.root + "/"))
+
+    # --- the Store protocol ---------------------------------------------------------------
+
+    def host_lease(self, config: Config) -> int:
+        """The session id (connecting, or re-attaching, on first use)."""
+        return self.client.client_id[0]
+
+    def keep_alive(self, lease_id: int) -> bool:
+        """Re-attaching renewed it; False when the saved session was gone (or none was saved)."""
+        self.client
+        return self.kept
+
+    def lease(self, lease_id: int) -> Optional[LeaseInfo]:
+        """The saved session's TTL and its nodes under the root; None for a new session."""
+        self.client
+        if not self.kept:
+            return None
+        return LeaseInfo(self._saved.ttl, tuple(zookeeper_key(path, self.prefix) for path in self._ephemerals()))
+
+    def read(self, reads: Reads) -> dict[str, StoredKey]:
+        """Exact keys in one round of pipelined reads; folders (or the whole prefix) walked a level a round."""
+        from kazoo.exceptions import NoNodeError
+
+        client, found = self.client, {}
+
+        def record(path, data, stat):
+            if stat.ephemeralOwner or stat.dataLength or not stat.numChildren:  # else only a parent
+                self._owners[path] = stat.ephemeralOwner
+                found[zookeeper_key(path, self.prefix)] = StoredKey(
+                    (data or b"").decode("utf-8", "replace"), stat.ephemeralOwner, stat.version)
+
+        for path, pending in [(zookeeper_path(key), client.get_async(zookeeper_path(key))) for key in reads.keys]:
+            try:
+                record(path, *pending.get(timeout=self.timeout))
+            except NoNodeError:
+                pass
+            except Exception as error:
+                raise zookeeper_error(self.where, "read keys", error) from None
+        level = [self.root] if reads.whole_prefix else [zookeeper_path(folder.rstrip("/")) for folder in reads.folders]
+        while level:
+            children = [(path, client.get_children_async(path)) for path in level]
+            level = []
+            for path, pending in children:
+                try:
+                    level.extend(f"{path}/{child}" for child in pending.get(timeout=self.timeout))
+                except NoNodeError:
+                    pass
+                except Exception as error:
+                    raise zookeeper_error(self.where, "read keys", error) from None
+            for path, pending in [(path, client.get_async(path)) for path in level]:
+                try:
+                    record(path, *pending.get(timeout=self.timeout))
+                except NoNodeError:
+                    pass
+                except Exception as error:
+                    raise zookeeper_error(self.where, "read keys", error) from None
+        return found
+
+    def apply(self, plan: Plan, ttl: int) -> None:
+        """The lease action (a new session for another TTL), then each batch of changes in one multi."""
+        self.client
+        if plan.lease_action.revokes:
+            self._end_session()
+            if not plan.lease_action.grants:
+                return
+            self._client = self._start(ttl, None)
+        if not self.kept:
+            self._save()  # before the first write: a run that dies after it leaves nodes the next run finds
+        for batch in batches(plan.changes):
+            self._multi(batch)
+
+    def revoke(self, lease_id: int) -> None:
+        """Delete this host's keys and close its session (purge)."""
+        if self.kept:
+            self._end_session()
+
+    def close(self) -> None:
+        """Leave a kept session open for the next run (no write); close a session nobody will re-attach to."""
+        client, kept, self._client = self._client, self.kept, None
+        if client is None:
+            return
+        if kept or not client.connected:
+            self._detach(client)
+            return
+        with contextlib.suppress(Exception):  # a session of this run only (a dry run's): it holds no node
+            client.stop()
+            client.close()
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def _multi(self, batch: Sequence[Change]) -> None:
+        """One multi transaction: missing parents, the changes, parents they leave empty, and the root signal."""
+        client = self.client
+        put = {zookeeper_path(c.key): c for c in batch if c.kind is not ChangeKind.REMOVE and c.lease is None}
+        removed = {zookeeper_path(c.key): c for c in batch if c.kind is ChangeKind.REMOVE}
+        above_puts = {parent for path in put for parent in self._parents(path, include_root=True)}
+        above_removed = {parent for path in removed for parent in self._parents(path)} - above_puts
+        stats = {path: client.exists_async(path) for path in above_puts | above_removed}
+        kids = {path: client.get_children_async(path) for path in above_removed}
+        stats = {path: self._wait_optional(pending) for path, pending in stats.items()}
+        kids = {path: self._wait_optional(pending) or [] for path, pending in kids.items()}
+
+        transaction, ops = client.transaction(), []
+
+        def op(name: str, path: str, *args, **kwargs) -> None:
+            getattr(transaction, name)(path, *args, **kwargs)
+            ops.append(path)
+
+        for parent in sorted(above_puts, key=lambda p: p.count("/")):
+            if stats[parent] is None:
+                op("create", parent, b"")
+        for path, change in sorted({**put, **removed}.items()):
+            value = (change.value or "").encode()
+            if change.kind is ChangeKind.REMOVE:
+                op("delete", path, version=change.expected_mod)
+            elif change.kind is ChangeKind.ADD:
+                op("create", path, value, ephemeral=True)
+            elif self._owners.get(path) == client.client_id[0]:
+                op("set_data", path, value, version=change.expected_mod)
+            else:  # another session's node, or a persistent one: it becomes this session's
+                op("delete", path, version=change.expected_mod)
+                op("create", path, value, ephemeral=True)
+        gone = set(removed)
+        for parent in sorted(above_removed, key=lambda p: -p.count("/")):
+            stat = stats[parent]
+            if stat and not stat.ephemeralOwner and not stat.dataLength and all(
+                    f"{parent}/{child}" in gone for child in kids[parent]):
+                gone.add(parent)
+                op("delete", parent, version=stat.version)
+        signal = f"{self.root}/{ZOOKEEPER_SIGNAL.format(session=client.client_id[0])}"
+        op("create", signal, b"", ephemeral=True)
+        op("delete", signal)
+        results = self._wait("write keys", transaction.commit_async())
+        self._check(results, ops)
+
+    def _parents(self, path: str, include_root: bool = False) -> list[str]:
+        """The nodes above a path, below the root (and the root and above it when include_root)."""
+        parts = path.split("/")
+        parents = ["/".join(parts[:i]) for i in range(2, len(parts))]
+        return [p for p in parents if include_root or (p.startswith(self.root + "/"))]
+
+    def _wait_optional(self, pending):
+        """The result of an exists or get_children call; None for a missing node."""
+        from kazoo.exceptions import NoNodeError
+
+        try:
+            return pending.get(timeout=self.timeout)
+        except NoNodeError:
+            return None
+        except Exception as error:
+            raise zookeeper_error(self.where, "read parents", error) from None
+
+    def _check(self, results: Sequence, ops: Sequence[str]) -> None:
+        """Raise Conflict when a compared node moved, a one-line error when the server refused the transaction."""
+        from kazoo import exceptions
+
+        for path, result in zip(ops, results):
+            if not isinstance(result, Exception) or isinstance(
+                    result, (exceptions.RolledBackError, exceptions.RuntimeInconsistency)):
+                continue
+            if isinstance(result, (exceptions.BadVersionError, exceptions.NodeExistsError, exceptions.NoNodeError,
+                                   exceptions.NotEmptyError)):
+                raise Conflict(f"{path}: {type(result).__name__}")
+            if isinstance(result, exceptions.NoChildrenForEphemeralsError):
+                raise ZooKeeperError(f"{self.where}: write keys: cannot create {path}: a node above it is a key of "
+                                     "a session, which cannot have nodes below it")
+            raise zookeeper_error(self.where, f"write {path}", result)
+
+
+def redis_error(where: str, what: str, error: BaseException) -> RedisError:
+    """One line for a redis-py error."""
+    import redis
+
+    if isinstance(error, redis.exceptions.AuthenticationError):
+        text = f"authentication failed ({first_line(error)})"
+    elif isinstance(error, redis.exceptions.TimeoutError):
+        text = "no answer in time"
+    elif isinstance(error, redis.exceptions.ConnectionError):
+        text = f"unreachable ({first_line(error)})"
+    else:
+        text = first_line(error)
+    return RedisError(f"{where}: {what}: {text}")
+
+
+class RedisStore:
+    """The Store on Redis, which has no leases: every key carries its own expiry (the TTL), and a per-host index
+    (a set of the host's keys, with the same expiry, outside every prefix) records which keys are the host's.
+
+    A run renews the expiry of the index and of each key it lists in one pipelined round trip (PEXPIRE, values
+    untouched); changes go in MULTI transactions that update the index with the keys, guarded by WATCH.
+    """
+
+    hands_over = False  # another host's index is not ours to write
+    tree = False
+
+    def __init__(self, settings: RedisSettings, prefix: str, ttl: int, timeout: float, lease_id: int):
+        redis = backend_module("redis")
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.prefix = prefix
+        self.ttl = ttl
+        self.lease_id = lease_id
+        self.index = redis_index_key(lease_id)
+        self.where = f"redis at {settings.url}"
+        tls = dict(ssl_ca_certs=settings.ca, ssl_certfile=settings.cert, ssl_keyfile=settings.key)
+        self.client = redis.Redis.from_url(
+            settings.url, password=settings.password, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), **(tls if settings.url.startswith("rediss:") else {}))
+        self._members: Optional[set[str]] = None  # the index as this run last saw it
+
+    def _call(self, what: str, action):
+        """Run one request (or pipeline) and turn redis-py's errors into one line."""
+        import redis
+
+        try:
+            return action()
+        except redis.exceptions.WatchError:
+            raise Conflict("a key changed while this run was writing") from None
+        except redis.exceptions.RedisError as error:
+            raise redis_error(self.where, what, error) from None
+
+    def host_lease(self, config: Config) -> int:
+        """The lease id derived from the host IP and the prefix, as etcd's: it names the index."""
+        return self.lease_id
+
+    def keep_alive(self, lease_id: int) -> bool:
+        """Renew the expiry of the index and of every key it lists (one pipelined round trip after reading it);
+        members whose key is gone leave the index. False when there is no index."""
+        members = sorted(m.decode("utf-8", "replace") for m in self._call("read index",
+                                                                           lambda: self.client.smembers(self.index)))
+        if not members:
+            self._members = set()
+            return False
+        ms = self.ttl * 1000
+
+        def refresh():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.pexpire(self.index, ms)
+            for member in members:
+                pipe.pexpire(member, ms)
+            return pipe.execute()
+
+        renewed = self._call("renew expiry", refresh)
+        gone = [member for member, ok in zip(members, renewed[1:]) if not ok]
+        if gone:
+            self._call("renew expiry", lambda: self.client.srem(self.index, *gone))
+        self._members = set(members) - set(gone)
+        return bool(renewed[0])
+
+    def lease(self, lease_id: int) -> Optional[LeaseInfo]:
+        """The index as the lease: the TTL this store keeps it at, and the keys it lists."""
+        if self._members is None:
+            self._members = {m.decode("utf-8", "replace")
+                             for m in self._call("read index", lambda: self.client.smembers(self.index))}
+        return LeaseInfo(self.ttl, tuple(sorted(self._members))) if self._members else None
+
+    def read(self, reads: Reads) -> dict[str, StoredKey]:
+        """Values, expiries and index membership of the keys (folders found with SCAN) in one pipelined round."""
+        keys = list(reads.keys)
+        patterns = [glob_escape(self.prefix + "/") + "*"] if reads.whole_prefix else [
+            glob_escape(folder) + "*" for folder in reads.folders]
+        for pattern in patterns:
+            keys.extend(k.decode("utf-8", "replace") for k in self._call(
+                "find keys", lambda: list(self.client.scan_iter(match=pattern, count=1000))))
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+
+        def fetch():
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            pipe.smismember(self.index, keys)
+            return pipe.execute(raise_on_error=False)
+
+        replies = self._call("read keys", fetch)
+        if isinstance(replies[-1], Exception):
+            raise redis_error(self.where, "read keys", replies[-1])
+        found = {}
+        for key, value, expiry, mine in zip(keys, replies[0:-1:2], replies[1:-1:2], replies[-1]):
+            if value is None or isinstance(value, Exception):
+                continue  # gone, or not a string (not a key of any layout)
+            lease = self.lease_id if mine else FOREIGN_LEASE if isinstance(expiry, int) and expiry >= 0 else 0
+            found[key] = StoredKey(value.decode("utf-8", "replace"), lease, 0)
+        return found
+
+    def apply(self, plan: Plan, ttl: int) -> None:
+        """Each batch of changes in one MULTI with the index, after checking under WATCH that the keys still hold
+        what the plan was made from."""
+        if plan.lease_action.revokes:
+            self.revoke(plan.lease_id)
+        for batch in batches([change for change in plan.changes if change.lease is None]):
+            self._call("write keys", lambda: self._transaction(batch))
+
+    def _transaction(self, batch: Sequence[Change]) -> None:
+        keys, ms = [change.key for change in batch], self.ttl * 1000
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.index, *keys)
+            values = pipe.mget(keys)
+            mine = pipe.smismember(self.index, keys)
+            for change, value, listed in zip(batch, values, mine):
+                if (value.decode("utf-8", "replace") if value is not None else None) != change.old_value or (
+                        change.kind is ChangeKind.REMOVE and not listed):
+                    raise Conflict(f"{change.key} changed since it was read")
+            pipe.multi()
+            for change in batch:
+                if change.kind is ChangeKind.REMOVE:
+                    pipe.delete(change.key)
+                    pipe.srem(self.index, change.key)
+                else:
+                    pipe.set(change.key, change.value, px=ms)
+                    pipe.sadd(self.index, change.key)
+            pipe.pexpire(self.index, ms)
+            pipe.execute()
+
+    def revoke(self, lease_id: int) -> None:
+        """Delete the keys the index lists, and the index, in one MULTI (purge)."""
+        def delete():
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.watch(self.index)
+                members = pipe.smembers(self.index)
+                pipe.multi()
+                pipe.delete(self.index, *members)
+                pipe.execute()
+
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                self._call("delete keys", delete)
+                break
+            except Conflict:
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise RedisError(f"{self.where}: delete keys: the index kept changing") from None
+        self._members = set()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.client.close()
+
+
 # ---------------------------------------------------------------------------
 # Orchestration: gather -> plan -> apply, on the adapters it is given
 # ---------------------------------------------------------------------------
@@ -1636,9 +2353,10 @@ def current_registrations(docker: ContainerSource, config: Config, draining: fro
 
 def current_lease(store: Store, config: Config, renew: bool) -> tuple[LeaseState, tuple[str, ...]]:
     """Keep the lease alive (or, when not renewing, only look at it); its state and its keys."""
-    if renew and not store.keep_alive(config.lease_id):
+    lease_id = store.host_lease(config)
+    if renew and not store.keep_alive(lease_id):
         return LeaseState.MISSING, ()
-    info = store.lease(config.lease_id)
+    info = store.lease(lease_id)
     return lease_state_of(info, config.ttl), info.keys if info else ()
 
 
@@ -1650,12 +2368,15 @@ def current_plan(store: Store, desired: Desired, config: Config, renew: bool) ->
 def plan_against(store: Store, desired: Desired, config: Config, lease_state: LeaseState,
                  lease_keys: Sequence[str]) -> Plan:
     """Read what a plan needs besides the lease (a second read only when a value names more), and plan."""
+    if store.tree:
+        desired = leaves_only(desired)
+    lease_id = store.host_lease(config)
     reads = reads_for(desired, lease_keys, config.prefix, layout=config.layout)
     stored = store.read(reads)
-    more = more_reads_for(desired, stored, config.lease_id, reads, config.prefix, config.layout)
+    more = more_reads_for(desired, stored, lease_id, reads, config.prefix, config.layout)
     if more is not None:  # only when a shared key may go, and its holders are named by a value just read
         stored.update(store.read(more))
-    return plan_changes(desired, stored, config.lease_id, lease_state, config.prefix, config.layout)
+    return plan_changes(desired, stored, lease_id, lease_state, config.prefix, config.layout, store.hands_over)
 
 
 def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool,
@@ -1694,8 +2415,9 @@ def purge(config: Config, store: Store) -> Purged:
     """
     started = time.monotonic()
     lease_state, lease_keys = current_lease(store, config, renew=False)
+    lease_id = store.host_lease(config)
     if lease_state is LeaseState.MISSING:
-        return Purged(config.lease_id, (), time.monotonic() - started)
+        return Purged(lease_id, (), time.monotonic() - started)
     plan = plan_against(store, Desired({}, {}), config, lease_state, lease_keys)
     handed = tuple(change for change in plan.changes if change.lease is not None)
     if handed:
@@ -1704,8 +2426,8 @@ def purge(config: Config, store: Store) -> Purged:
             lease_keys = set(lease_keys) - {change.key for change in handed}
         except Conflict:
             pass  # a key moved meanwhile: the next runs of the hosts using it put it back
-    store.revoke(config.lease_id)
-    return Purged(config.lease_id, tuple(sorted(lease_keys)), time.monotonic() - started)
+    store.revoke(lease_id)
+    return Purged(lease_id, tuple(sorted(lease_keys)), time.monotonic() - started)
 
 
 @dataclass
@@ -1790,6 +2512,18 @@ def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers
         backoff = min(backoff * 2, MAX_EVENTS_BACKOFF)
 
 
+def settle(triggers: Triggers, stop: threading.Event) -> None:
+    """Wait out a burst of events: until none came for COALESCE_SECONDS, at most COALESCE_MAX_SECONDS."""
+    first = last = time.monotonic()
+    while not stop.is_set():
+        now = time.monotonic()
+        if now - last >= COALESCE_SECONDS or now - first >= COALESCE_MAX_SECONDS:
+            return
+        if triggers.wake.wait(0.05):
+            triggers.wake.clear()
+            last = time.monotonic()
+
+
 def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: float, report: Callable,
                stop: threading.Event, triggers: Optional[Triggers] = None) -> int:
     """Reconcile every interval seconds until stop is set, and soon after an event when triggers are given;
@@ -1818,7 +2552,7 @@ def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: floa
             next_pass = started + interval
             while not stop.is_set() and time.monotonic() < next_pass:
                 if triggers.wake.wait(max(0.0, min(0.5, next_pass - time.monotonic()))):
-                    stop.wait(COALESCE_SECONDS)  # take the rest of a burst along with the first event
+                    settle(triggers, stop)
                     break
     finally:
         close_quietly(adapters)
@@ -1991,6 +2725,54 @@ UserOption = Annotated[Optional[str], typer.Option(
     "--user", envvar="ETCD_USER", show_default=False, help="etcd user, NAME or NAME:PASSWORD.")]
 PasswordOption = Annotated[Optional[str], typer.Option(
     "--password", envvar="ETCD_PASSWORD", show_default=False, help="Password of the etcd user.")]
+#: --backend's choices.
+BackendName = enum.Enum("BackendName", {name: name for name in BACKENDS}, type=str)
+BackendOption = Annotated[BackendName, typer.Option(
+    "--backend", envvar="DOCKER_REGISTER_BACKEND",
+    help="Store of the keys: etcd, zookeeper (pip extra [zookeeper]) or redis (pip extra [redis]).")]
+LockFileOption = Annotated[str, typer.Option(
+    "--lock-file", envvar="DOCKER_REGISTER_LOCK",
+    help="File locked during a sync so that runs on one host never overlap; the ZooKeeper session is kept next "
+         "to it.")]
+#: Help panels of the other backends' options (each panel sizes its own columns).
+ZK_PANEL, REDIS_PANEL = "ZooKeeper (--backend zookeeper)", "Redis (--backend redis)"
+ZooKeeperOption = Annotated[str, typer.Option(
+    "--zookeeper", envvar="ZOOKEEPER_HOSTS", rich_help_panel=ZK_PANEL,
+    help="Comma-separated ensemble, host:port.")]
+ZooKeeperStateOption = Annotated[Optional[str], typer.Option(
+    "--zookeeper-state", envvar="ZOOKEEPER_STATE", rich_help_panel=ZK_PANEL,
+    show_default="zookeeper-<id>.session next to the lock file",
+    help="File (mode 600) keeping the host's ZooKeeper session id and password between runs.")]
+ZooKeeperUserOption = Annotated[Optional[str], typer.Option(
+    "--zookeeper-user", envvar="ZOOKEEPER_USER", rich_help_panel=ZK_PANEL, show_default=False,
+    help="Digest user, NAME or NAME:PASSWORD; nodes are then the user's, readable by all.")]
+ZooKeeperPasswordOption = Annotated[Optional[str], typer.Option(
+    "--zookeeper-password", envvar="ZOOKEEPER_PASSWORD", rich_help_panel=ZK_PANEL, show_default=False,
+    help="Password of the ZooKeeper user.")]
+ZooKeeperCacertOption = Annotated[Optional[str], typer.Option(
+    "--zookeeper-cacert", envvar="ZOOKEEPER_CACERT", rich_help_panel=ZK_PANEL, show_default=False,
+    help="CA bundle (PEM) to verify ZooKeeper's TLS certificate (TLS on).")]
+ZooKeeperCertOption = Annotated[Optional[str], typer.Option(
+    "--zookeeper-cert", envvar="ZOOKEEPER_CERT", rich_help_panel=ZK_PANEL, show_default=False,
+    help="Client certificate (PEM) for ZooKeeper.")]
+ZooKeeperKeyOption = Annotated[Optional[str], typer.Option(
+    "--zookeeper-key", envvar="ZOOKEEPER_KEY", rich_help_panel=ZK_PANEL, show_default=False,
+    help="Key (PEM) of the ZooKeeper client certificate.")]
+RedisOption = Annotated[str, typer.Option(
+    "--redis", envvar="REDIS_URL", rich_help_panel=REDIS_PANEL,
+    help="redis://host:port/db (user@host:… for an ACL user), rediss://… for TLS.")]
+RedisPasswordOption = Annotated[Optional[str], typer.Option(
+    "--redis-password", envvar="REDIS_PASSWORD", rich_help_panel=REDIS_PANEL, show_default=False,
+    help="Redis password (AUTH).")]
+RedisCacertOption = Annotated[Optional[str], typer.Option(
+    "--redis-cacert", envvar="REDIS_CACERT", rich_help_panel=REDIS_PANEL, show_default=False,
+    help="CA bundle (PEM) to verify Redis's TLS certificate (rediss://).")]
+RedisCertOption = Annotated[Optional[str], typer.Option(
+    "--redis-cert", envvar="REDIS_CERT", rich_help_panel=REDIS_PANEL, show_default=False,
+    help="Client certificate (PEM) for Redis.")]
+RedisKeyOption = Annotated[Optional[str], typer.Option(
+    "--redis-key", envvar="REDIS_KEY", rich_help_panel=REDIS_PANEL, show_default=False,
+    help="Key (PEM) of the Redis client certificate.")]
 
 
 @dataclass(frozen=True)
@@ -2016,8 +2798,52 @@ class KeyFlags:
     network: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class BackendFlags:
+    """The raw flags that choose the store and reach ZooKeeper or Redis."""
+
+    backend: str = "etcd"
+    zookeeper: str = DEFAULT_ZOOKEEPER
+    zookeeper_state: Optional[str] = None
+    zookeeper_user: Optional[str] = None
+    zookeeper_password: Optional[str] = field(default=None, repr=False)
+    zookeeper_cacert: Optional[str] = None
+    zookeeper_cert: Optional[str] = None
+    zookeeper_key: Optional[str] = None
+    redis: str = DEFAULT_REDIS
+    redis_password: Optional[str] = field(default=None, repr=False)
+    redis_cacert: Optional[str] = None
+    redis_cert: Optional[str] = None
+    redis_key: Optional[str] = None
+
+
+def zookeeper_settings(flags: BackendFlags, prefix: str, lock_file: Optional[str], host_ip: str) -> ZooKeeperSettings:
+    """Validate the ZooKeeper flags."""
+    root = zookeeper_path(prefix)
+    if root == ZOOKEEPER_RESERVED or root.startswith(ZOOKEEPER_RESERVED + "/"):
+        raise UsageError(f"--prefix {prefix}: ZooKeeper keeps its own nodes under {ZOOKEEPER_RESERVED}")
+    hosts = parse_zookeeper_hosts(flags.zookeeper)
+    read_tls_files(flags.zookeeper_cacert, flags.zookeeper_cert, flags.zookeeper_key, "zookeeper-")
+    auth = parse_credentials(flags.zookeeper_user, flags.zookeeper_password, "zookeeper-", "ZOOKEEPER")
+    if flags.zookeeper_state is not None and not flags.zookeeper_state.strip():
+        raise UsageError("--zookeeper-state / ZOOKEEPER_STATE: the file name is empty")
+    state = flags.zookeeper_state or zookeeper_state_file(lock_file, host_ip, prefix)
+    backend_module("zookeeper")
+    return ZooKeeperSettings(hosts, state, flags.zookeeper_cacert, flags.zookeeper_cert, flags.zookeeper_key, auth)
+
+
+def redis_settings(flags: BackendFlags) -> RedisSettings:
+    """Validate the Redis flags."""
+    url, inline = parse_redis_url(flags.redis)
+    tls = read_tls_files(flags.redis_cacert, flags.redis_cert, flags.redis_key, "redis-")
+    if tls and not url.startswith("rediss:"):
+        raise UsageError("--redis-cacert, --redis-cert and --redis-key are for TLS: use a rediss:// URL")
+    backend_module("redis")
+    return RedisSettings(url, flags.redis_password or inline, flags.redis_cacert, flags.redis_cert, flags.redis_key)
+
+
 def build_config(flags: EtcdFlags, host_ip: Optional[str], keys: KeyFlags, ttl: int, timeout: float,
-                 lock_file: Optional[str] = None) -> Config:
+                 lock_file: Optional[str] = None, backend: BackendFlags = BackendFlags()) -> Config:
     """Validate flag values into a Config, detecting the host IP when none is given."""
     tls = read_tls_files(flags.cacert, flags.cert, flags.key)
     endpoints = parse_endpoints(flags.etcd, tls=tls is not None)
@@ -2032,8 +2858,10 @@ def build_config(flags: EtcdFlags, host_ip: Optional[str], keys: KeyFlags, ttl: 
         raise UsageError("--network / DOCKER_REGISTER_NETWORK: the network name is empty")
     if keys.network and not keys.internal:
         raise UsageError("--network / DOCKER_REGISTER_NETWORK chooses a container network: it needs --internal")
+    zookeeper = zookeeper_settings(backend, prefix, lock_file, address) if backend.backend == "zookeeper" else None
+    redis = redis_settings(backend) if backend.backend == "redis" else None
     return Config(endpoints, address, prefix, ttl, timeout, detected, tls, auth, lock_file, layout.name, domain,
-                  keys.internal, keys.network)
+                  keys.internal, keys.network, backend.backend, zookeeper, redis)
 
 
 def fail(error: RegisterError) -> typer.Exit:
@@ -2048,11 +2876,24 @@ def etcd_connection(config: Config) -> EtcdConnection:
     return EtcdConnection(config.endpoints, config.timeout, config.tls, config.auth)
 
 
-def open_adapters(config: Config) -> Adapters:
-    """The real Docker source and etcd store for one run (or for passes until one fails)."""
+def open_store(config: Config, purging: bool = False) -> tuple[Store, Callable[[], None]]:
+    """The store a config names, and how to close it; opening it connects to nothing yet."""
+    if config.backend == "zookeeper":
+        # purge takes the saved session whatever its TTL: it only ends it
+        store = ZooKeeperStore(config.zookeeper, config.prefix, None if purging else config.ttl, config.timeout)
+        return store, store.close
+    if config.backend == "redis":
+        store = RedisStore(config.redis, config.prefix, config.ttl, config.timeout, config.lease_id)
+        return store, store.close
     connection = etcd_connection(config)
+    return EtcdStore(connection, config.prefix), connection.close
+
+
+def open_adapters(config: Config) -> Adapters:
+    """The real Docker source and store for one run (or for passes until one fails)."""
+    store, close_store = open_store(config)
     docker = DockerSource(config.timeout)
-    return Adapters(docker, EtcdStore(connection, config.prefix), (docker.close, connection.close))
+    return Adapters(docker, store, (docker.close, close_store))
 
 
 def stop_on_signals() -> threading.Event:
@@ -2086,20 +2927,34 @@ def sync_command(
                                      help="Lease TTL in seconds; longer than the run interval.")] = DEFAULT_TTL,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     output: OutputOption = Output.text,
-    lock_file: Annotated[str, typer.Option(
-        "--lock-file", envvar="DOCKER_REGISTER_LOCK",
-        help="File locked during a sync so that runs on one host never overlap.")] = DEFAULT_LOCK_FILE,
+    lock_file: LockFileOption = DEFAULT_LOCK_FILE,
     cacert: CacertOption = None,
     cert: CertOption = None,
     key: KeyOption = None,
     user: UserOption = None,
     password: PasswordOption = None,
+    backend: BackendOption = BackendName.etcd,
+    zookeeper: ZooKeeperOption = DEFAULT_ZOOKEEPER,
+    zookeeper_state: ZooKeeperStateOption = None,
+    zookeeper_user: ZooKeeperUserOption = None,
+    zookeeper_password: ZooKeeperPasswordOption = None,
+    zookeeper_cacert: ZooKeeperCacertOption = None,
+    zookeeper_cert: ZooKeeperCertOption = None,
+    zookeeper_key: ZooKeeperKeyOption = None,
+    redis: RedisOption = DEFAULT_REDIS,
+    redis_password: RedisPasswordOption = None,
+    redis_cacert: RedisCacertOption = None,
+    redis_cert: RedisCertOption = None,
+    redis_key: RedisKeyOption = None,
 ) -> None:
-    """Bring this host's keys in etcd in line with its running containers."""
+    """Bring this host's keys in the store in line with its running containers."""
     flags = EtcdFlags(etcd, cacert, cert, key, user, password)
+    stores = BackendFlags(backend.value, zookeeper, zookeeper_state, zookeeper_user, zookeeper_password,
+                          zookeeper_cacert, zookeeper_cert, zookeeper_key, redis, redis_password, redis_cacert,
+                          redis_cert, redis_key)
     try:
         config = build_config(flags, host_ip, KeyFlags(layout.value, prefix, domain, internal, network), ttl, timeout,
-                              lock_file if lock_file != DEFAULT_LOCK_FILE else None)
+                              lock_file if lock_file != DEFAULT_LOCK_FILE else None, stores)
         if events and every is None:
             raise UsageError("--events needs --every (the periodic pass that repairs missed events)")
         if every is not None:
@@ -2139,16 +2994,34 @@ def purge_command(
     key: KeyOption = None,
     user: UserOption = None,
     password: PasswordOption = None,
+    lock_file: LockFileOption = DEFAULT_LOCK_FILE,
+    backend: BackendOption = BackendName.etcd,
+    zookeeper: ZooKeeperOption = DEFAULT_ZOOKEEPER,
+    zookeeper_state: ZooKeeperStateOption = None,
+    zookeeper_user: ZooKeeperUserOption = None,
+    zookeeper_password: ZooKeeperPasswordOption = None,
+    zookeeper_cacert: ZooKeeperCacertOption = None,
+    zookeeper_cert: ZooKeeperCertOption = None,
+    zookeeper_key: ZooKeeperKeyOption = None,
+    redis: RedisOption = DEFAULT_REDIS,
+    redis_password: RedisPasswordOption = None,
+    redis_cacert: RedisCacertOption = None,
+    redis_cert: RedisCertOption = None,
+    redis_key: RedisKeyOption = None,
 ) -> None:
     """Take this host out of service now: revoke its lease, deleting all its keys and no other host's."""
     flags = EtcdFlags(etcd, cacert, cert, key, user, password)
+    stores = BackendFlags(backend.value, zookeeper, zookeeper_state, zookeeper_user, zookeeper_password,
+                          zookeeper_cacert, zookeeper_cert, zookeeper_key, redis, redis_password, redis_cacert,
+                          redis_cert, redis_key)
     try:
-        config = build_config(flags, host_ip, KeyFlags(layout.value, prefix), DEFAULT_TTL, timeout)
-        connection = etcd_connection(config)
+        config = build_config(flags, host_ip, KeyFlags(layout.value, prefix), DEFAULT_TTL, timeout,
+                              lock_file if lock_file != DEFAULT_LOCK_FILE else None, stores)
+        store, close = open_store(config, purging=True)
         try:
-            purged = purge(config, EtcdStore(connection, config.prefix))
+            purged = purge(config, store)
         finally:
-            connection.close()
+            close()
     except RegisterError as error:
         raise fail(error) from None
     print_purged(purged, output.value)

@@ -26,7 +26,7 @@ _counter = itertools.count(1)
 #: Fixtures that start a real server (dockerd or etcd); a test needing any of them, even through
 #: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
 SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
-                             "second_engine", "edge"})
+                             "second_engine", "edge", "zookeeper", "redis_server"})
 #: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
 IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 

@@ -135,6 +135,8 @@ class FakeEtcd:
     """
 
     where = "etcd at fake"
+    hands_over = True
+    tree = False
 
     def __init__(self, prefix: str = dr.DEFAULT_PREFIX):
         self.prefix = prefix
@@ -192,6 +194,10 @@ class FakeEtcd:
         self._before_txn.extend([action] * times)
 
     # --- the Store protocol -----------------------------------------------------------
+
+    def host_lease(self, config: dr.Config) -> int:
+        """The lease id EtcdStore uses: derived from the host IP and the prefix (no request)."""
+        return config.lease_id
 
     def keep_alive(self, lease_id: int) -> bool:
         """LeaseKeepAlive: renews a live lease; writes nothing and moves no revision."""

@@ -378,9 +378,11 @@ class Traefik:
     """
 
     def __init__(self, root: Path, etcd_endpoints: list[str], root_key: str = "traefik",
-                 throttle: str = "200ms", level: str = "INFO"):
+                 throttle: str = "200ms", level: str = "INFO", provider: str = "etcd"):
         self.root = root
         self.etcd_endpoints = etcd_endpoints
+        #: The KV provider (etcd, zooKeeper or redis) that reads etcd_endpoints, host:port each.
+        self.provider = provider
         self.root_key = root_key
         self.throttle = throttle
         self.level = level
@@ -405,7 +407,7 @@ class Traefik:
             },
             "api": {"insecure": True, "dashboard": False},
             "providers": {"providersThrottleDuration": self.throttle,
-                          "etcd": {"endpoints": self.etcd_endpoints, "rootKey": self.root_key}},
+                          self.provider: {"endpoints": self.etcd_endpoints, "rootKey": self.root_key}},
             "log": {"level": self.level, "filePath": str(self.log), "noColor": True},
         }
 
@@ -480,6 +482,121 @@ class Traefik:
         """Stop Traefik."""
         if self.proc:
             stop_process(self.proc)
+
+
+class ZooKeeper:
+    """A standalone ZooKeeper (Debian's `zookeeper` package, run with java directly) on a free loopback port.
+
+    `maxSessionTimeout` caps the session timeouts (docker-register's TTL) it grants; four-letter words are
+    enabled so a test can read the server's Zxid (it moves with every write, never with a read or a
+    session re-attach).
+    """
+
+    #: Debian's own classpath for the server (its /etc/zookeeper/conf/environment).
+    CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+
+    def __init__(self, root: Path, max_session_timeout_ms: int = 20000, tick_ms: int = 500):
+        self.root = root
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.max_session_timeout_ms = max_session_timeout_ms
+        self.tick_ms = tick_ms
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ZooKeeper":
+        """Write zoo.cfg, start the server and wait until it serves."""
+        if not os.path.exists("/usr/share/java/zookeeper.jar"):
+            raise RuntimeError("zookeeper not found: run scripts/setup (apt-get install zookeeper)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "zoo.cfg"
+        config.write_text(f"tickTime={self.tick_ms}\ndataDir={self.root / 'data'}\nclientPort={self.port}\n"
+                          "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
+                          f"maxSessionTimeout={self.max_session_timeout_ms}\n"
+                          "4lw.commands.whitelist=srvr,stat,cons,dump\n")
+        log = open(self.root / "zookeeper.log", "ab")
+        self.proc = subprocess.Popen(
+            [require("java"), "-Xmx256m", "-cp", self.CLASSPATH, "org.apache.zookeeper.server.ZooKeeperServerMain",
+             str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def serving():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"zookeeper exited: see {self.root / 'zookeeper.log'}")
+            return "Zxid:" in self.four_letter("srvr")
+        wait_until(serving, 60, "zookeeper to serve")
+        return self
+
+    def four_letter(self, word: str) -> str:
+        """A four-letter-word command's answer ('' when the server does not answer)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(word.encode())
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer.decode(errors="replace")
+        except OSError:
+            return ""
+
+    def zxid(self) -> int:
+        """The id of the last transaction the server applied: it moves with every write, and only then."""
+        line = next(line for line in self.four_letter("srvr").splitlines() if line.startswith("Zxid:"))
+        return int(line.split(":", 1)[1].strip(), 16)
+
+    def client(self):
+        """A started kazoo client of its own (a session of its own) for a test to look with."""
+        from kazoo.client import KazooClient
+
+        client = KazooClient(hosts=self.endpoint, timeout=10)
+        client.start(timeout=10)
+        return client
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        """Stop the server."""
+        if self.proc:
+            stop_process(self.proc, sig)
+
+
+class Redis:
+    """A redis-server on a free loopback port, without persistence."""
+
+    def __init__(self, root: Path, password: str | None = None):
+        self.root = root
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Redis":
+        """Start the server and wait until it answers PING."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        auth = ["--requirepass", self.password] if self.password else []
+        self.proc = subprocess.Popen(
+            [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.root), "--logfile", str(self.root / "redis.log"), *auth],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def answers():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: see {self.root / 'redis.log'}")
+            try:
+                return self.client().ping()
+            except Exception:
+                return False
+        wait_until(answers, 30, "redis-server to answer")
+        return self
+
+    def client(self):
+        """A redis-py client of its own, answers decoded to str."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True,
+                           socket_timeout=5)
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        """Stop the server."""
+        if self.proc:
+            stop_process(self.proc, sig)
 
 
 def start_cluster(root: Path, size: int = 3) -> list[Etcd]:

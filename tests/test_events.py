@@ -1,0 +1,664 @@
+"""`sync --every N --events`: Docker events read into pass triggers and drains, on in-memory adapters (part 1)
+and against a real dockerd and etcd with the CLI running as a real process (part 2)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import docker_register as dr
+from conftest import BINARY
+from fakes import FakeDocker, FakeEtcd, container, port
+from harness import Dockerd, free_port, require, stop_process, wait_until
+
+CID = "7fe91677e659f6ee6808a10f73f1459016a7857fb39346bb4b7b2e69551f8643"
+NETWORK_ID = "2aca2ddac30e0d47d0237d750a93ad3b88479b56bf6ae3077b485045f7793b08"
+#: Bound on any wait in the unit tier; the passes themselves take milliseconds.
+JOIN_SECONDS = 5.0
+
+
+# === Part 1: no servers ======================================================================
+
+# --- /events messages, shaped as dockerd 20.10 sends them (captured with `docker events --format '{{json .}}'`)
+
+
+def container_event(action: str, cid: str = CID, **attributes: str) -> dict:
+    """One container message of GET /events."""
+    return {"status": action, "id": cid, "from": "local/web", "Type": "container", "Action": action,
+            "Actor": {"ID": cid, "Attributes": {"image": "local/web", "name": "laughing_dewdney", **attributes}},
+            "scope": "local", "time": 1795643257, "timeNano": 1795643257479472644}
+
+
+def network_event(action: str, cid: str = CID) -> dict:
+    """One network message of GET /events: no status, id or from; the container is an attribute."""
+    return {"Type": "network", "Action": action,
+            "Actor": {"ID": NETWORK_ID, "Attributes": {"container": cid, "name": "bridge", "type": "bridge"}},
+            "scope": "local", "time": 1795643254, "timeNano": 1795643254450023195}
+
+
+EXEC = {"execID": "2e058a77307c9ed7731d1137b76d8514949ef73ef2d63c552bae08e7b51a40f3"}
+
+
+@pytest.mark.parametrize("event, effect", [
+    (container_event("start"), dr.EventEffect.UNDRAIN),
+    (container_event("die", exitCode="137"), dr.EventEffect.PASS),
+    (container_event("kill", signal="15"), dr.EventEffect.DRAIN),  # docker stop, at its start
+    (container_event("kill", signal="9"), dr.EventEffect.DRAIN),  # docker rm -f, or the end of the grace period
+    (container_event("kill", signal="3"), dr.EventEffect.DRAIN),  # an image whose STOPSIGNAL is SIGQUIT
+    (container_event("kill", signal="1"), dr.EventEffect.PASS),  # docker kill -s HUP: a reload, not a stop
+    (container_event("kill", signal="10"), dr.EventEffect.PASS),  # SIGUSR1
+    (container_event("stop"), dr.EventEffect.PASS),
+    (container_event("pause"), dr.EventEffect.PASS),
+    (container_event("unpause"), dr.EventEffect.PASS),
+    (container_event("destroy"), dr.EventEffect.PASS),
+    (container_event("health_status: healthy"), dr.EventEffect.PASS),
+    (container_event("health_status: unhealthy"), dr.EventEffect.PASS),
+    (container_event("create"), dr.EventEffect.NONE),
+    (container_event("exec_create: /bin/sh -c true", **EXEC), dr.EventEffect.NONE),
+    (container_event("exec_start: /bin/sh -c true", **EXEC), dr.EventEffect.NONE),
+    (container_event("exec_die", exitCode="0", **EXEC), dr.EventEffect.NONE),
+    (network_event("connect"), dr.EventEffect.NONE),
+    (network_event("disconnect"), dr.EventEffect.NONE),
+], ids=lambda value: value.value if isinstance(value, dr.EventEffect) else None)
+def test_event_effect_of_each_docker_message(event, effect):
+    expected_id = NETWORK_ID if event["Type"] == "network" else CID
+    assert dr.event_effect(event) == (effect, expected_id)
+
+
+def test_event_effect_reads_the_action_from_status_when_action_is_missing():
+    event = container_event("kill", signal="15")
+    del event["Action"], event["Actor"]
+    event["Actor"] = {"ID": CID, "Attributes": {"signal": "15"}}
+    assert dr.event_effect(event) == (dr.EventEffect.DRAIN, CID)
+    assert dr.event_effect({"status": "start", "id": CID}) == (dr.EventEffect.UNDRAIN, CID)
+
+
+def test_a_message_without_a_container_id_has_no_effect():
+    event = container_event("start")
+    event["Actor"]["ID"] = ""
+    event["id"] = ""
+    assert dr.event_effect(event)[0] is dr.EventEffect.NONE
+
+
+# --- Triggers ----------------------------------------------------------------------------------
+
+
+def test_a_drain_is_kept_and_wakes_the_loop():
+    triggers = dr.Triggers()
+    triggers.note(*dr.event_effect(container_event("kill", signal="15")))
+    assert triggers.draining() == {CID}
+    assert triggers.wake.is_set()
+
+
+def test_a_start_ends_the_drain_and_wakes_the_loop():
+    triggers = dr.Triggers()
+    triggers.note(dr.EventEffect.DRAIN, CID)
+    triggers.wake.clear()
+    triggers.note(*dr.event_effect(container_event("start")))
+    assert triggers.draining() == frozenset()
+    assert triggers.wake.is_set()
+
+
+def test_a_pass_event_wakes_without_draining_and_a_none_event_does_nothing():
+    triggers = dr.Triggers()
+    triggers.note(*dr.event_effect(container_event("exec_die", exitCode="0", **EXEC)))
+    assert not triggers.wake.is_set()
+    triggers.note(*dr.event_effect(container_event("kill", signal="1")))
+    assert triggers.wake.is_set() and triggers.draining() == frozenset()
+
+
+def test_forget_gone_forgets_only_containers_drained_before_the_list_and_not_running():
+    triggers = dr.Triggers()
+    other = "b" * 64
+    before_drain = time.monotonic()
+    triggers.note(dr.EventEffect.DRAIN, CID)
+    triggers.note(dr.EventEffect.DRAIN, other)
+    after_drain = time.monotonic()
+
+    triggers.forget_gone(frozenset(), before_drain)  # a list taken before the stops began proves nothing
+    assert triggers.draining() == {CID, other}
+    triggers.forget_gone(frozenset({CID, other}), after_drain)  # both still running: both stay drained
+    assert triggers.draining() == {CID, other}
+    triggers.forget_gone(frozenset({other}), after_drain)  # CID has gone
+    assert triggers.draining() == {other}
+
+
+def test_a_drained_container_that_starts_again_before_forget_gone_is_not_drained():
+    triggers = dr.Triggers()
+    triggers.note(dr.EventEffect.DRAIN, CID)
+    triggers.note(dr.EventEffect.UNDRAIN, CID)
+    triggers.forget_gone(frozenset({CID}), time.monotonic())
+    assert triggers.draining() == frozenset()
+
+
+# --- follow_events ------------------------------------------------------------------------------
+
+
+class FakeEngine:
+    """Docker's event stream with real behaviour: while the engine is down, opening the stream fails;
+    while it is up, the stream yields what `emit` queues and waits when idle; the engine going down breaks it.
+
+    `open_source()` is follow_events' open_source: each call is one new source (one connection), timed.
+    Like DockerSource.events, `events()` connects when called (a refused connection raises then) and returns
+    the stream of messages.
+    """
+
+    def __init__(self, up: bool = True):
+        self.up = threading.Event()
+        if up:
+            self.up.set()
+        self.queue: queue.Queue = queue.Queue()
+        self.opened: list[float] = []  # when each source was made
+        self.connected: list[float] = []  # when each stream was really established
+        self.closed = 0
+
+    def emit(self, *events: dict) -> None:
+        for event in events:
+            self.queue.put(event)
+
+    def open_source(self) -> "FakeEngine._Source":
+        self.opened.append(time.monotonic())
+        return FakeEngine._Source(self)
+
+    class _Source:
+        where = "docker at fake"
+
+        def __init__(self, engine: "FakeEngine"):
+            self.engine = engine
+
+        def events(self):
+            engine = self.engine
+            if not engine.up.is_set():
+                raise dr.DockerError("docker at fake: event stream: Connection refused")
+            engine.connected.append(time.monotonic())
+            return self._messages()
+
+        def _messages(self):
+            engine = self.engine
+            while True:
+                if not engine.up.is_set():
+                    raise dr.DockerError("docker at fake: event stream ended")
+                try:
+                    yield engine.queue.get(timeout=0.02)
+                except queue.Empty:
+                    continue
+
+        def close(self) -> None:
+            self.engine.closed += 1
+
+
+class Said:
+    """follow_events' say(): the lines it printed, with when."""
+
+    def __init__(self):
+        self.lines: list[tuple[float, str]] = []
+
+    def __call__(self, text: str) -> None:
+        self.lines.append((time.monotonic(), text))
+
+    def texts(self) -> list[str]:
+        return [text for _, text in list(self.lines)]
+
+    def broke(self) -> list[str]:
+        return [text for text in self.texts() if "reconnecting" in text]
+
+    def back(self) -> list[str]:
+        return [text for text in self.texts() if "is back" in text]
+
+
+def follow(engine: FakeEngine, triggers: dr.Triggers, stop: threading.Event, said: Said) -> threading.Thread:
+    thread = threading.Thread(target=dr.follow_events, args=(engine.open_source, triggers, stop, said), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_follow_events_turns_each_message_into_a_trigger():
+    engine, triggers, stop, said = FakeEngine(), dr.Triggers(), threading.Event(), Said()
+    thread = follow(engine, triggers, stop, said)
+    engine.emit(container_event("exec_die", exitCode="0", **EXEC), network_event("connect"))
+    time.sleep(0.2)
+    assert not triggers.wake.is_set()
+    engine.emit(container_event("kill", signal="15"))
+    assert triggers.wake.wait(JOIN_SECONDS)
+    assert triggers.draining() == {CID}
+    engine.emit(container_event("start"))
+    wait_until(lambda: triggers.draining() == frozenset(), JOIN_SECONDS, "the start to end the drain")
+    stop.set()
+    engine.emit(container_event("die"))  # the stream is idle otherwise: the next message lets the loop see stop
+    thread.join(JOIN_SECONDS)
+    assert not thread.is_alive()
+    assert said.texts() == []
+    assert len(engine.opened) == 1 and engine.closed == 1
+
+
+def test_a_broken_stream_is_said_once_and_its_return_once_with_a_wake(monkeypatch):
+    monkeypatch.setattr(dr, "MAX_EVENTS_BACKOFF", 1.0)
+    engine, triggers, stop, said = FakeEngine(), dr.Triggers(), threading.Event(), Said()
+    thread = follow(engine, triggers, stop, said)
+    try:
+        wait_until(lambda: engine.connected, JOIN_SECONDS, "the stream to connect")
+        engine.up.clear()  # Docker restarts: the stream breaks, and reconnecting fails for a while
+        wait_until(said.broke, JOIN_SECONDS, "the break to be said")
+        triggers.wake.clear()
+        time.sleep(2.2)  # the retries at +0.5 s and +1.5 s fail
+        assert len(engine.opened) >= 3, engine.opened
+        assert said.texts() == ["docker at fake: event stream ended; passes go on every interval, reconnecting"]
+        assert not triggers.wake.is_set(), "no wake while the stream is still down"
+
+        engine.up.set()  # Docker is back
+        assert triggers.wake.wait(JOIN_SECONDS), "the reconnect wakes a pass (events were missed meanwhile)"
+        assert len(engine.connected) == 2
+        time.sleep(0.3)
+        assert said.broke() == said.texts()[:1] and said.back() == ["docker events: stream is back"]
+        assert len(said.texts()) == 2
+        engine.emit(container_event("kill", signal="15"))
+        wait_until(lambda: triggers.draining() == {CID}, JOIN_SECONDS, "events to flow again")
+    finally:
+        stop.set()
+        engine.up.clear()  # breaks the idle stream, so the thread sees stop
+        thread.join(JOIN_SECONDS)
+    assert not thread.is_alive()
+
+
+def test_reconnect_attempts_back_off_doubling_up_to_the_cap(monkeypatch):
+    monkeypatch.setattr(dr, "MAX_EVENTS_BACKOFF", 1.0)
+    engine, triggers, stop, said = FakeEngine(up=False), dr.Triggers(), threading.Event(), Said()
+    thread = follow(engine, triggers, stop, said)
+    try:
+        wait_until(lambda: len(engine.opened) >= 5, 8, "five attempts")
+    finally:
+        stop.set()
+        thread.join(JOIN_SECONDS)
+    assert not thread.is_alive()
+    gaps = [later - earlier for earlier, later in zip(engine.opened, engine.opened[1:])]
+    # 0.5 s, then doubled to 1.0 s, then capped at 1.0 s (MAX_EVENTS_BACKOFF here).
+    assert 0.45 <= gaps[0] < 0.8, gaps
+    assert all(0.95 <= gap < 1.4 for gap in gaps[1:4]), gaps
+    assert len(said.broke()) == 1 and said.back() == [], said.texts()
+    assert not triggers.wake.is_set()
+
+
+def test_stop_ends_follow_events_promptly_while_it_backs_off(monkeypatch):
+    monkeypatch.setattr(dr, "MAX_EVENTS_BACKOFF", 20.0)
+    engine, triggers, stop, said = FakeEngine(up=False), dr.Triggers(), threading.Event(), Said()
+    thread = follow(engine, triggers, stop, said)
+    wait_until(lambda: len(engine.opened) >= 3, JOIN_SECONDS, "three attempts")  # now waiting 2 s
+    started = time.monotonic()
+    stop.set()
+    thread.join(JOIN_SECONDS)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 0.3
+    assert engine.closed == len(engine.opened)
+
+
+# --- sync_every with triggers ------------------------------------------------------------------
+
+HOST = "10.0.0.5"
+PREFIX = "/backends"
+
+
+def config(tmp_path) -> dr.Config:
+    return dr.Config(endpoints=dr.parse_endpoints("127.0.0.1:2379"), host_ip=HOST, prefix=PREFIX, ttl=90,
+                     timeout=1.0, lock_file=str(tmp_path / "sync.lock"))
+
+
+def web(n: int) -> dict:
+    """Container number n of image web, id starting with n in 12 hex digits, port 80 on 32768 + n."""
+    return container(cid=f"{n:012x}" + "e" * 52, name=f"web{n}", ports=[port(80, 32768 + n)])
+
+
+def web_key(n: int) -> str:
+    return f"{PREFIX}/web/{n:012x}"
+
+
+class Passes:
+    """sync_every's report(): the outcomes, with a condition to wait on."""
+
+    def __init__(self):
+        self.outcomes: list[dr.Outcome] = []
+        self.times: list[float] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, outcome) -> None:
+        with self.changed:
+            self.outcomes.append(outcome)
+            self.times.append(time.monotonic())
+            self.changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = JOIN_SECONDS) -> float:
+        """Wait until `count` passes were reported; return when the last of them was."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.outcomes) >= count, timeout), (
+                f"{len(self.outcomes)} passes, not {count}, within {timeout}s")
+            return self.times[count - 1]
+
+
+@contextlib.contextmanager
+def running_sync_every(tmp_path, docker: FakeDocker, store: FakeEtcd, triggers: dr.Triggers, interval: float = 60):
+    """sync_every in a thread over the fakes; stopped (and checked to have ended with 0) on the way out."""
+    stop, passes, result = threading.Event(), Passes(), {}
+
+    def target():
+        try:
+            result["code"] = dr.sync_every(config(tmp_path), lambda: dr.Adapters(docker, store), interval, passes,
+                                           stop, triggers)
+        except BaseException as error:  # handed to the test thread
+            result["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        yield passes
+    finally:
+        stop.set()
+        thread.join(JOIN_SECONDS)
+    assert not thread.is_alive() and result == {"code": 0}
+
+
+def test_a_drained_container_leaves_in_the_next_pass_while_still_running_and_comes_back_on_start(tmp_path):
+    docker, store, triggers = FakeDocker([web(1), web(2)]), FakeEtcd(), dr.Triggers()
+    draining_id = web(1)["Id"]
+    with running_sync_every(tmp_path, docker, store, triggers) as passes:
+        passes.wait_for(1)
+        assert set(store.values()) == {web_key(1), web_key(2), f"{PREFIX}/web/port"}
+
+        triggers.note(*dr.event_effect(container_event("kill", cid=draining_id, signal="15")))
+        passes.wait_for(2, timeout=2.0)
+        assert [c["State"] for c in docker.containers] == ["running", "running"]
+        assert set(store.values()) == {web_key(2), f"{PREFIX}/web/port"}
+        assert passes.outcomes[1].plan.count(dr.ChangeKind.REMOVE) == 1
+
+        triggers.note(dr.EventEffect.PASS, web(2)["Id"])  # any other event: the drained one stays out
+        passes.wait_for(3, timeout=2.0)
+        assert web_key(1) not in store.values() and triggers.draining() == {draining_id}
+
+        docker.stop(draining_id)  # it exits: the die event's pass sees it gone and forgets the drain
+        triggers.note(*dr.event_effect(container_event("die", cid=draining_id, exitCode="0")))
+        passes.wait_for(4, timeout=2.0)
+        assert triggers.draining() == frozenset()
+
+        docker.containers[0]["State"] = "running"  # docker start
+        triggers.note(*dr.event_effect(container_event("start", cid=draining_id)))
+        passes.wait_for(5, timeout=2.0)
+        assert set(store.values()) == {web_key(1), web_key(2), f"{PREFIX}/web/port"}
+    assert docker.calls == 5  # one list call per pass, no inspects
+    assert getattr(docker, "inspects", 0) == 0
+
+
+def test_a_wake_runs_a_pass_long_before_the_interval_and_a_burst_is_one_pass(tmp_path):
+    docker, store, triggers = FakeDocker([web(1)]), FakeEtcd(), dr.Triggers()
+    with running_sync_every(tmp_path, docker, store, triggers, interval=60) as passes:
+        passes.wait_for(1)
+        docker.containers.append(web(2))
+        woken = time.monotonic()
+        for n in range(10):  # a burst of events, all within the coalescing window
+            triggers.note(dr.EventEffect.PASS, f"{n:064x}")
+        second = passes.wait_for(2, timeout=2.0)
+        assert dr.COALESCE_SECONDS * 0.9 <= second - woken < 2.0
+        assert web_key(2) in store.values()
+        time.sleep(dr.COALESCE_SECONDS + 0.5)
+        assert len(passes.outcomes) == 2, "the burst made one pass"
+
+
+def test_stop_ends_sync_every_promptly_while_it_coalesces_a_burst(tmp_path):
+    docker, store, triggers = FakeDocker([web(1)]), FakeEtcd(), dr.Triggers()
+    stop, passes = threading.Event(), Passes()
+    thread = threading.Thread(target=dr.sync_every, args=(config(tmp_path), lambda: dr.Adapters(docker, store), 60,
+                                                          passes, stop, triggers), daemon=True)
+    thread.start()
+    passes.wait_for(1)
+    triggers.wake.set()
+    time.sleep(0.05)  # inside the coalescing wait
+    started = time.monotonic()
+    stop.set()
+    thread.join(JOIN_SECONDS)
+    assert not thread.is_alive() and time.monotonic() - started < 0.3
+    assert len(passes.outcomes) == 1
+
+
+# === Part 2: real dockerd and etcd =============================================================
+
+#: A web container that keeps serving 6 s after SIGTERM (FACTS: busybox httpd as PID 1 ignores SIGTERM).
+SLOW_STOP = ["sh", "-c", "httpd -f -p 80 -h /www & trap 'sleep 6; exit 0' TERM; wait; wait"]
+
+
+class Watch:
+    """A running `docker-register sync --every N --events`, its output lines read as they come, with times."""
+
+    def __init__(self, env: dict[str, str], every: int, ttl: int):
+        self.proc = subprocess.Popen([BINARY, "sync", "--every", str(every), "--events", "--ttl", str(ttl)],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.out: list[tuple[float, str]] = []
+        self.err: list[tuple[float, str]] = []
+        self.readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for reader in self.readers:
+            reader.start()
+        self.exit_seconds: float | None = None
+
+    @staticmethod
+    def _read(stream, lines) -> None:
+        for line in stream:
+            lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def passes(self, since: float = 0.0) -> list[float]:
+        """When each summary line came (one per pass), from `since` on."""
+        return [t for t, line in list(self.out) if line.startswith("added ") and t >= since]
+
+    def stderr_lines(self) -> list[str]:
+        return [line for _, line in list(self.err)]
+
+    def wait_passes(self, count: int, timeout: float, since: float = 0.0) -> list[float]:
+        def enough():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"docker-register exited {self.proc.returncode}: {self.stderr_lines()}")
+            return len(self.passes(since)) >= count
+        wait_until(enough, timeout, f"{count} passes", interval=0.02)
+        return self.passes(since)
+
+    def terminate(self) -> None:
+        """SIGTERM, then wait for the exit (SIGKILL after 10 s so nothing leaks)."""
+        if self.proc.poll() is None:
+            started = time.monotonic()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                stop_process(self.proc, signal.SIGKILL)
+            self.exit_seconds = time.monotonic() - started
+        for reader in self.readers:
+            reader.join(5)
+
+
+def event_requests(engine: Dockerd) -> int:
+    """GET /events requests the engine has received so far."""
+    return sum(1 for request in engine.api_requests() if "/events" in request)
+
+
+@contextlib.contextmanager
+def watching(world, engine: Dockerd | None = None, every: int = 60, ttl: int = 90):
+    """Run `sync --every --events` against world's etcd and the engine until the block ends; wait for its
+    first pass and its event stream first. On the way out: SIGTERM, and exit 0 within 3 s."""
+    engine = engine or world.engine
+    streams = event_requests(engine)
+    watch = Watch(world.env(DOCKER_HOST=engine.host), every, ttl)
+    try:
+        watch.wait_passes(1, 30)
+        wait_until(lambda: event_requests(engine) > streams, 10, "the event stream to open")
+        yield watch
+    finally:
+        watch.terminate()
+    assert watch.proc.returncode == 0, watch.stderr_lines()
+    assert watch.exit_seconds < 3, watch.exit_seconds
+    assert not [line for line in watch.stderr_lines() if "Traceback" in line or "Exception" in line], \
+        watch.stderr_lines()
+
+
+def web_key_of(world, cid: str, service: str = "web") -> str:
+    return f"{world.prefix}/{service}/{cid[:12]}"
+
+
+def inspect(engine: Dockerd, cid: str, template: str) -> str:
+    return engine.docker("inspect", "-f", template, cid, check=False).stdout.strip()
+
+
+def test_a_container_started_while_watching_is_registered_within_seconds(world):
+    with watching(world, every=60) as watch:
+        started = time.monotonic()
+        cid = world.docker_run("-P", "local/web")
+        key = web_key_of(world, cid)
+        wait_until(lambda: key in world.keys(), 5, "the new container's key")
+        assert time.monotonic() - started < 5  # the next periodic pass is 60 s away
+        assert world.keys() == world.expected_keys()
+        assert len(watch.passes()) <= 3  # the first pass, the start event's pass (and at most one more)
+
+
+def test_a_container_with_a_healthcheck_is_registered_once_healthy(world):
+    with watching(world, every=60):
+        cid = world.docker_run("-P", "--health-cmd", "true", "--health-interval", "1s", "local/web")
+        key = web_key_of(world, cid)
+        started, early = time.monotonic(), []
+
+        def registered():
+            health = inspect(world.engine, cid, "{{.State.Health.Status}}")
+            present = key in world.keys()
+            if present and health == "starting":
+                early.append(health)  # read before the keys: it was registered while still starting
+            return present
+        wait_until(registered, 8, "the healthy container's key", interval=0.05)
+        assert time.monotonic() - started < 8 and early == []
+        assert inspect(world.engine, cid, "{{.State.Health.Status}}") == "healthy"
+
+
+def test_a_paused_container_leaves_and_comes_back_on_unpause(world):
+    with watching(world, every=60):
+        cid = world.docker_run("-P", "local/web")
+        key = web_key_of(world, cid)
+        wait_until(lambda: key in world.keys(), 5, "the key")
+        world.engine.docker("pause", cid)
+        wait_until(lambda: key not in world.keys(), 5, "the paused container's key to go")
+        world.engine.docker("unpause", cid)
+        wait_until(lambda: key in world.keys(), 5, "the unpaused container's key to come back")
+
+
+def test_a_stopping_container_is_drained_while_it_still_runs_and_stays_out_until_it_exits(world):
+    with watching(world, every=60):
+        cid = world.docker_run("-P", "local/web", *SLOW_STOP)
+        key = web_key_of(world, cid)
+        wait_until(lambda: key in world.keys(), 5, "the key")
+        host_port = world.host_port(cid, "80/tcp")
+        stopping = subprocess.Popen([require("docker"), "-H", world.engine.host, "stop", "-t", "20", cid],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            began = time.monotonic()
+            drained_while_running = None
+            while time.monotonic() - began < 5:
+                running_before = inspect(world.engine, cid, "{{.State.Running}}")
+                keys = world.keys()
+                running_after = inspect(world.engine, cid, "{{.State.Running}}")
+                if key not in keys and running_before == running_after == "true":
+                    drained_while_running = time.monotonic() - began
+                    break
+                time.sleep(0.05)
+            assert drained_while_running is not None, "the key was not gone while the container still ran"
+            assert drained_while_running < 3  # it serves 6 s after SIGTERM
+            # It still serves (consumers finish what they sent), yet is out of the registry.
+            with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=5) as response:
+                assert response.status == 200 and b"hello" in response.read()
+
+            came_back = []
+            deadline = time.monotonic() + 20
+            while inspect(world.engine, cid, "{{.State.Running}}") == "true" and time.monotonic() < deadline:
+                if key in world.keys():
+                    came_back.append(time.monotonic() - began)
+                time.sleep(0.1)
+            assert inspect(world.engine, cid, "{{.State.Running}}") == "false", "the container did not exit"
+            assert came_back == [], f"the key came back while the container was stopping: {came_back}"
+            assert stopping.wait(20) == 0, stopping.stderr.read()
+            assert 5 < time.monotonic() - began  # the 6 s of serving after SIGTERM really happened
+            time.sleep(0.5)
+            assert key not in world.keys()
+        finally:
+            stop_process(stopping)
+
+
+def start_event_times(engine: Dockerd, ids: list[str], since: float) -> list[float]:
+    """When dockerd reported each of these containers started (Unix seconds), from its event log."""
+    until = f"{time.time() + 1:.3f}"
+    filters = [arg for cid in ids for arg in ("--filter", f"container={cid}")]
+    out = engine.docker("events", "--since", f"{since:.3f}", "--until", until, "--filter", "event=start",
+                        *filters, "--format", "{{.TimeNano}}").stdout
+    return sorted(int(line) / 1e9 for line in out.split())
+
+
+def test_a_burst_of_twenty_starts_gives_a_few_passes(world):
+    with watching(world, every=60) as watch:
+        # Created first (creating sends no start event), then all started at once: the burst is the starts.
+        ids = [world.engine.docker("create", "-P", "local/web").stdout.strip() for _ in range(20)]
+        since, since_unix = time.monotonic(), time.time()
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            list(pool.map(lambda cid: world.engine.docker("start", cid), ids))
+        wanted = {web_key_of(world, cid) for cid in ids}
+        wait_until(lambda: wanted <= set(world.keys()), 10, "all twenty keys")
+        time.sleep(dr.COALESCE_SECONDS + 1.0)
+        passes = len(watch.passes(since))
+        starts = start_event_times(world.engine, ids, since_unix - 1)
+        assert len(starts) == 20
+        span = starts[-1] - starts[0]
+        print(f"20 start events over {span:.2f}s gave {passes} passes")
+        assert world.keys() == world.expected_keys()
+        # A pass waits COALESCE_SECONDS after the event that woke it, taking along what comes meanwhile: while
+        # events keep coming there is at most one pass per window, plus the one an event during a pass makes.
+        assert 1 <= passes <= 2 + span / dr.COALESCE_SECONDS, (passes, span)
+        assert passes < 20
+
+
+@pytest.fixture
+def second_engine(tmp_path_factory):
+    """A dockerd of this test's own (its own bridge and subnet), which the test may restart."""
+    pid = os.getpid()
+    engine = Dockerd(tmp_path_factory.mktemp("eng-ev"), bridge=f"dre{pid % 100000}", subnet=f"10.215.{pid % 250}.1/24")
+    try:
+        engine.start()
+        engine.build_images()
+        yield engine
+    finally:
+        engine.stop()
+
+
+def test_a_docker_restart_breaks_the_stream_but_not_the_passes_and_events_work_again(world, second_engine):
+    engine = second_engine
+    with watching(world, engine, every=5, ttl=30) as watch:
+        before = engine.docker("run", "-d", "-p", f"{free_port()}:80", "local/web").stdout.strip()
+        wait_until(lambda: web_key_of(world, before) in world.keys(), 5, "the first container's key")
+
+        streams = event_requests(engine)
+        stop_process(engine.proc)  # dockerd goes down (its containers stop); the stream breaks
+        down_since = time.monotonic()
+        time.sleep(6)  # longer than the interval, and several reconnect attempts
+        down_lines = list(watch.stderr_lines())
+        engine.start()
+        up_since = time.monotonic()
+        wait_until(lambda: event_requests(engine) > streams, 15, "the event stream to reconnect")
+
+        failed_passes = [line for line in down_lines if "error:" in line]
+        assert failed_passes, f"no pass ran while Docker was down: {down_lines}"
+        last = watch.wait_passes(1, 10, since=up_since)[-1]  # passes go on once Docker is back
+        after = engine.docker("run", "-d", "-p", f"{free_port()}:80", "local/web").stdout.strip()
+        wait_until(lambda: web_key_of(world, after) in world.keys(), 4, "the new container's key")
+        assert time.monotonic() - last < 4.5, "registered by an event, not the next periodic pass"
+        wait_until(lambda: web_key_of(world, before) not in world.keys(), 10, "the stopped container's key to go")
+    stream_notes = [line for line in watch.stderr_lines() if "event stream" in line or "stream is back" in line]
+    print(f"docker down {up_since - down_since:.1f}s; stderr:", *watch.stderr_lines(), sep="\n  ")
+    assert len([line for line in stream_notes if "reconnecting" in line]) == 1, stream_notes
+    assert len([line for line in stream_notes if "stream is back" in line]) == 1, stream_notes

@@ -1,0 +1,362 @@
+"""The Redis backend: every key carries the TTL as its own expiry, renewed each run without rewriting values,
+and a per-host index (a set, outside every prefix) records which keys are the host's.
+
+Integration tests run the installed docker-register against the shared dockerd and a private redis-server,
+and look with a redis-py client of their own; Redis's command statistics show what a run sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import docker_register as dr
+from conftest import BINARY
+from harness import Redis, Traefik, free_port, wait_until
+from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
+
+#: Commands that change a value, a key's existence or the index (PEXPIRE only renews an expiry).
+VALUE_WRITES = ("set", "del", "unlink", "sadd", "srem", "mset", "getset", "setex", "psetex")
+_numbers = itertools.count(1)
+
+
+# --- pure helpers and the import cost (unit tier) -------------------------------------------
+
+
+@pytest.mark.parametrize("text, url, password", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", None),
+    ("redis://cache.example", "redis://cache.example:6379/0", None),
+    ("rediss://user:s%3Acret@cache.example:6380/2", "rediss://user@cache.example:6380/2", "s:cret"),
+    ("redis://:pw@[::1]:7000", "redis://[::1]:7000/0", "pw"),
+])
+def test_a_redis_url_is_checked_and_its_password_kept_apart(text, url, password):
+    assert dr.parse_redis_url(text) == (url, password)
+
+
+@pytest.mark.parametrize("text", ["", "127.0.0.1:6379", "http://cache:6379", "redis://", "redis://cache:99999",
+                                  "redis://cache:6379/db", "redis://cache:6379/0?x=1", "unix:///run/redis.sock"])
+def test_a_bad_redis_url_is_a_usage_error_that_does_not_echo_a_password(text):
+    with pytest.raises(dr.UsageError) as raised:
+        dr.parse_redis_url(text.replace("//", "//u:hunter2@", 1) if text.startswith("redis://c") else text)
+    assert "REDIS_URL" in str(raised.value) and "hunter2" not in str(raised.value)
+
+
+def test_the_index_key_is_outside_every_prefix():
+    index = dr.redis_index_key(dr.lease_id_for("10.0.0.5", "traefik"))
+    assert index == f"docker-register:hosts:{dr.lease_id_for('10.0.0.5', 'traefik'):016x}"
+    for prefix in ("/backends", "traefik", "docker-register", "/skydns"):
+        assert not index.startswith(prefix + "/")
+        with pytest.raises(dr.UsageError):
+            dr.parse_prefix(index, absolute=prefix.startswith("/"))  # ':' is no prefix's
+
+
+def test_glob_characters_in_a_folder_are_matched_literally():
+    assert dr.glob_escape("traefik/http/*?[x]\\") == "traefik/http/\\*\\?\\[x\\]\\\\"
+    assert dr.glob_escape("/backends/web-1.x_y/") == "/backends/web-1.x_y/"
+
+
+def test_a_missing_client_is_a_usage_error_naming_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if redis-py were not installed
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    code = dr.main(["purge", "--backend", "redis", "--host-ip", "192.0.2.10"])
+    assert code == 2
+    assert capsys.readouterr().err == ("docker-register: error: --backend redis needs the redis client: "
+                                       "pip install 'docker-register[redis]'\n")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--redis", "cache:6379"], "REDIS_URL"),
+    (["--redis-cacert", "/nonexistent.pem", "--redis", "rediss://cache"], "--redis-cacert: cannot read"),
+    (["--redis-cert", "/nonexistent.pem", "--redis", "rediss://cache"], "--redis-cert and --redis-key go together"),
+])
+def test_bad_redis_flags_exit_2_with_one_line(monkeypatch, capsys, flags, message):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    code = dr.main(["sync", "--backend", "redis", "--host-ip", "192.0.2.10", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_tls_files_need_a_rediss_url(monkeypatch, capsys, tmp_path):
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    code = dr.main(["sync", "--backend", "redis", "--host-ip", "192.0.2.10", "--redis-cacert", str(pem)])
+    assert code == 2 and "use a rediss:// URL" in capsys.readouterr().err
+
+
+def test_an_etcd_run_imports_neither_backend_client():
+    # The whole CLI up to the adapters of an etcd run, in a fresh interpreter: kazoo and redis stay out.
+    code = ("import sys, docker_register as dr\n"
+            "config = dr.build_config(dr.EtcdFlags('127.0.0.1:2379', None, None, None, None, None), '192.0.2.10',"
+            " dr.KeyFlags('traefik', None), 30, 1.0)\n"
+            "adapters = dr.open_adapters(config); adapters.close()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kazoo', 'redis')))\n")
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert not imported & {"kazoo", "redis"}
+
+
+# --- a private redis-server and a world per test --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_root):
+    server = Redis(servers_root / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rd(engine, redis_server, tmp_path):
+    """A prefix and host IP of the test's own, and a helper to run docker-register against the private Redis."""
+    return RedisWorld(engine, redis_server, next(_numbers), tmp_path)
+
+
+class RedisWorld:
+    """What one Redis test works with."""
+
+    def __init__(self, engine, server: Redis, n: int, tmp_path: Path):
+        self.engine = engine
+        self.server = server
+        self.prefix = f"/r{n}/backends"
+        self.host_ip = f"192.0.2.{n % 250 + 2}"
+        self.lock_file = tmp_path / "sync.lock"
+        self.look = server.client()
+
+    @property
+    def index(self) -> str:
+        return dr.redis_index_key(dr.lease_id_for(self.host_ip, self.prefix))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
+        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
+                   DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
+                   DOCKER_REGISTER_BACKEND="redis", REDIS_URL=self.server.url, DOCKER_REGISTER_TTL="30")
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=timeout,
+                              env=self.env(**extra), stdin=subprocess.DEVNULL)
+
+    def sync(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
+        result = self.run("sync", *args, **extra)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    def docker_run(self, *args: str) -> str:
+        return self.engine.docker("run", "-d", *args).stdout.strip()
+
+    def keys(self, prefix: str | None = None) -> dict[str, str]:
+        return {key: self.look.get(key) for key in self.look.scan_iter(match=(prefix or self.prefix) + "/*")}
+
+    def expiries(self) -> dict[str, int]:
+        return {key: self.look.pttl(key) for key in [*self.keys(), self.index]}
+
+    def commands(self) -> Counter:
+        """Calls so far of each command, from Redis's own statistics."""
+        return Counter({name.removeprefix("cmdstat_"): stats["calls"]
+                        for name, stats in self.look.info("commandstats").items()})
+
+
+def web_keys(rd: RedisWorld, *containers: str) -> dict[str, str]:
+    keys = {}
+    for cid in containers:
+        public = next(b for b in rd.engine.docker("port", cid, "80/tcp").stdout.split() if b.startswith("0.0.0.0:"))
+        keys[f"{rd.prefix}/web/{cid[:12]}"] = f"{rd.host_ip}:{public.rsplit(':', 1)[1]}"
+    keys[f"{rd.prefix}/web/port"] = "80"
+    return keys
+
+
+def writes(before: Counter, after: Counter) -> Counter:
+    return Counter({name: after[name] - before[name] for name in VALUE_WRITES if after[name] != before[name]})
+
+
+# --- the contract ------------------------------------------------------------------------------
+
+
+def test_register_then_a_run_with_nothing_changed_only_renews_expiries(rd):
+    first, second = rd.docker_run("-P", "local/web"), rd.docker_run("-P", "local/web")
+    result = rd.sync()
+    assert "added 3, updated 0, removed 0, unchanged 0" in result.stdout
+    assert rd.keys() == web_keys(rd, first, second)
+    assert rd.look.smembers(rd.index) == set(web_keys(rd, first, second))
+    assert all(0 < ms <= 30_000 for ms in rd.expiries().values()), rd.expiries()
+
+    time.sleep(1.1)
+    before = rd.commands()
+    result = rd.sync()
+    after = rd.commands()
+    assert "added 0, updated 0, removed 0, unchanged 3" in result.stdout
+    assert writes(before, after) == Counter(), "no value rewritten, no key or index member added or removed"
+    assert after["pexpire"] - before["pexpire"] == 4  # the index and its three keys, renewed
+    assert all(ms > 29_000 for ms in rd.expiries().values()), rd.expiries()
+
+
+def test_a_stopped_container_goes_on_the_next_run(rd):
+    leaving, staying = rd.docker_run("-P", "local/web"), rd.docker_run("-P", "local/web")
+    rd.sync()
+    rd.engine.docker("rm", "-f", leaving)
+    assert "removed 1" in rd.sync().stdout
+    assert rd.keys() == web_keys(rd, staying)
+    assert rd.look.smembers(rd.index) == set(web_keys(rd, staying))
+
+
+def test_other_hosts_keys_are_never_touched(rd):
+    theirs, manual = f"{rd.prefix}/web/bbbbbbbbbbbb", f"{rd.prefix}/static/manual"
+    rd.look.set(theirs, "10.9.9.9:80", px=60_000)
+    rd.look.sadd("docker-register:hosts:00000000000000ff", theirs)
+    rd.look.set(manual, "10.9.9.8:80")
+    cid = rd.docker_run("-P", "local/web")
+    rd.sync()
+    rd.engine.docker("rm", "-f", cid)
+    rd.sync()
+    rd.sync("--dry-run")
+    assert rd.run("purge").returncode == 0
+    assert rd.look.get(theirs) == "10.9.9.9:80" and 0 < rd.look.pttl(theirs) <= 60_000
+    assert rd.look.get(manual) == "10.9.9.8:80" and rd.look.pttl(manual) == -1  # no expiry given to it
+    assert rd.look.object("idletime", manual) >= 0
+    assert set(rd.keys()) == {theirs, manual}
+    assert not rd.look.exists(rd.index)
+
+
+def test_a_dead_hosts_keys_go_after_the_ttl(rd):
+    rd.docker_run("-P", "local/web")
+    rd.sync("--ttl", "2")
+    assert len(rd.keys()) == 2
+    # Nothing renews them now (the host is gone): the keys and the index expire by themselves.
+    wait_until(lambda: not rd.keys() and not rd.look.exists(rd.index), 2 + 3, "the keys to expire")
+    assert "added 2" in rd.sync("--ttl", "2").stdout
+
+
+def test_purge_deletes_this_hosts_keys_and_index(rd):
+    rd.docker_run("-P", "local/web")
+    rd.sync()
+    result = rd.run("purge")
+    assert result.returncode == 0 and "removed 2 keys" in result.stdout, result.stderr
+    assert rd.keys() == {} and not rd.look.exists(rd.index)
+    again = rd.run("purge")
+    assert again.returncode == 0 and "removed 0 keys" in again.stdout, again.stderr
+
+
+def test_a_dry_run_writes_nothing(rd):
+    rd.docker_run("-P", "local/web")
+    rd.sync()
+    rd.docker_run("-P", "local/web")
+    before = rd.commands()
+    result = rd.sync("--dry-run")
+    after = rd.commands()
+    assert "would add 1" in result.stdout and "dry run, nothing written" in result.stdout
+    assert writes(before, after) == Counter() and after["pexpire"] == before["pexpire"]
+    assert len(rd.keys()) == 2
+
+
+def test_a_server_down_fails_in_one_line_within_the_timeout(rd):
+    rd.docker_run("-P", "local/web")
+    refused = f"redis://127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    result = rd.run("sync", "--timeout", "1", REDIS_URL=refused)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"docker-register: error: redis at {refused}: read index: unreachable")
+    assert time.monotonic() - started < 1 + 3
+
+    listener = socket.socket()  # accepts connections, never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stalled = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    started = time.monotonic()
+    result = rd.run("sync", "--timeout", "1", REDIS_URL=stalled)
+    listener.close()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"docker-register: error: redis at {stalled}: read index: no answer in time\n"
+    assert time.monotonic() - started < 1 + 3
+
+
+def test_a_password_is_sent_and_never_shown(rd, tmp_path):
+    guarded = Redis(tmp_path / "guarded", password="hunter2").start()
+    try:
+        rd.docker_run("-P", "local/web")
+        result = rd.run("sync", REDIS_URL=guarded.url)
+        assert result.returncode == 1 and "authentication" in result.stderr.lower(), result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        result = rd.run("sync", REDIS_URL=guarded.url, REDIS_PASSWORD="wrong")
+        assert result.returncode == 1 and "wrong" not in result.stderr, result.stderr
+        result = rd.run("sync", "--output", "json", REDIS_URL=guarded.url.replace("//", "//:hunter2@"))
+        assert result.returncode == 0 and "hunter2" not in result.stdout + result.stderr, result.stderr
+        result = rd.run("sync", REDIS_URL=guarded.url, REDIS_PASSWORD="hunter2")
+        assert result.returncode == 0 and "unchanged 2" in result.stdout, result.stderr
+    finally:
+        guarded.stop()
+
+
+def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(rd):
+    good = rd.docker_run("-P", "local/web")
+    for label in ["a/b/../../c", "..", "x\ny", "ünïcødé", "x" * 10_000, "   ", "$(rm -rf /)", "a*b?[c]"]:
+        rd.docker_run("-P", "-l", f"SERVICE_NAME={label}", "local/web")
+    result = rd.run("sync")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    keys = rd.keys()
+    for key in keys:
+        service, leaf = key[len(rd.prefix) + 1:].split("/")
+        assert service.strip(".-") and leaf
+    assert f"{rd.prefix}/web/{good[:12]}" in keys and f"{rd.prefix}/a-b-..-..-c/port" in keys
+    assert f"{rd.prefix}/a-b--c-/port" in keys
+    assert rd.look.smembers(rd.index) == set(keys)
+    before = rd.commands()
+    rd.sync()
+    assert writes(before, rd.commands()) == Counter()
+
+
+# --- through a real Traefik ------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_edge(rd, tmp_path):
+    """A Traefik whose redis provider reads a root of the test's own (a harmless key written first)."""
+    root = f"traefik-r{next(_numbers):04d}"
+    rd.look.set(f"{root}/docker-register-tests", "x")
+    traefik = Traefik(tmp_path / "traefik", [rd.server.endpoint], root_key=root, provider="redis")
+    try:
+        traefik.start()
+        yield traefik
+    finally:
+        traefik.stop()
+
+
+def servers(traefik: Traefik) -> set[str]:
+    found = traefik.services().get("web@redis")
+    return {server.get("url") for server in found["loadBalancer"]["servers"]} if found else set()
+
+
+def test_traefik_reaches_the_registered_containers_and_after_a_stop_only_the_rest(rd, redis_edge):
+    host_ip = bridge_ip(rd.engine)
+    env = dict(DOCKER_REGISTER_PREFIX=redis_edge.root_key, HOST_IP=host_ip)
+    leaving, staying = start_web(rd.engine, *WEB_LABELS), start_web(rd.engine, *WEB_LABELS)
+    rd.sync("--layout", "traefik", **env)
+    both = {published_url(rd.engine, cid, host_ip) for cid in (leaving, staying)}
+    redis_edge.wait_for(lambda: servers(redis_edge) == both, 15, f"traefik to run {both}")
+    seen = Counter()
+
+    def both_answered():
+        seen.update(redis_edge.get(WEB_HOST) for _ in range(4))
+        return {(200, leaving + "\n"), (200, staying + "\n")} <= set(seen)
+    wait_until(both_answered, 20, "both containers to answer")
+    assert set(seen) == {(200, leaving + "\n"), (200, staying + "\n")}, seen
+
+    rd.engine.docker("stop", "--time", "1", leaving)
+    rd.sync("--layout", "traefik", **env)
+    rest = {published_url(rd.engine, staying, host_ip)}
+    redis_edge.wait_for(lambda: servers(redis_edge) == rest, 15, f"traefik to run only {rest}")
+    assert Counter(redis_edge.get(WEB_HOST) for _ in range(REQUESTS)) == Counter({(200, staying + "\n"): REQUESTS})

@@ -1,0 +1,473 @@
+"""The ZooKeeper backend: the host's session is its lease, its keys are ephemeral nodes of the session.
+
+Integration tests run the installed docker-register against the shared dockerd and a private ZooKeeper,
+and look at the result with a kazoo client of their own (a session of its own) and the server's Zxid,
+which moves with every write and only then. Pure helpers are tested without a server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import docker_register as dr
+from conftest import BINARY
+from harness import Traefik, ZooKeeper, free_port, wait_until
+from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
+
+#: The server's cap on session timeouts: docker-register refuses a TTL above it.
+MAX_SESSION_SECONDS = 20
+_numbers = itertools.count(1)
+
+
+# --- pure helpers (unit tier) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, prefix, path", [
+    ("/backends/web/abc", "/backends", "/backends/web/abc"),
+    ("traefik/http/services/web/loadbalancer/servers/abc/url", "traefik",
+     "/traefik/http/services/web/loadbalancer/servers/abc/url"),
+    ("/skydns/local/docker/web/abc", "/skydns", "/skydns/local/docker/web/abc"),
+])
+def test_zookeeper_paths_start_with_a_slash_and_map_back_to_the_key(key, prefix, path):
+    assert dr.zookeeper_path(key) == path
+    assert dr.zookeeper_key(path, prefix) == key
+
+
+def test_the_state_file_is_next_to_the_lock_file_one_per_host_and_prefix():
+    state = dr.zookeeper_state_file("/run/x/sync.lock", "10.0.0.5", "/backends")
+    assert state == f"/run/x/zookeeper-{dr.lease_id_for('10.0.0.5', '/backends'):016x}.session"
+    assert dr.zookeeper_state_file(None, "10.0.0.5", "/backends").startswith("/run/docker-register/zookeeper-")
+    assert dr.zookeeper_state_file("/run/x/sync.lock", "10.0.0.6", "/backends") != state
+    assert dr.zookeeper_state_file("/run/x/sync.lock", "10.0.0.5", "traefik") != state
+
+
+def test_a_saved_session_reads_back_and_anything_else_is_no_session():
+    saved = dr.SavedSession(0x100002D21290007, bytes(range(16)), 30)
+    assert dr.parse_session(dr.session_text(saved)) == saved
+    assert saved.password.hex() not in repr(saved) and str(bytes(range(16))) not in repr(saved)
+    for text in ("", "{}", "not json", '{"session": "zz", "password": "00", "ttl": 30}',
+                 '{"session": "0", "password": "00", "ttl": 30}', '{"session": "1f", "password": "00", "ttl": 0}',
+                 "[]"):
+        assert dr.parse_session(text) is None, text
+
+
+@pytest.mark.parametrize("text, hosts", [
+    ("127.0.0.1:2181", "127.0.0.1:2181"),
+    ("zk1:2181, zk2:2182,zk3.example:2183", "zk1:2181,zk2:2182,zk3.example:2183"),
+    ("[::1]:2181", "[::1]:2181"),
+])
+def test_zookeeper_hosts_are_an_ensemble_of_host_port(text, hosts):
+    assert dr.parse_zookeeper_hosts(text) == hosts
+
+
+@pytest.mark.parametrize("text", ["", "zk1", "zk1:2181/chroot", "zk1:0", "zk1:70000", "zk1:2181,,zk2:2181",
+                                  "http://zk1:2181"])
+def test_bad_zookeeper_hosts_are_a_usage_error(text):
+    with pytest.raises(dr.UsageError) as raised:
+        dr.parse_zookeeper_hosts(text)
+    assert "ZOOKEEPER_HOSTS" in str(raised.value)
+
+
+def test_keys_with_keys_below_them_are_left_out_for_a_tree_store_with_a_note():
+    desired = dr.Desired(
+        {"t/http/services/web/loadbalancer/servers/abc/url": "http://10.0.0.5:80"},
+        {"t/http/routers/web/tls": "true", "t/http/routers/web/tls/certresolver": "le",
+         "t/http/routers/web/rule": "Host(`a`)", "t/http/routers/web/entrypoints": "web",
+         "t/http/routers/web/entrypoints/0": "web"}, ("a note",))
+    kept = dr.leaves_only(desired)
+    assert kept.own == desired.own
+    assert set(kept.shared) == {"t/http/routers/web/tls/certresolver", "t/http/routers/web/rule",
+                                "t/http/routers/web/entrypoints/0"}
+    assert kept.notes[0] == "a note" and len(kept.notes) == 3
+    plain = dr.Desired({"/b/web/abc": "x"}, {"/b/web/port": "80"})
+    assert dr.leaves_only(plain) is plain
+
+
+def test_a_store_that_cannot_hand_over_keeps_a_shared_key_another_host_uses():
+    # What the planner does for ZooKeeper and Redis: the port key stays on this host while another serves.
+    lease, other = 11, 22
+    stored = {"/b/web/port": dr.StoredKey("80", lease, 5), "/b/web/bbbbbbbbbbbb": dr.StoredKey("10.0.0.6:1", other, 6)}
+    handing = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b")
+    assert [(c.kind, c.key, c.lease) for c in handing.changes] == [(dr.ChangeKind.UPDATE, "/b/web/port", other)]
+    keeping = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", hand_over=False)
+    assert keeping.changes == () and keeping.unchanged == 1
+    del stored["/b/web/bbbbbbbbbbbb"]  # nobody uses it any more: it goes, whatever the store
+    alone = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", hand_over=False)
+    assert [(c.kind, c.key) for c in alone.changes] == [(dr.ChangeKind.REMOVE, "/b/web/port")]
+
+
+def test_a_missing_client_is_a_usage_error_naming_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kazoo", None)  # as if kazoo were not installed
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    code = dr.main(["sync", "--backend", "zookeeper", "--host-ip", "192.0.2.10"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == ("docker-register: error: --backend zookeeper needs the kazoo client: "
+                   "pip install 'docker-register[zookeeper]'\n")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prefix", "/zookeeper"], "ZooKeeper keeps its own nodes under /zookeeper"),
+    (["--zookeeper", "zk1"], "ZOOKEEPER_HOSTS"),
+    (["--zookeeper-password", "secret"], "--zookeeper-password / ZOOKEEPER_PASSWORD needs --zookeeper-user"),
+    (["--zookeeper-cert", "/nonexistent.pem"], "--zookeeper-cert and --zookeeper-key go together"),
+    (["--zookeeper-cacert", "/nonexistent.pem"], "--zookeeper-cacert: cannot read /nonexistent.pem"),
+    (["--zookeeper-state", " "], "--zookeeper-state / ZOOKEEPER_STATE"),
+])
+def test_bad_zookeeper_flags_exit_2_with_one_line(monkeypatch, capsys, flags, message):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    code = dr.main(["sync", "--backend", "zookeeper", "--host-ip", "192.0.2.10", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert "secret" not in err
+
+
+# --- a private ZooKeeper and a world per test -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def zookeeper(servers_root):
+    server = ZooKeeper(servers_root / "zookeeper", max_session_timeout_ms=MAX_SESSION_SECONDS * 1000).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zk(engine, zookeeper, tmp_path):
+    """A prefix, host IP and lock folder of the test's own, a kazoo client to look with, and a helper to run
+    docker-register against the private ZooKeeper."""
+    world = ZkWorld(engine, zookeeper, next(_numbers), tmp_path)
+    yield world
+    world.close()
+
+
+class ZkWorld:
+    """What one ZooKeeper test works with."""
+
+    def __init__(self, engine, server: ZooKeeper, n: int, tmp_path: Path):
+        self.engine = engine
+        self.server = server
+        self.prefix = f"/z{n}/backends"
+        self.host_ip = f"192.0.2.{n % 250 + 2}"
+        self.lock_file = tmp_path / "sync.lock"
+        self.look = server.client()
+        self.sessions = []  # other hosts' sessions made by the test
+
+    @property
+    def state_file(self) -> Path:
+        return Path(dr.zookeeper_state_file(str(self.lock_file), self.host_ip, self.prefix))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
+        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
+                   DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
+                   DOCKER_REGISTER_BACKEND="zookeeper", ZOOKEEPER_HOSTS=self.server.endpoint,
+                   DOCKER_REGISTER_TTL="10")
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=timeout,
+                              env=self.env(**extra), stdin=subprocess.DEVNULL)
+
+    def sync(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
+        result = self.run("sync", *args, **extra)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    def docker_run(self, *args: str) -> str:
+        return self.engine.docker("run", "-d", *args).stdout.strip()
+
+    def nodes(self, root: str | None = None) -> dict[str, tuple[str, int]]:
+        """Every node under the root: path -> (data, ephemeralOwner)."""
+        found = {}
+
+        def walk(path):
+            for child in self.look.get_children(path):
+                data, node = self.look.get(f"{path}/{child}")
+                found[f"{path}/{child}"] = (data.decode(), node.ephemeralOwner)
+                walk(f"{path}/{child}")
+        if self.look.exists(root or self.prefix):
+            walk(root or self.prefix)
+        return found
+
+    def keys(self, root: str | None = None) -> dict[str, str]:
+        """The nodes with a value, or without children: what a KV reader sees as keys."""
+        return {path: data for path, (data, owner) in self.nodes(root).items()
+                if data or owner or not self.look.get_children(path)}
+
+    def session(self) -> int:
+        """This host's session, from its state file."""
+        return int(json.loads(self.state_file.read_text())["session"], 16)
+
+    def other_host(self):
+        """A session of another host (a kazoo client of its own)."""
+        client = self.server.client()
+        self.sessions.append(client)
+        return client
+
+    def close(self) -> None:
+        """End every session the test made, so that none expires (and writes) during a later test."""
+        from kazoo.client import KazooClient
+
+        for state in self.lock_file.parent.glob("zookeeper-*.session"):
+            saved = dr.parse_session(state.read_text())
+            if saved:
+                client = KazooClient(hosts=self.server.endpoint, client_id=(saved.session, saved.password))
+                client.start(timeout=10)
+                self.sessions.append(client)
+        for client in [self.look, *self.sessions]:
+            client.stop()
+            client.close()
+
+
+def web_keys(zk: ZkWorld, *containers: str, port: str = "80") -> dict[str, str]:
+    """The discover keys of these local/web containers, published on 0.0.0.0."""
+    keys = {}
+    for cid in containers:
+        public = next(b for b in zk.engine.docker("port", cid, "80/tcp").stdout.split() if b.startswith("0.0.0.0:"))
+        keys[f"{zk.prefix}/web/{cid[:12]}"] = f"{zk.host_ip}:{public.rsplit(':', 1)[1]}"
+    keys[f"{zk.prefix}/web/port"] = port
+    return keys
+
+
+# --- the contract ------------------------------------------------------------------------------
+
+
+def test_register_then_a_run_with_nothing_changed_writes_nothing(zk):
+    first, second = zk.docker_run("-P", "local/web"), zk.docker_run("-P", "local/web")
+    result = zk.sync()
+    assert "added 3, updated 0, removed 0, unchanged 0" in result.stdout
+    assert zk.keys() == web_keys(zk, first, second)
+    session = zk.session()
+    assert {owner for path, (data, owner) in zk.nodes().items() if data} == {session}  # ephemeral, this session's
+    assert stat.S_IMODE(zk.state_file.stat().st_mode) == 0o600
+    assert f"0x{session:x}" in zk.server.four_letter("dump")  # the run exited; its session lives on
+
+    zxid = zk.server.zxid()
+    result = zk.sync()
+    assert "added 0, updated 0, removed 0, unchanged 3" in result.stdout
+    assert zk.server.zxid() == zxid, "a re-attaching run with nothing to change writes nothing"
+    assert zk.session() == session
+    result = zk.run("sync", "--output", "json")
+    assert json.loads(result.stdout)["lease"]["id"] == f"{session:x}"
+    assert zk.server.zxid() == zxid
+
+
+def test_a_stopped_container_goes_on_the_next_run_and_so_does_its_empty_folder(zk):
+    leaving, staying = zk.docker_run("-P", "local/web"), zk.docker_run("-P", "-l", "SERVICE_NAME=api", "local/web")
+    zk.sync()
+    zk.engine.docker("rm", "-f", leaving)
+    result = zk.sync()
+    assert "removed 2" in result.stdout  # the instance and the service's port key
+    assert set(zk.nodes()) == {f"{zk.prefix}/api", f"{zk.prefix}/api/{staying[:12]}", f"{zk.prefix}/api/port"}
+
+
+def test_other_hosts_nodes_are_never_touched(zk):
+    other = zk.other_host()
+    theirs = f"{zk.prefix}/web/bbbbbbbbbbbb"
+    other.create(theirs, b"10.9.9.9:80", ephemeral=True, makepath=True)
+    manual = f"{zk.prefix}/static/manual"
+    zk.look.create(manual, b"10.9.9.8:80", makepath=True)
+    before = {path: zk.look.get(path)[1] for path in (theirs, manual)}
+
+    cid = zk.docker_run("-P", "local/web")
+    zk.sync()
+    zk.engine.docker("rm", "-f", cid)
+    zk.sync()
+    zk.sync("--dry-run")
+    zk.run("purge")
+    after = {path: zk.look.get(path)[1] for path in (theirs, manual)}
+    assert after == before  # same version, same owner, same mzxid: not written at all
+    # The port key another host's instance still uses stayed with this host until purge took it along.
+    assert not zk.look.exists(f"{zk.prefix}/web/{cid[:12]}")
+
+
+def test_a_dead_hosts_nodes_go_after_the_ttl(zk):
+    zk.docker_run("-P", "local/web")
+    zk.sync("--ttl", "2")
+    assert len(zk.keys()) == 2
+    # The run exited without closing its session (as a killed run, or a dead host): nothing renews it now.
+    wait_until(lambda: not any(owner for data, owner in zk.nodes().values()), 2 + 5,
+               "the session to expire and its nodes to go")
+    # What stays is the persistent folder, empty (a KV reader lists it as a key with no value).
+    assert zk.nodes() == {f"{zk.prefix}/web": ("", 0)}
+    result = zk.sync("--ttl", "2")  # the saved session is gone: a new one, everything added again
+    assert "added 2" in result.stdout
+
+
+def test_purge_deletes_this_hosts_nodes_and_folders_and_ends_the_session(zk):
+    other = zk.other_host()
+    other.create(f"{zk.prefix}/api/bbbbbbbbbbbb", b"10.9.9.9:80", ephemeral=True, makepath=True)
+    zk.docker_run("-P", "local/web")
+    zk.sync()
+    session = zk.session()
+    result = zk.run("purge")
+    assert result.returncode == 0 and "removed 2 keys" in result.stdout, result.stderr
+    assert set(zk.nodes()) == {f"{zk.prefix}/api", f"{zk.prefix}/api/bbbbbbbbbbbb"}
+    assert not zk.state_file.exists()
+    assert f"0x{session:x}" not in zk.server.four_letter("dump")  # the session is closed, not left to expire
+    again = zk.run("purge")
+    assert again.returncode == 0 and "removed 0 keys" in again.stdout, again.stderr
+
+
+def test_a_dry_run_writes_nothing(zk):
+    zk.docker_run("-P", "local/web")
+    zk.sync()
+    zk.docker_run("-P", "local/web")
+    zxid = zk.server.zxid()
+    result = zk.sync("--dry-run")
+    assert "would add 1" in result.stdout and "dry run, nothing written" in result.stdout
+    assert zk.server.zxid() == zxid
+    assert len(zk.keys()) == 2
+
+
+def test_a_server_down_fails_in_one_line_within_the_timeout(zk):
+    zk.docker_run("-P", "local/web")
+    for hosts in (f"127.0.0.1:{free_port()}", None):
+        listener = None
+        if hosts is None:  # a server that accepts connections and never answers
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            hosts = f"127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        result = zk.run("sync", "--timeout", "1", ZOOKEEPER_HOSTS=hosts)
+        took = time.monotonic() - started
+        if listener:
+            listener.close()
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == f"docker-register: error: zookeeper at {hosts}: connect: no answer in time\n"
+        assert took < 1 + 3, took
+
+
+def test_a_ttl_the_server_does_not_grant_is_refused_in_one_line(zk):
+    zk.docker_run("-P", "local/web")
+    zxid = zk.server.zxid()
+    result = zk.run("sync", "--ttl", "30")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"docker-register: error: --ttl 30: zookeeper at {zk.server.endpoint} grants a session "
+                             f"timeout of {MAX_SESSION_SECONDS} s for it (its minSessionTimeout and maxSessionTimeout "
+                             "bound it); choose a TTL it grants\n")
+    assert not zk.keys() and not zk.state_file.exists()
+    assert zk.server.zxid() == zxid + 2  # the probing session was opened and closed; no key written
+
+
+def test_a_changed_ttl_replaces_the_session_as_a_changed_ttl_replaces_an_etcd_lease(zk):
+    cid = zk.docker_run("-P", "local/web")
+    zk.sync("--ttl", "10")
+    old = zk.session()
+    result = zk.sync("--ttl", "5", "--output", "json")
+    assert json.loads(result.stdout)["lease"]["action"] == "replace"
+    new = zk.session()
+    assert new != old and json.loads(zk.state_file.read_text())["ttl"] == 5
+    assert zk.keys() == web_keys(zk, cid)
+    assert {owner for data, owner in zk.nodes().values() if data} == {new}
+    assert f"0x{old:x}" not in zk.server.four_letter("dump")  # closed, not left to expire
+
+
+def test_a_lost_state_file_converges_without_touching_another_hosts_nodes(zk):
+    other = zk.other_host()
+    theirs = f"{zk.prefix}/web/bbbbbbbbbbbb"
+    other.create(theirs, b"10.9.9.9:80", ephemeral=True, makepath=True)
+    leaving, staying = zk.docker_run("-P", "local/web"), zk.docker_run("-P", "local/web")
+    zk.sync("--ttl", "3")
+    old = zk.session()
+    zk.state_file.unlink()
+    zk.engine.docker("rm", "-f", leaving)
+
+    result = zk.sync()  # a TTL of 10 s: the new session outlives the wait for the old one below
+    new = zk.session()
+    assert new != old
+    assert "updated 1" in result.stdout  # its own instance key moves to the new session
+    mine = f"{zk.prefix}/web/{staying[:12]}"
+    assert zk.nodes()[mine][1] == new
+    assert zk.nodes()[theirs] == ("10.9.9.9:80", other.client_id[0])
+    # The old session's nodes (the stopped container's, the shared port key) expire with it.
+    wait_until(lambda: f"{zk.prefix}/web/{leaving[:12]}" not in zk.nodes(), 3 + 5, "the old session to expire")
+    zk.sync()
+    expected = {**web_keys(zk, staying), theirs: "10.9.9.9:80"}
+    assert zk.keys() == expected
+    assert zk.nodes()[f"{zk.prefix}/web/port"][1] == new
+
+
+def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(zk):
+    good = zk.docker_run("-P", "local/web")
+    for label in ["a/b/../../c", "..", "x\ny", "ünïcødé", "x" * 10_000, "   ", "$(rm -rf /)", "zookeeper"]:
+        zk.docker_run("-P", "-l", f"SERVICE_NAME={label}", "local/web")
+    result = zk.run("sync")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    keys = zk.keys()
+    for path in keys:
+        service, leaf = path[len(zk.prefix) + 1:].split("/")
+        assert service.strip(".-") and leaf
+    assert f"{zk.prefix}/web/{good[:12]}" in keys and f"{zk.prefix}/a-b-..-..-c/port" in keys
+    assert f"{zk.prefix}/zookeeper/port" in keys  # only the root /zookeeper is ZooKeeper's own
+
+
+def test_nested_traefik_labels_keep_the_keys_below(zk):
+    prefix = f"traefik-z{next(_numbers):04d}"
+    cid = zk.docker_run("-P", "-l", "traefik.http.routers.web.rule=Host(`a.example`)",
+                        "-l", "traefik.http.routers.web.tls=true", "-l", "traefik.http.routers.web.tls.certresolver=le",
+                        "local/web")
+    result = zk.sync("--layout", "traefik", DOCKER_REGISTER_PREFIX=prefix)
+    assert f"{prefix}/http/routers/web/tls has keys below it" in result.stderr
+    keys = zk.keys("/" + prefix)
+    assert keys[f"/{prefix}/http/routers/web/tls/certresolver"] == "le"
+    assert f"/{prefix}/http/routers/web/tls" not in keys
+    assert keys[f"/{prefix}/http/services/web/loadbalancer/servers/{cid[:12]}/url"].startswith("http://")
+    zxid = zk.server.zxid()
+    zk.sync("--layout", "traefik", DOCKER_REGISTER_PREFIX=prefix)
+    assert zk.server.zxid() == zxid
+
+
+# --- through a real Traefik ------------------------------------------------------------------
+
+
+@pytest.fixture
+def zk_edge(zk, tmp_path):
+    """A Traefik whose zooKeeper provider reads a root of the test's own (with a harmless node in it first:
+    an empty root makes the provider back off), and this machine's address as the host's."""
+    root = f"traefik-z{next(_numbers):04d}"
+    zk.look.create(f"/{root}/docker-register-tests", b"x", makepath=True)
+    traefik = Traefik(tmp_path / "traefik", [zk.server.endpoint], root_key=root, provider="zooKeeper")
+    try:
+        traefik.start()
+        yield traefik
+    finally:
+        traefik.stop()
+
+
+def servers(traefik: Traefik, provider: str) -> set[str]:
+    found = traefik.services().get(f"web@{provider}")
+    return {server.get("url") for server in found["loadBalancer"]["servers"]} if found else set()
+
+
+def test_traefik_reaches_the_registered_containers_and_after_a_stop_only_the_rest(zk, zk_edge):
+    host_ip = bridge_ip(zk.engine)
+    env = dict(DOCKER_REGISTER_PREFIX=zk_edge.root_key, HOST_IP=host_ip)
+    leaving, staying = start_web(zk.engine, *WEB_LABELS), start_web(zk.engine, *WEB_LABELS)
+    zk.sync("--layout", "traefik", **env)
+    both = {published_url(zk.engine, cid, host_ip) for cid in (leaving, staying)}
+    zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == both, 15, f"traefik to run {both}")
+    seen = Counter()
+    wait_until(lambda: seen.update(zk_edge.get(WEB_HOST) for _ in range(4)) or
+               {(200, leaving + "\n"), (200, staying + "\n")} <= set(seen), 20, "both containers to answer")
+    assert set(seen) == {(200, leaving + "\n"), (200, staying + "\n")}, seen
+
+    zk.engine.docker("stop", "--time", "1", leaving)
+    zk.sync("--layout", "traefik", **env)
+    rest = {published_url(zk.engine, staying, host_ip)}
+    zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == rest, 15, f"traefik to run only {rest}")
+    assert Counter(zk_edge.get(WEB_HOST) for _ in range(REQUESTS)) == Counter({(200, staying + "\n"): REQUESTS})
