@@ -5,15 +5,24 @@
     .venv/bin/python bench/bench.py host --sizes 10,50     # shorter
     .venv/bin/python bench/bench.py fleet                  # K = 1000 simulated hosts, both designs, ~2.5 min here
     .venv/bin/python bench/bench.py fleet --hosts 100,300 --rounds 3
+    .venv/bin/python bench/bench.py layouts                # the three key layouts side by side, ~5 s
+    .venv/bin/python bench/bench.py events                 # --events next to the timer mode, ~5 min
+    .venv/bin/python bench/bench.py rolling                # rolling restart through Traefik, ~3.5 min
 
-host   one host with a private dockerd and etcd: what a run costs (run_cost.py), how fast a stopped
-       container's key goes (deregister.py), first syncs of large synthetic lists (run_cost.py).
-fleet  K simulated hosts against a real 3-node etcd cluster, docker-register next to the original
-       rewrite-every-key design (fleet.py).
+host     one host with a private dockerd and etcd: what a run costs (run_cost.py), how fast a stopped
+         container's key goes (deregister.py), first syncs of large synthetic lists (run_cost.py).
+fleet    K simulated hosts against a real 3-node etcd cluster, docker-register next to the original
+         rewrite-every-key design (fleet.py).
+layouts  first and no-change sync of 500 synthetic registrations per layout (discover, traefik,
+         skydns) against one etcd (layouts.py).
+events   `sync --every 10 --events` next to the timer mode: latency of start, healthy and stop, and
+         the long-running process's CPU and memory at 50 containers (events.py).
+rolling  a rolling restart of two backends through a real Traefik: failed requests with --events and
+         with the timer mode, at two providersThrottleDuration values (rolling.py).
 
 Progress goes to stderr, figures to stdout.  The servers come from tests/harness.py (private socket,
-free loopback ports) and are stopped and removed at the end.  Exit 0 when every part ran, 1 when one
-failed, 2 for a usage error.
+free loopback ports) and are stopped and removed at the end.  Exit 0 when every part ran (and, for
+layouts, events and rolling, met its target), 1 otherwise, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -24,9 +33,12 @@ import sys
 import time
 
 import deregister
+import events
 import fleet
+import layouts
+import rolling
 import run_cost
-from common import BINARY, child_env, installed_module, load, print_machine, scratch, servers
+from common import BINARY, child_env, cluster, installed_module, load, print_machine, scratch, servers
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -37,6 +49,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run_cost.add_arguments(host)
     deregister.add_arguments(host)
     fleet.add_arguments(commands.add_parser("fleet", help="K simulated hosts against a 3-node etcd cluster"))
+    layouts.add_arguments(commands.add_parser("layouts", help="first and no-change sync per key layout"))
+    events.add_arguments(commands.add_parser("events", help="sync --every --events next to the timer mode: "
+                                                           "latency and cost"))
+    rolling.add_arguments(commands.add_parser("rolling", help="rolling restart through a real Traefik: "
+                                                             "failed requests"))
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["host", *argv]
     return parser.parse_args(argv)
@@ -50,22 +67,27 @@ def check_environment() -> None:
         sys.exit("bench: dockerd needs root")
 
 
-def host(args: argparse.Namespace) -> int:
+def host(args: argparse.Namespace, dockerd, etcd, lock) -> int:
     """One host: run cost, deregistration latency, then the in-process synthetic sizes."""
+    run_cost.run(args, dockerd, etcd, lock)
+    largest = f"/bench/n{max(run_cost.int_list(args.sizes))}"
+    deregister.run(args, dockerd, etcd, child_env(dockerd, etcd, largest, lock), largest)
+    run_cost.run_synthetic(args, etcd)
+    return 0
+
+
+def with_servers(args: argparse.Namespace, title: str, scratch_prefix: str, measure) -> int:
+    """Run measure(args, dockerd, etcd, lock) against a private dockerd and etcd, with the machine stamp."""
     check_environment()
-    print_machine("docker-register benchmark: one host, real dockerd and etcd")
+    print_machine(title)
     module = installed_module()
     total = time.perf_counter()
-    with scratch("drb") as root, servers(root) as (dockerd, etcd):
-        lock = root / "sync.lock"
-        run_cost.run(args, dockerd, etcd, lock)
-        largest = f"/bench/n{max(run_cost.int_list(args.sizes))}"
-        deregister.run(args, dockerd, etcd, child_env(dockerd, etcd, largest, lock), largest)
-        run_cost.run_synthetic(args, etcd)
+    with scratch(scratch_prefix) as root, servers(root) as (dockerd, etcd):
+        code = measure(args, dockerd, etcd, root / "sync.lock")
     if installed_module() != module:
         print(f"WARNING: the installed module changed during the run: now {installed_module()}")
     print(f"benchmark took {time.perf_counter() - total:.0f} s; load at end {load()}")
-    return 0
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fleet":
         print_machine("docker-register fleet simulation", children=False)
         return fleet.run(args)
-    return host(args)
+    if args.command == "events":
+        return with_servers(args, "docker-register sync --every --events: latency and cost", "dre", events.run)
+    if args.command == "rolling":
+        return with_servers(args, "docker-register rolling restart through Traefik", "drr", rolling.run)
+    if args.command == "layouts":
+        print_machine("docker-register key layouts side by side", children=False)
+        with scratch("drl") as root, cluster(root, 1) as (etcd,):
+            return layouts.run(args, etcd)
+    return with_servers(args, "docker-register benchmark: one host, real dockerd and etcd", "drb", host)
 
 
 if __name__ == "__main__":

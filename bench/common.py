@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from harness import Dockerd, Etcd, require, start_cluster, stop_process, wait_until  # noqa: E402,F401 - shared
+from harness import (Dockerd, Etcd, Traefik, free_port, require, start_cluster, stop_process,  # noqa: E402,F401
+                     wait_until)
 
 #: The installed console script and the interpreter of the same virtualenv.
 BINARY = Path(sys.executable).with_name("docker-register")
@@ -247,6 +249,111 @@ class Gateway:
         """Put a key, on a lease when given."""
         self.post("/v3/kv/put", {"key": b64(key), "value": b64(value), "lease": lease})
 
+    def keys(self, prefix: str) -> set[str]:
+        """Every key under prefix, in one keys-only range."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        reply = self.post("/v3/kv/range", {"key": b64(prefix), "range_end": b64(end), "keys_only": True})
+        return {base64.b64decode(kv["key"]).decode() for kv in reply.get("kvs", [])}
+
+
+class Background:
+    """Work done by a thread of this process while a with-block runs: started on entry, told to stop (the
+    `_stop` event) and joined on exit."""
+
+    def __init__(self, name: str):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class ChildLines(Background):
+    """A child process (its own session) whose output lines a thread hands to take(line) as they arrive;
+    stopped with SIGTERM when the with-block ends."""
+
+    def __init__(self, argv: list[str], name: str, **popen):
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                     start_new_session=True, **popen)
+        super().__init__(name)
+
+    def __exit__(self, *_) -> None:
+        stop_process(self.proc)
+        super().__exit__()
+
+    def _run(self) -> None:
+        for line in self.proc.stdout:
+            self.take(line)
+
+    def take(self, line: str) -> None:
+        raise NotImplementedError
+
+
+class Watch(Background):
+    """Polls a set (the keys under a prefix, the servers Traefik runs, ...) every `every` seconds in a thread,
+    and keeps when each member was first seen present and when it was first seen gone after that
+    (time.time(), the clock of Docker's event timestamps; resolution one poll)."""
+
+    def __init__(self, read, every: float = 0.01):
+        self.read, self.every = read, every
+        self.appeared: dict[str, float] = {}
+        self.gone: dict[str, float] = {}
+        self.polls = self.errors = 0
+        self.present: set[str] = set()
+        super().__init__("watch")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                members = set(self.read())
+            except OSError:  # a poll that failed (a busy server) tells nothing: the next one will
+                self.errors += 1
+                self._stop.wait(self.every)
+                continue
+            now = time.time()
+            for member in members - self.present:
+                self.appeared.setdefault(member, now)
+            for member in self.present - members:
+                self.gone.setdefault(member, now)
+            self.present, self.polls = members, self.polls + 1
+            self._stop.wait(self.every)
+
+    def when_present(self, member: str, timeout: float) -> float:
+        """When member was first seen (waiting for it up to timeout)."""
+        return wait_until(lambda: self.appeared.get(member), timeout, f"{member} to appear", interval=0.01)
+
+    def when_gone(self, member: str, timeout: float) -> float:
+        """When member was first seen gone after being present (waiting for it up to timeout)."""
+        return wait_until(lambda: self.gone.get(member), timeout, f"{member} to go", interval=0.01)
+
+
+class DockerEvents(ChildLines):
+    """Records the container events of an engine as they happen (`docker events`): when Docker says each
+    (container id, action) first happened, from the event's own timeNano (time.time()'s clock)."""
+
+    def __init__(self, dockerd: Dockerd):
+        self.times: dict[tuple[str, str], float] = {}
+        super().__init__([require("docker"), "-H", dockerd.host, "events", "--filter", "type=container",
+                          "--format", "{{json .}}"], "docker-events")
+
+    def take(self, line: str) -> None:
+        event = json.loads(line)
+        self.times.setdefault((event["Actor"]["ID"], event["Action"]), event["timeNano"] / 1e9)
+
+    def when(self, container_id: str, action: str, timeout: float = 30) -> float:
+        """When Docker reported action for the container (waiting for the event up to timeout)."""
+        return wait_until(lambda: self.times.get((container_id, action)), timeout,
+                          f"docker event {action} of {container_id[:12]}", interval=0.01)
+
 
 def b64(text: str) -> str:
     """Base64 of a UTF-8 string, as the gateway wants keys and values."""
@@ -344,12 +451,12 @@ class ListedContainers:
         return sorted(next((c.get("ExposedPorts", ()) for c in self.containers if c["Id"] == container_id), ()))
 
 
-def make_config(endpoints: str, host_ip: str, prefix: str, ttl: int = 30):
+def make_config(endpoints: str, host_ip: str, prefix: str, ttl: int = 30, layout: str = "discover"):
     """A docker_register.Config for in-process runs."""
     import docker_register as dr
 
     return dr.Config(endpoints=dr.parse_endpoints(endpoints), host_ip=host_ip, prefix=prefix, ttl=ttl,
-                     timeout=TIMEOUT)
+                     timeout=TIMEOUT, layout_name=layout)
 
 
 def preload_clients() -> None:
@@ -405,11 +512,22 @@ def scratch(prefix: str):
         subprocess.run(["rm", "-rf", str(root)], capture_output=True)
 
 
+def publish(port: int = 80) -> tuple[str, str]:
+    """Publish a container port at a free host port. Not -P: Docker's allocator starts at 32768 in every
+    engine, and other engines on this machine may hold those ports."""
+    return "-p", f"{free_port()}:{port}"
+
+
+def run_container(dockerd: Dockerd, *args: str) -> str:
+    """`docker run -d` with a published port 80 and these arguments; the full id."""
+    return dockerd.docker("run", "-d", *publish(80), *args).stdout.strip()
+
+
 def start_containers(dockerd: Dockerd, count: int, workers: int = 4) -> float:
-    """Start count more `docker run -d -P local/web` containers; return the seconds it took."""
+    """Start count more local/web containers, each publishing port 80; return the seconds it took."""
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda _: dockerd.docker("run", "-d", "-P", IMAGE), range(count)))
+        list(pool.map(lambda _: run_container(dockerd, IMAGE), range(count)))
     return time.perf_counter() - started
 
 
@@ -424,3 +542,65 @@ def child_env(dockerd: Dockerd, etcd: Etcd, prefix: str, lock: Path) -> dict[str
     env.update(DOCKER_HOST=dockerd.host, ETCD_HOST=etcd.endpoint, HOST_IP=HOST_IP,
                DOCKER_REGISTER_PREFIX=prefix, DOCKER_REGISTER_TIMEOUT="10", DOCKER_REGISTER_LOCK=str(lock))
     return env
+
+
+class Loop(ChildLines):
+    """A long-running `docker-register sync --every N [--events] ...` child, its output lines timestamped as
+    they arrive (time.time()); the with-block begins once its first pass has ended."""
+
+    SUMMARY = re.compile(r"^added \d+, updated \d+, removed \d+, unchanged \d+ in ([0-9.]+)s")
+
+    def __init__(self, env: dict[str, str], every: float, *flags: str):
+        self.lines: list[tuple[float, str]] = []
+        super().__init__([str(BINARY), "sync", "--every", f"{every:g}", *flags], "loop-output", env=env,
+                         stderr=subprocess.STDOUT, cwd="/")
+
+    def __enter__(self) -> "Loop":
+        super().__enter__()
+        try:
+            self.wait_passes(1, 30)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def take(self, line: str) -> None:
+        self.lines.append((time.time(), line.rstrip()))
+
+    def passes(self, since: float = 0.0) -> list[tuple[float, float]]:
+        """(time the line arrived, seconds the pass reported) of each pass that ended after since."""
+        return [(at, float(match.group(1))) for at, line in list(self.lines)
+                if at > since and (match := self.SUMMARY.match(line))]
+
+    def wait_passes(self, count: int, timeout: float, since: float = 0.0) -> None:
+        """Wait until count passes have ended after since (failing early if the child died)."""
+        def done():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(self.argv)} exited {self.proc.returncode}: "
+                                   + " | ".join(line for _, line in self.lines[-5:]))
+            return len(self.passes(since)) >= count
+        wait_until(done, timeout, f"{count} passes of {' '.join(self.argv[1:])}", interval=0.05)
+
+    def notes(self) -> list[str]:
+        """Lines that are not a pass's summary (notes and errors)."""
+        return [line for _, line in self.lines if not self.SUMMARY.match(line)]
+
+
+def thread_cpu_ns(pid: int) -> int:
+    """CPU nanoseconds the live threads of a process used so far (/proc/<pid>/task/*/schedstat): finer than
+    cpu_seconds' clock ticks, without the threads that have exited."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident) and VmRSS (resident now) of a process, in kB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            fields[name] = int(value.split()[0])
+    return fields

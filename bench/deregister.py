@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 import random
-import subprocess
 import time
-from pathlib import Path
 
-from common import (BINARY, HOST_IP, INTERVAL, SERVICE, Dockerd, Etcd, Gateway, log, median, running_ids,
-                    stop_process, wait_until)
+from common import HOST_IP, INTERVAL, SERVICE, Dockerd, Etcd, Gateway, Loop, Watch, log, median, running_ids
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,41 +20,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ttl-keys", type=int, default=5, help="keys in the TTL-only comparison")
 
 
-def wait_gone(gateway: Gateway, key: str, timeout: float, poll: float = 0.02) -> float:
-    """Poll until key is gone; return the perf_counter time it was first seen missing."""
-    deadline = time.perf_counter() + timeout
-    while gateway.exists(key):
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"{key} still present after {timeout}s")
-        time.sleep(poll)
-    return time.perf_counter()
-
-
 def measure_deregistration(dockerd: Dockerd, etcd: Etcd, env: dict[str, str], prefix: str,
                            stops: int) -> list[tuple[float, float]]:
     """Stop containers at random phases of a `sync --every 10` loop; (stop s, key-gone latency s) each."""
     gateway, rng = Gateway(etcd.url), random.Random()
-    out = open(Path(env["DOCKER_REGISTER_LOCK"]).with_name("every.log"), "w+")
-    loop = subprocess.Popen([str(BINARY), "sync", "--every", f"{INTERVAL:g}"], env=env, stdout=out, cwd="/",
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     results = []
-    try:
-        wait_until(lambda: Path(out.name).read_text().strip(), 30, "the first pass of sync --every")
+    with Loop(env, INTERVAL), Watch(lambda: gateway.keys(prefix + "/"), every=0.02) as watch:
         for i in range(stops):
             time.sleep(rng.uniform(0, INTERVAL))
             container = rng.choice(running_ids(dockerd))
             key = f"{prefix}/{SERVICE}/{container[:12]}"
             if not gateway.exists(key):
                 raise RuntimeError(f"{key} is not registered")
-            issued = time.perf_counter()
+            issued = time.time()
             dockerd.docker("stop", "-t", "0", container)
-            stopped = time.perf_counter()
-            gone = wait_gone(gateway, key, 3 * INTERVAL)
+            stopped = time.time()
+            gone = watch.when_gone(key, 3 * INTERVAL)
             results.append((stopped - issued, gone - stopped))
             log(f"stop {i + 1}/{stops}: docker stop took {stopped - issued:.2f}s, key gone {gone - stopped:.2f}s later")
-    finally:
-        stop_process(loop)
-        out.close()
     stopped_ids = dockerd.docker("ps", "-aq", "--filter", "status=exited").stdout.split()
     if stopped_ids:
         dockerd.docker("rm", *stopped_ids)

@@ -404,8 +404,9 @@ def intern_headroom(modules: str) -> str:
 
 @dataclass
 class SyntheticResult:
-    """First and no-change in-process sync of n synthetic registrations."""
+    """First and no-change in-process sync of n synthetic registrations in one layout."""
 
+    layout: str
     n: int
     keys: int
     first_seconds: float
@@ -415,13 +416,19 @@ class SyntheticResult:
     plan_seconds: float
 
 
-def measure_synthetic(etcd: Etcd, n: int, seed: int) -> SyntheticResult:
-    """Time reconcile in this process (no interpreter start, no imports) on n generated containers."""
+def measure_synthetic(etcd: Etcd, n: int, seed: int, layout: str = "discover",
+                      labels: dict[str, str] | None = None, tag: str = "") -> SyntheticResult:
+    """Time reconcile in this process (no interpreter start, no imports) on n generated containers, each
+    with these labels, in one layout (under a prefix of its own, tagged, with or without a leading slash
+    as the layout wants)."""
     import docker_register as dr
 
-    prefix = f"/bench/synthetic{n}"
-    source = ListedContainers(synthetic_containers(n, random.Random(seed)))
-    config = make_config(etcd.endpoint, "192.0.2.250", prefix)
+    prefix = ("/" if dr.LAYOUTS[layout].absolute else "") + f"bench/synthetic-{layout}{n}{tag}"
+    containers = synthetic_containers(n, random.Random(seed))
+    for container in containers:
+        container["Labels"] = dict(labels or {})
+    source = ListedContainers(containers)
+    config = make_config(etcd.endpoint, "192.0.2.250", prefix, layout=layout)
     timings = []
     for _ in range(2):
         before = snapshot(etcd)
@@ -436,7 +443,7 @@ def measure_synthetic(etcd: Etcd, n: int, seed: int) -> SyntheticResult:
     dr.reconcile(config, source, FakeEtcd(prefix), dry_run=True)  # the pure steps: nothing stored, no I/O
     plan_seconds = time.perf_counter() - started
     keys = len(etcd.get_prefix(prefix + "/"))
-    return SyntheticResult(n, keys, timings[0][0], timings[0][1], timings[1][0], timings[1][1], plan_seconds)
+    return SyntheticResult(layout, n, keys, timings[0][0], timings[0][1], timings[1][0], timings[1][1], plan_seconds)
 
 
 def print_synthetic(results: list[SyntheticResult]) -> None:

@@ -1,0 +1,115 @@
+"""What each key layout costs: the first sync of N registrations and a no-change run, side by side.
+
+The same generated container list (shaped like GET /containers/json, one tcp port each, and the label
+traefik.http.routers.web.rule=Host(`web.example`) the way a container set up for Traefik carries it; the
+other layouts ignore it) goes through docker_register.reconcile in this process with the Config's
+layout_name set to discover, traefik and skydns in turn, with a real EtcdStore against a real etcd: the
+in-process approach of run_cost.py's synthetic sizes.  Each layout writes under a prefix of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+
+from common import Etcd, log, preload_clients, print_table, table_rows
+from run_cost import SyntheticResult, int_list, measure_synthetic
+
+LAYOUTS = ("discover", "traefik", "skydns")
+#: The router label every synthetic container carries (only the traefik layout reads it).
+ROUTER_LABELS = {"traefik.http.routers.web.rule": "Host(`web.example`)"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the layout benchmark."""
+    parser.add_argument("--registrations", default="500", help="registration counts (default 500)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="first syncs per layout and count, each under a fresh prefix (default 5); "
+                             "times are medians, counts must not vary")
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the synthetic container ids")
+
+
+def measure(etcd: Etcd, n: int, repeats: int, seed: int) -> dict[str, list[SyntheticResult]]:
+    """repeats first and no-change syncs of n registrations per layout, the layouts interleaved."""
+    results: dict[str, list[SyntheticResult]] = {layout: [] for layout in LAYOUTS}
+    for repeat in range(repeats):
+        for layout in LAYOUTS:
+            results[layout].append(measure_synthetic(etcd, n, seed + repeat, layout, ROUTER_LABELS, f"-r{repeat}"))
+    return results
+
+
+def same(values) -> str:
+    """The one value every repeat gave, or all of them when they differ."""
+    values = list(values)
+    return values[0] if len(set(values)) == 1 else " / ".join(values)
+
+
+def ms(values) -> str:
+    """Median in milliseconds, with the range."""
+    values = [v * 1000 for v in values]
+    return f"{statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
+
+
+def print_layouts(n: int, results: dict[str, list[SyntheticResult]]) -> None:
+    """One table: a column per layout."""
+    runs = [results[layout] for layout in LAYOUTS]
+
+    def metric(which: str, name: str):
+        return lambda rs: same(f"{getattr(r, which).metrics[name]:g}" for r in rs)
+
+    print_table(["", *LAYOUTS, "target"], table_rows(runs, [
+        ("keys under the prefix", lambda rs: same(str(r.keys) for r in rs)),
+        ("first sync: time, median (range) (ms)", lambda rs: ms(r.first_seconds for r in rs), "≤ 1000"),
+        ("first sync: write txns", lambda rs: same(f"{r.first.write_txns:g}" for r in rs), "≤ ceil(keys/128)"),
+        ("  ceil(keys/128)", lambda rs: same(str(math.ceil(r.keys / 128)) for r in rs)),
+        ("first sync: puts", metric("first", "etcd_mvcc_put_total")),
+        ("first sync: etcd RPCs", lambda rs: same(f"{r.first.rpc_total:g}" for r in rs)),
+        ("  by method", lambda rs: same(r.first.rpc_text() for r in rs)),
+        ("plan alone (dry run, in memory), median (ms)", lambda rs: ms(r.plan_seconds for r in rs)),
+        ("no-change run: time, median (range) (ms)", lambda rs: ms(r.again_seconds for r in rs)),
+        ("no-change run: puts", metric("again", "etcd_mvcc_put_total"), "0"),
+        ("no-change run: deletes", metric("again", "etcd_mvcc_delete_total"), "0"),
+        ("no-change run: raft proposals", metric("again", "etcd_server_proposals_committed_total"), "0"),
+        ("no-change run: etcd RPCs", lambda rs: same(f"{r.again.rpc_total:g}" for r in rs), "≤ 3"),
+        ("  by method", lambda rs: same(r.again.rpc_text() for r in rs)),
+    ]))
+
+
+def verdicts(results: dict[str, list[SyntheticResult]]) -> list[str]:
+    """PASS/FAIL of each target, per layout (every repeat must meet it)."""
+    lines = []
+    for layout, rs in results.items():
+        checks = [
+            ("first sync within 1 s", all(r.first_seconds <= 1 for r in rs)),
+            ("first sync in ≤ ceil(keys/128) write txns",
+             all(r.first.write_txns <= math.ceil(r.keys / 128) for r in rs)),
+            ("no-change run: 0 puts, 0 deletes, 0 proposals",
+             all(r.again.metrics[name] == 0 for r in rs for name in
+                 ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_server_proposals_committed_total"))),
+            ("no-change run: ≤ 3 etcd RPCs", all(r.again.rpc_total <= 3 for r in rs)),
+        ]
+        lines += [f"{layout:<9} {'PASS' if ok else 'FAIL'}  {what}" for what, ok in checks]
+    return lines
+
+
+def run(args: argparse.Namespace, etcd: Etcd) -> int:
+    """Measure every count and print one table per count; 1 when a target is missed."""
+    preload_clients()
+    failed = False
+    for n in int_list(args.registrations):
+        log(f"layouts: {n} registrations, {args.repeats} repeats of {', '.join(LAYOUTS)}")
+        results = measure(etcd, n, args.repeats, args.seed)
+        print(f"Per layout, {n} synthetic registrations (NOT real containers: a generated container list handed to")
+        print("docker_register.reconcile with a real EtcdStore against the real etcd, in this process, after imports;")
+        print(f"{args.repeats} first syncs per layout, each under a fresh prefix, layouts interleaved; the no-change")
+        print("run follows each first sync on the same prefix; counts from etcd's /metrics, the same in every")
+        print("repeat unless several are shown)")
+        print_layouts(n, results)
+        print()
+        lines = verdicts(results)
+        print("Targets:")
+        print("\n".join("  " + line for line in lines))
+        print()
+        failed = failed or any(" FAIL " in line for line in lines)
+    return 1 if failed else 0
