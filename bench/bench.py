@@ -6,6 +6,7 @@
     .venv/bin/python bench/bench.py fleet                  # K = 1000 simulated hosts, both designs, ~2.5 min here
     .venv/bin/python bench/bench.py fleet --hosts 100,300 --rounds 3
     .venv/bin/python bench/bench.py layouts                # the three key layouts side by side, ~5 s
+    .venv/bin/python bench/bench.py backends               # etcd, ZooKeeper, Redis side by side
     .venv/bin/python bench/bench.py events                 # --events next to the timer mode, ~5 min
     .venv/bin/python bench/bench.py rolling                # rolling restart through Traefik, ~3.5 min
 
@@ -15,6 +16,8 @@ fleet    K simulated hosts against a real 3-node etcd cluster, docker-register n
          rewrite-every-key design (fleet.py).
 layouts  first and no-change sync of 500 synthetic registrations per layout (discover, traefik,
          skydns) against one etcd (layouts.py).
+backends first and no-change sync of 500 synthetic registrations on etcd, ZooKeeper and Redis
+         (backends.py).
 events   `sync --every 10 --events` next to the timer mode: latency of start, healthy and stop, and
          the long-running process's CPU and memory at 50 containers (events.py).
 rolling  a rolling restart of two backends through a real Traefik: failed requests with --events and
@@ -32,13 +35,14 @@ import os
 import sys
 import time
 
+import backends
 import deregister
 import events
 import fleet
 import layouts
 import rolling
 import run_cost
-from common import BINARY, child_env, cluster, installed_module, load, print_machine, scratch, servers
+from common import BINARY, backend_servers, child_env, cluster, installed_module, load, print_machine, scratch, servers
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,6 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     deregister.add_arguments(host)
     fleet.add_arguments(commands.add_parser("fleet", help="K simulated hosts against a 3-node etcd cluster"))
     layouts.add_arguments(commands.add_parser("layouts", help="first and no-change sync per key layout"))
+    backends.add_arguments(commands.add_parser("backends", help="first and no-change sync on etcd, ZooKeeper "
+                                                               "and Redis"))
     events.add_arguments(commands.add_parser("events", help="sync --every --events next to the timer mode: "
                                                            "latency and cost"))
     rolling.add_arguments(commands.add_parser("rolling", help="rolling restart through a real Traefik: "
@@ -104,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         print_machine("docker-register key layouts side by side", children=False)
         with scratch("drl") as root, cluster(root, 1) as (etcd,):
             return layouts.run(args, etcd)
+    if args.command == "backends":
+        print_machine("docker-register stores side by side: etcd, ZooKeeper, Redis", children=False)
+        with scratch("drs") as root, cluster(root, 1) as (etcd,), backend_servers(root) as (zookeeper, redis):
+            return backends.run(args, backends.Servers(etcd, zookeeper, redis, root))
     return with_servers(args, "docker-register benchmark: one host, real dockerd and etcd", "drb", host)
 
 

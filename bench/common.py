@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -27,8 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from harness import (Dockerd, Etcd, Traefik, free_port, require, start_cluster, stop_process,  # noqa: E402,F401
-                     wait_until)
+from harness import (Dockerd, Etcd, Redis, Traefik, ZooKeeper, free_port, require, start_cluster,  # noqa: E402,F401
+                     stop_process, wait_until)
 
 #: The installed console script and the interpreter of the same virtualenv.
 BINARY = Path(sys.executable).with_name("docker-register")
@@ -79,6 +80,18 @@ def percentile(values, q: float) -> float:
 def num(value: float) -> str:
     """A rate with two decimals below 10, one below 100, none above."""
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def same(values) -> str:
+    """The one value every repeat gave, or all of them when they differ."""
+    values = list(values)
+    return values[0] if len(set(values)) == 1 else " / ".join(values)
+
+
+def ms(values) -> str:
+    """Median in milliseconds, with the range."""
+    values = [v * 1000 for v in values]
+    return f"{statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
 
 
 def print_table(header: list[str], rows: list[tuple[str, list[str], str]]) -> None:
@@ -451,12 +464,44 @@ class ListedContainers:
         return sorted(next((c.get("ExposedPorts", ()) for c in self.containers if c["Id"] == container_id), ()))
 
 
-def make_config(endpoints: str, host_ip: str, prefix: str, ttl: int = 30, layout: str = "discover"):
-    """A docker_register.Config for in-process runs."""
+def make_config(endpoints: str, host_ip: str, prefix: str, ttl: int = 30, layout: str = "discover",
+                backend=None, lock_file: str | None = None):
+    """A docker_register.Config for in-process runs; backend (a docker_register.BackendFlags) names another
+    store than etcd, validated as the CLI does (lock_file places ZooKeeper's session file)."""
     import docker_register as dr
 
-    return dr.Config(endpoints=dr.parse_endpoints(endpoints), host_ip=host_ip, prefix=prefix, ttl=ttl,
-                     timeout=TIMEOUT, layout_name=layout)
+    config = dr.Config(endpoints=dr.parse_endpoints(endpoints), host_ip=host_ip, prefix=prefix, ttl=ttl,
+                       timeout=TIMEOUT, layout_name=layout, lock_file=lock_file)
+    if backend is None or backend.backend == "etcd":
+        return config
+    if backend.backend == "zookeeper":
+        return dataclasses.replace(config, backend="zookeeper",
+                                   zookeeper=dr.zookeeper_settings(backend, prefix, lock_file, host_ip))
+    return dataclasses.replace(config, backend=backend.backend, redis=dr.redis_settings(backend))
+
+
+def synthetic_source(n: int, seed: int, labels: dict[str, str] | None = None) -> ListedContainers:
+    """n generated containers (ids from seed), each with these labels, as an in-memory container source."""
+    containers = synthetic_containers(n, random.Random(seed))
+    for container in containers:
+        container["Labels"] = dict(labels or {})
+    return ListedContainers(containers)
+
+
+def timed_sync(config, source, read, difference) -> tuple[float, object]:
+    """One real sync in this process: reconcile through the store the config names (opened and closed as a run
+    does), timed; and difference(before, after) of the counters read() returns around it."""
+    import docker_register as dr
+
+    before = read()
+    started = time.perf_counter()
+    store, close = dr.open_store(config)
+    try:
+        dr.reconcile(config, source, store, dry_run=False)
+    finally:
+        close()
+    seconds = time.perf_counter() - started
+    return seconds, difference(before, read())
 
 
 def preload_clients() -> None:
@@ -500,6 +545,20 @@ def cluster(root: Path, size: int = 3):
     finally:
         for member in members:
             member.stop()
+
+
+@contextlib.contextmanager
+def backend_servers(root: Path):
+    """A ZooKeeper (sessions up to 60 s) and a Redis on loopback; both stopped at the end."""
+    zookeeper, redis = ZooKeeper(root / "zookeeper", max_session_timeout_ms=60000), Redis(root / "redis")
+    try:
+        log(f"starting zookeeper ({zookeeper.endpoint}) and redis ({redis.endpoint}) under {root}")
+        zookeeper.start()
+        redis.start()
+        yield zookeeper, redis
+    finally:
+        zookeeper.stop()
+        redis.stop()
 
 
 @contextlib.contextmanager
@@ -604,3 +663,12 @@ def memory_kb(pid: int) -> dict[str, int]:
         if name in ("VmHWM", "VmRSS"):
             fields[name] = int(value.split()[0])
     return fields
+
+
+def print_targets(lines: list[str]) -> bool:
+    """Print the PASS/FAIL lines of a table's targets; True when one failed."""
+    print()
+    print("Targets:")
+    print("\n".join("  " + line for line in lines))
+    print()
+    return any(" FAIL " in line for line in lines)

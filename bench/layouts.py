@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 
-from common import Etcd, log, preload_clients, print_table, table_rows
+from common import Etcd, log, ms, preload_clients, print_table, print_targets, same, table_rows
 from run_cost import SyntheticResult, int_list, measure_synthetic
 
 LAYOUTS = ("discover", "traefik", "skydns")
@@ -37,18 +36,6 @@ def measure(etcd: Etcd, n: int, repeats: int, seed: int) -> dict[str, list[Synth
         for layout in LAYOUTS:
             results[layout].append(measure_synthetic(etcd, n, seed + repeat, layout, ROUTER_LABELS, f"-r{repeat}"))
     return results
-
-
-def same(values) -> str:
-    """The one value every repeat gave, or all of them when they differ."""
-    values = list(values)
-    return values[0] if len(set(values)) == 1 else " / ".join(values)
-
-
-def ms(values) -> str:
-    """Median in milliseconds, with the range."""
-    values = [v * 1000 for v in values]
-    return f"{statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
 
 
 def print_layouts(n: int, results: dict[str, list[SyntheticResult]]) -> None:
@@ -106,10 +93,5 @@ def run(args: argparse.Namespace, etcd: Etcd) -> int:
         print("run follows each first sync on the same prefix; counts from etcd's /metrics, the same in every")
         print("repeat unless several are shown)")
         print_layouts(n, results)
-        print()
-        lines = verdicts(results)
-        print("Targets:")
-        print("\n".join("  " + line for line in lines))
-        print()
-        failed = failed or any(" FAIL " in line for line in lines)
+        failed = print_targets(verdicts(results)) or failed
     return 1 if failed else 0

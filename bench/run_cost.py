@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (BINARY, PYTHON, SERVICE, ChildRun, Delta, Dockerd, Etcd, Gateway, ListedContainers, b64,
-                    check, check_no_change, child_env, delta, log, make_config, median, preload_clients,
-                    print_table, reported_seconds, run_child, running_ids, snapshot, spread, start_containers,
-                    synthetic_containers, table_rows)
+from common import (BINARY, PYTHON, SERVICE, ChildRun, Delta, Dockerd, Etcd, Gateway, b64, check, check_no_change,
+                    child_env, delta, log, make_config, median, preload_clients, print_table, reported_seconds,
+                    run_child, running_ids, snapshot, spread, start_containers, synthetic_source, table_rows,
+                    timed_sync)
 from fakes import FakeEtcd
 
 IMPORT_FLOOR = "import docker, etcd3, typer"
@@ -424,21 +424,9 @@ def measure_synthetic(etcd: Etcd, n: int, seed: int, layout: str = "discover",
     import docker_register as dr
 
     prefix = ("/" if dr.LAYOUTS[layout].absolute else "") + f"bench/synthetic-{layout}{n}{tag}"
-    containers = synthetic_containers(n, random.Random(seed))
-    for container in containers:
-        container["Labels"] = dict(labels or {})
-    source = ListedContainers(containers)
+    source = synthetic_source(n, seed, labels)
     config = make_config(etcd.endpoint, "192.0.2.250", prefix, layout=layout)
-    timings = []
-    for _ in range(2):
-        before = snapshot(etcd)
-        started = time.perf_counter()
-        connection = dr.etcd_connection(config)
-        try:
-            dr.reconcile(config, source, dr.EtcdStore(connection, prefix), dry_run=False)
-        finally:
-            connection.close()
-        timings.append((time.perf_counter() - started, delta(before, snapshot(etcd))))
+    timings = [timed_sync(config, source, lambda: snapshot(etcd), delta) for _ in range(2)]
     started = time.perf_counter()
     dr.reconcile(config, source, FakeEtcd(prefix), dry_run=True)  # the pure steps: nothing stored, no I/O
     plan_seconds = time.perf_counter() - started

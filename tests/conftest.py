@@ -89,6 +89,20 @@ def etcd(servers_root):
 
 
 @pytest.fixture
+def second_engine(tmp_path_factory):
+    """Another dockerd on this machine, with a bridge and subnet of its own: a second host's engine, which a
+    test may also stop and start."""
+    pid = os.getpid()
+    engine = Dockerd(tmp_path_factory.mktemp("eng2"), bridge=f"drs{pid % 100000}", subnet=f"10.214.{pid % 250}.1/24")
+    try:
+        engine.start()
+        engine.build_images()
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
 def engine(dockerd):
     """The shared dockerd, emptied after the test so no container leaks into the next one."""
     yield dockerd
@@ -105,21 +119,27 @@ def world(engine, etcd, tmp_path):
     etcd.revoke_all_leases()
 
 
-class World:
-    """What one integration test works with."""
+class Host:
+    """One host of a test: its engine, prefix, host IP and lock file, and the real CLI run against them."""
 
-    def __init__(self, engine: Dockerd, etcd: Etcd, n: int, tmp_path: Path):
+    #: First letter of the test's prefix, so each store's tests keep to their own keys.
+    tag = "t"
+
+    def __init__(self, engine: Dockerd, n: int, tmp_path: Path):
         self.engine = engine
-        self.etcd = etcd
         self.lock_file = tmp_path / "sync.lock"
-        self.prefix = f"/t{n}/backends"
+        self.prefix = f"/{self.tag}{n}/backends"
         self.host_ip = f"192.0.2.{n % 250 + 2}"
 
+    def store_env(self) -> dict[str, str]:
+        """The variables that point the CLI at this test's store."""
+        return {}
+
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD"))}
-        env.update(DOCKER_HOST=self.engine.host, ETCD_HOST=self.etcd.endpoint, HOST_IP=self.host_ip,
-                   DOCKER_REGISTER_PREFIX=self.prefix, DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200",
-                   DOCKER_REGISTER_LOCK=str(self.lock_file))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
+        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
+                   DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
+                   **self.store_env())
         env.update(extra)
         return env
 
@@ -137,6 +157,17 @@ class World:
     def docker_run(self, *args: str) -> str:
         """Start a container; return its full id."""
         return self.engine.docker("run", "-d", *args).stdout.strip()
+
+
+class World(Host):
+    """What one integration test on etcd works with."""
+
+    def __init__(self, engine: Dockerd, etcd: Etcd, n: int, tmp_path: Path):
+        super().__init__(engine, n, tmp_path)
+        self.etcd = etcd
+
+    def store_env(self) -> dict[str, str]:
+        return {"ETCD_HOST": self.etcd.endpoint}
 
     def keys(self) -> dict[str, str]:
         """What etcd holds under this test's prefix, read with etcdctl."""

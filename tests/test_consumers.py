@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import os
 import subprocess
 from collections import Counter
 
@@ -124,19 +123,6 @@ def edge(world, tmp_path):
     finally:
         traefik.stop()
         world.etcd.etcdctl("del", "--prefix", root + "/", check=False)
-
-
-@pytest.fixture
-def second_engine(tmp_path_factory):
-    """Another dockerd on this machine, with a bridge and subnet of its own: a second host's engine."""
-    pid = os.getpid()
-    engine = Dockerd(tmp_path_factory.mktemp("eng2"), bridge=f"drs{pid % 100000}", subnet=f"10.214.{pid % 250}.1/24")
-    try:
-        engine.start()
-        engine.build_images()
-        yield engine
-    finally:
-        engine.stop()
 
 
 def publish(port: int) -> tuple[str, str]:

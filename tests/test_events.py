@@ -4,7 +4,6 @@ and against a real dockerd and etcd with the CLI running as a real process (part
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import signal
 import subprocess
@@ -621,19 +620,6 @@ def test_a_burst_of_twenty_starts_gives_a_few_passes(world):
         # events keep coming there is at most one pass per window, plus the one an event during a pass makes.
         assert 1 <= passes <= 2 + span / dr.COALESCE_SECONDS, (passes, span)
         assert passes < 20
-
-
-@pytest.fixture
-def second_engine(tmp_path_factory):
-    """A dockerd of this test's own (its own bridge and subnet), which the test may restart."""
-    pid = os.getpid()
-    engine = Dockerd(tmp_path_factory.mktemp("eng-ev"), bridge=f"dre{pid % 100000}", subnet=f"10.215.{pid % 250}.1/24")
-    try:
-        engine.start()
-        engine.build_images()
-        yield engine
-    finally:
-        engine.stop()
 
 
 def test_a_docker_restart_breaks_the_stream_but_not_the_passes_and_events_work_again(world, second_engine):

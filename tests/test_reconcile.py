@@ -297,7 +297,7 @@ def test_a_router_whose_service_another_host_serves_is_read_for_in_a_second_read
     # Traefik layout: the router's keys are shared; which servers keep them in use is named only by the
     # value of its service key, so the run reads that folder once it has read the value.
     cfg = config(tmp_path, prefix="traefik", layout_name="traefik")
-    lease, other_lease = cfg.lease_id, dr.lease_id_for("10.0.0.6", "traefik")
+    other_lease = dr.lease_id_for("10.0.0.6", "traefik")
     servers = "traefik/http/services/web/loadbalancer/servers/"
     router = {"traefik/http/routers/site/rule": "Host(`example.test`)", "traefik/http/routers/site/service": "web"}
     docker = FakeDocker([container(labels={"traefik.http.routers.site.rule": "Host(`example.test`)"})])

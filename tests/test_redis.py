@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import BINARY
+from conftest import Host
 from harness import Redis, Traefik, free_port, wait_until
 from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
 
@@ -124,40 +124,22 @@ def rd(engine, redis_server, tmp_path):
     return RedisWorld(engine, redis_server, next(_numbers), tmp_path)
 
 
-class RedisWorld:
+class RedisWorld(Host):
     """What one Redis test works with."""
 
+    tag = "r"
+
     def __init__(self, engine, server: Redis, n: int, tmp_path: Path):
-        self.engine = engine
+        super().__init__(engine, n, tmp_path)
         self.server = server
-        self.prefix = f"/r{n}/backends"
-        self.host_ip = f"192.0.2.{n % 250 + 2}"
-        self.lock_file = tmp_path / "sync.lock"
         self.look = server.client()
 
     @property
     def index(self) -> str:
         return dr.redis_index_key(dr.lease_id_for(self.host_ip, self.prefix))
 
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
-        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
-                   DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
-                   DOCKER_REGISTER_BACKEND="redis", REDIS_URL=self.server.url, DOCKER_REGISTER_TTL="30")
-        env.update(extra)
-        return env
-
-    def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=timeout,
-                              env=self.env(**extra), stdin=subprocess.DEVNULL)
-
-    def sync(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
-        result = self.run("sync", *args, **extra)
-        assert result.returncode == 0, result.stderr
-        return result
-
-    def docker_run(self, *args: str) -> str:
-        return self.engine.docker("run", "-d", *args).stdout.strip()
+    def store_env(self) -> dict[str, str]:
+        return {"DOCKER_REGISTER_BACKEND": "redis", "REDIS_URL": self.server.url, "DOCKER_REGISTER_TTL": "30"}
 
     def keys(self, prefix: str | None = None) -> dict[str, str]:
         return {key: self.look.get(key) for key in self.look.scan_iter(match=(prefix or self.prefix) + "/*")}

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import socket
 import stat
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import BINARY
+from conftest import Host
 from harness import Traefik, ZooKeeper, free_port, wait_until
 from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
 
@@ -152,15 +150,14 @@ def zk(engine, zookeeper, tmp_path):
     world.close()
 
 
-class ZkWorld:
+class ZkWorld(Host):
     """What one ZooKeeper test works with."""
 
+    tag = "z"
+
     def __init__(self, engine, server: ZooKeeper, n: int, tmp_path: Path):
-        self.engine = engine
+        super().__init__(engine, n, tmp_path)
         self.server = server
-        self.prefix = f"/z{n}/backends"
-        self.host_ip = f"192.0.2.{n % 250 + 2}"
-        self.lock_file = tmp_path / "sync.lock"
         self.look = server.client()
         self.sessions = []  # other hosts' sessions made by the test
 
@@ -168,26 +165,9 @@ class ZkWorld:
     def state_file(self) -> Path:
         return Path(dr.zookeeper_state_file(str(self.lock_file), self.host_ip, self.prefix))
 
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
-        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
-                   DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
-                   DOCKER_REGISTER_BACKEND="zookeeper", ZOOKEEPER_HOSTS=self.server.endpoint,
-                   DOCKER_REGISTER_TTL="10")
-        env.update(extra)
-        return env
-
-    def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=timeout,
-                              env=self.env(**extra), stdin=subprocess.DEVNULL)
-
-    def sync(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
-        result = self.run("sync", *args, **extra)
-        assert result.returncode == 0, result.stderr
-        return result
-
-    def docker_run(self, *args: str) -> str:
-        return self.engine.docker("run", "-d", *args).stdout.strip()
+    def store_env(self) -> dict[str, str]:
+        return {"DOCKER_REGISTER_BACKEND": "zookeeper", "ZOOKEEPER_HOSTS": self.server.endpoint,
+                "DOCKER_REGISTER_TTL": "10"}
 
     def nodes(self, root: str | None = None) -> dict[str, tuple[str, int]]:
         """Every node under the root: path -> (data, ephemeralOwner)."""

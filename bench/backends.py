@@ -1,0 +1,204 @@
+"""What each store costs: the first sync of N registrations and a no-change run on etcd, ZooKeeper and Redis.
+
+The same generated container list goes through docker_register.reconcile in this process (the in-process
+approach of layouts.py), in the discover layout, with the store `--backend` would open (open_store) against
+a real server of each kind, each run under a prefix of its own.  Writes are counted by each server: etcd's
+/metrics (write transactions, puts, deletes), ZooKeeper's Zxid (it moves with every write: a new session
+and each multi transaction, never with a read or a session re-attach), Redis's INFO commandstats (calls
+per command; the INFO calls of the benchmark itself left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import (Etcd, Redis, ZooKeeper, delta, log, make_config, ms, preload_clients, print_table, print_targets,
+                    same, snapshot, synthetic_source, table_rows, timed_sync)
+from run_cost import int_list
+
+BACKENDS = ("etcd", "zookeeper", "redis")
+LAYOUT = "discover"
+TTL = 30
+HOST_IP = "192.0.2.250"
+#: Redis commands that change a value, a key's existence or the host's index (PEXPIRE only renews an expiry).
+VALUE_WRITES = ("set", "del", "unlink", "sadd", "srem", "mset", "getset", "setex", "psetex")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the backend benchmark."""
+    parser.add_argument("--registrations", default="500", help="registration counts (default 500)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="first syncs per backend and count, each under a fresh prefix (default 5); "
+                             "times are medians, counts must not vary")
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the synthetic container ids")
+
+
+@dataclass
+class Servers:
+    """One server of each kind, and where ZooKeeper's session files go."""
+
+    etcd: Etcd
+    zookeeper: ZooKeeper
+    redis: Redis
+    root: Path
+
+
+@dataclass
+class BackendResult:
+    """First and no-change in-process sync of n synthetic registrations on one store, and what each wrote."""
+
+    backend: str
+    first_seconds: float
+    first: object
+    again_seconds: float
+    again: object
+
+
+def commands(client) -> Counter:
+    """Calls so far of each Redis command, from the server's own statistics."""
+    return Counter({name.removeprefix("cmdstat_"): stats["calls"]
+                    for name, stats in client.info("commandstats").items()})
+
+
+def command_delta(before: Counter, after: Counter) -> Counter:
+    """Commands sent in between, without the benchmark's own INFO."""
+    sent = after - before
+    del sent["info"]
+    return sent
+
+
+def counters(backend: str, servers: Servers, redis_client):
+    """(read, difference) of the write counters of one store."""
+    if backend == "etcd":
+        return lambda: snapshot(servers.etcd), delta
+    if backend == "zookeeper":
+        return servers.zookeeper.zxid, lambda before, after: after - before
+    return lambda: commands(redis_client), command_delta
+
+
+def backend_config(backend: str, servers: Servers, prefix: str, tag: str):
+    """The Config a `sync --backend ...` run would have, for an in-process run."""
+    import docker_register as dr
+
+    flags = dr.BackendFlags(backend, zookeeper=servers.zookeeper.endpoint, redis=servers.redis.url)
+    return make_config(servers.etcd.endpoint, HOST_IP, prefix, TTL, LAYOUT, flags,
+                       str(servers.root / f"sync{tag}.lock"))
+
+
+def measure(servers: Servers, n: int, repeats: int, seed: int) -> dict[str, list[BackendResult]]:
+    """repeats first and no-change syncs of n registrations per store, the stores interleaved."""
+    redis_client = servers.redis.client()
+    commands(redis_client)  # the client's connection handshake, before any count
+    results: dict[str, list[BackendResult]] = {backend: [] for backend in BACKENDS}
+    for repeat in range(repeats):
+        source = synthetic_source(n, seed + repeat)
+        for backend in BACKENDS:
+            tag = f"-{backend}{n}-r{repeat}"
+            config = backend_config(backend, servers, f"/bench/backends{tag}", tag)
+            read, difference = counters(backend, servers, redis_client)
+            (first_seconds, first), (again_seconds, again) = [timed_sync(config, source, read, difference)
+                                                              for _ in range(2)]
+            results[backend].append(BackendResult(backend, first_seconds, first, again_seconds, again))
+    redis_client.close()
+    return results
+
+
+def command_text(sent: list[Counter]) -> str:
+    """Redis commands by kind over the repeats, e.g. 'pexpire 2, scan 1–3' (SCAN's rounds grow with the keys
+    earlier repeats left in the database)."""
+    names = sorted(set().union(*sent))
+    counts = [sorted({s[name] for s in sent}) for name in names]
+    return ", ".join(f"{name} {c[0]}" + (f"–{c[-1]}" if len(c) > 1 else "") for name, c in zip(names, counts))
+
+
+def first_writes(r: BackendResult) -> str:
+    """What the first sync wrote, in each store's own unit."""
+    if r.backend == "etcd":
+        return f"{r.first.write_txns:g} write txns"
+    if r.backend == "zookeeper":
+        return f"Zxid +{r.first} (1 new session + {r.first - 1} multi txns)"
+    return ", ".join(f"{c.upper()} {r.first[c]}" for c in VALUE_WRITES if r.first[c]) or "none"
+
+
+def first_detail(r: BackendResult) -> str:
+    """The first sync's requests by kind (etcd, ZooKeeper; Redis's in command_text)."""
+    if r.backend == "etcd":
+        return f"{r.first.metrics['etcd_mvcc_put_total']:g} puts; RPCs: {r.first.rpc_text()}"
+    return "(Zxid counts transactions, not requests)"
+
+
+def again_writes(r: BackendResult) -> int:
+    """Writes of the no-change run: etcd puts+deletes, ZooKeeper transactions, Redis value writes."""
+    if r.backend == "etcd":
+        return int(r.again.metrics["etcd_mvcc_put_total"] + r.again.metrics["etcd_mvcc_delete_total"])
+    if r.backend == "zookeeper":
+        return r.again
+    return sum(r.again[c] for c in VALUE_WRITES)
+
+
+def again_text(r: BackendResult) -> str:
+    """The no-change run's writes, in each store's own unit."""
+    if r.backend == "etcd":
+        return (f"{r.again.metrics['etcd_mvcc_put_total']:g} puts, "
+                f"{r.again.metrics['etcd_mvcc_delete_total']:g} deletes")
+    if r.backend == "zookeeper":
+        return f"Zxid +{r.again}"
+    return f"SET/DEL {r.again['set'] + r.again['del']} (all value writes {again_writes(r)})"
+
+
+def again_detail(r: BackendResult) -> str:
+    """The no-change run's requests by kind (etcd, ZooKeeper; Redis's in command_text)."""
+    if r.backend == "etcd":
+        return f"RPCs: {r.again.rpc_text()}"
+    return "(reads and a session re-attach: no Zxid)"
+
+
+def print_backends(results: dict[str, list[BackendResult]]) -> None:
+    """One table: a column per store."""
+    print_table(["", *BACKENDS, "target"], table_rows([results[b] for b in BACKENDS], [
+        ("first sync: time, median (range) (ms)", lambda rs: ms(r.first_seconds for r in rs), "≤ 1000"),
+        ("first sync: writes", lambda rs: same(first_writes(r) for r in rs)),
+        ("  by kind", lambda rs: command_text([r.first for r in rs]) if rs[0].backend == "redis"
+         else same(first_detail(r) for r in rs)),
+        ("no-change run: time, median (range) (ms)", lambda rs: ms(r.again_seconds for r in rs)),
+        ("no-change run: writes", lambda rs: same(again_text(r) for r in rs), "0"),
+        ("no-change run: PEXPIRE", lambda rs: same(str(r.again["pexpire"]) if r.backend == "redis" else "—"
+                                                   for r in rs)),
+        ("  by kind", lambda rs: command_text([r.again for r in rs]) if rs[0].backend == "redis"
+         else same(again_detail(r) for r in rs)),
+    ]))
+
+
+def verdicts(results: dict[str, list[BackendResult]]) -> list[str]:
+    """PASS/FAIL of each target, per store (every repeat must meet it)."""
+    lines = []
+    for backend, rs in results.items():
+        lines.append(f"{backend:<9} {'PASS' if all(r.first_seconds <= 1 for r in rs) else 'FAIL'}  "
+                     "first sync within 1 s")
+        lines.append(f"{backend:<9} {'PASS' if all(again_writes(r) == 0 for r in rs) else 'FAIL'}  "
+                     "no-change run writes nothing")
+    return lines
+
+
+def run(args: argparse.Namespace, servers: Servers) -> int:
+    """Measure every count and print one table per count; 1 when a target is missed."""
+    preload_clients()
+    import kazoo.client  # noqa: F401  (imported lazily by the stores: kept out of the timings)
+    import redis  # noqa: F401
+
+    failed = False
+    for n in int_list(args.registrations):
+        log(f"backends: {n} registrations, {args.repeats} repeats of {', '.join(BACKENDS)}")
+        results = measure(servers, n, args.repeats, args.seed)
+        print(f"Per store, {n} synthetic registrations in the {LAYOUT} layout (NOT real containers: a generated")
+        print("container list handed to docker_register.reconcile with the store `--backend` opens, against a real")
+        print(f"etcd, ZooKeeper and Redis, in this process, after imports; TTL {TTL} s; {args.repeats} first syncs per")
+        print("store, each under a fresh prefix, stores interleaved; the no-change run follows each first sync on the")
+        print("same prefix (ZooKeeper: re-attaching the saved session); counts the same in every repeat unless")
+        print("several are shown)")
+        print_backends(results)
+        failed = print_targets(verdicts(results)) or failed
+    return 1 if failed else 0
