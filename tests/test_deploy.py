@@ -111,7 +111,8 @@ def test_watch_service_is_hardened_exactly_like_the_oneshot():
     hardening = set(oneshot) - what_makes_it_a_oneshot
     assert {"DynamicUser", "SupplementaryGroups", "CapabilityBoundingSet", "ProtectSystem", "SystemCallFilter",
             "RestrictAddressFamilies", "EnvironmentFile", "RuntimeDirectory"} <= hardening
-    assert {setting: watch.get(setting) for setting in hardening} == {setting: oneshot[setting] for setting in hardening}
+    assert ({setting: watch.get(setting) for setting in hardening}
+            == {setting: oneshot[setting] for setting in hardening})
 
 
 def stop_post_command(unit: str) -> str:

@@ -175,7 +175,8 @@ def apply(state, plan, lease_id, lease_state):
         if change.kind is dr.ChangeKind.REMOVE:
             del result[change.key]
         else:
-            assert change.lease is not None or lease_usable, f"{change} puts on a lease that is missing or has the wrong TTL"
+            handed = change.lease is not None  # onto another host's lease, which is alive
+            assert handed or lease_usable, f"{change} puts on a lease that is missing or has the wrong TTL"
             result[change.key] = dr.StoredKey(change.value, change.lease or lease_id, revision)
     return result
 
