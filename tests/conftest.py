@@ -14,10 +14,11 @@ from hypothesis import settings
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import Dockerd, Etcd, require  # noqa: E402
 
-#: Hypothesis examples per property: 300 in the full suite (what CI runs), 40 in the developer loop.
+#: Hypothesis examples per property: 300 in the full suite (scripts/test, what CI runs), 40 otherwise (the
+#: developer loop, scripts/test -m unit or a plain pytest run).
 settings.register_profile("full", max_examples=300)
 settings.register_profile("quick", max_examples=40)
-settings.load_profile(os.environ.get("DOCKER_REGISTER_TEST_PROFILE", "full"))
+settings.load_profile(os.environ.get("DOCKER_REGISTER_TEST_PROFILE", "quick"))
 
 #: The installed console script, next to the interpreter running the tests.
 BINARY = str(Path(sys.executable).with_name("docker-register"))
