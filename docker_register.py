@@ -1023,7 +1023,7 @@ def read_traefik_labels(labels: Mapping[str, str], container: str) -> TraefikLab
             notes.append(f"{container}: label {label} has a value over {MAX_LABEL_VALUE} characters; skipped")
             continue
         if kind == "services" and rest[:2] == ("loadbalancer", "server") and rest[2:] == ("port",):
-            if value.strip().isdigit():
+            if re.fullmatch(r"[0-9]{1,5}", value.strip()) and 0 < int(value) < 65536:  # not str.isdigit: "²" is one
                 services[(protocol, int(value))] = name
             else:
                 notes.append(f"{container}: label {label} is not a port number; skipped")

@@ -809,3 +809,11 @@ def test_a_run_never_removes_a_middleware_that_another_hosts_serving_router_name
             folder = f"{prefix}/{parts[0]}/middlewares/{name.strip()}/"
             if any(other.startswith(folder) for other in world.state):
                 assert any(other.startswith(folder) for other in after), (key, name)
+
+
+@pytest.mark.parametrize("value", ["²", "٨٠", "0", "65536", "99999999999", " ", "80a"])
+def test_traefik_service_port_label_that_is_no_port_number_is_a_note_not_a_crash(value):
+    labels = {"traefik.http.services.site.loadbalancer.server.port": value}
+    want = desired(container(labels=labels))
+    assert not any("/services/site/" in key for key in want.own)
+    assert any("is not a port number" in note for note in want.notes), want.notes
