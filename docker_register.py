@@ -1192,6 +1192,14 @@ def stale_shared(desired: Desired, keys: Iterable[str], layout: Layout, prefix: 
     return [key for key in keys if layout.is_shared(key, prefix) and key not in desired.shared]
 
 
+def as_planned(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int) -> dict[str, StoredKey]:
+    """The stored keys with this host's shared values written where it writes them: a router's service as it
+    will be after the run decides which servers keep the router's middlewares in use."""
+    written = {key: StoredKey(value, lease_id, 0) for key, value in desired.shared.items()
+               if key not in stored or stored[key].lease == lease_id}
+    return {**stored, **written}
+
+
 def reads_for(desired: Desired, lease_keys: Iterable[str], prefix: str, limit: int = MAX_TXN_OPS,
               layout: Layout = DISCOVER) -> Reads:
     """The least a plan needs to read, in one transaction of at most limit reads.
@@ -1222,7 +1230,7 @@ def more_reads_for(desired: Desired, stored: Mapping[str, StoredKey], lease_id: 
         return None
     ours = [key for key, kv in stored.items() if kv.lease == lease_id and layout.fits(key, prefix)]
     folders = {folder for key in stale_shared(desired, ours, layout, prefix)
-               for folder in layout.holders(key, prefix, stored)
+               for folder in layout.holders(key, prefix, as_planned(desired, stored, lease_id))
                if not folder.startswith(read.folders or ("\0",))}
     if not folders:
         return None
@@ -1261,6 +1269,7 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
             notes.append(f"{key} is {kv.value!r}, set by another host; this host's containers use {value}")
             unchanged += 1
 
+    planned = as_planned(desired, current, lease_id)
     others = {key: kv.lease for key, kv in current.items()
               if kv.lease != lease_id and layout.fits(key, prefix) and not layout.is_shared(key, prefix)}
     for key, kv in sorted(current.items()):
@@ -1269,7 +1278,7 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
         if not key.startswith(prefix + "/") or not layout.fits(key, prefix):
             continue  # Never touch anything outside the prefix or the layout, whatever lease it is on.
         heir = layout.is_shared(key, prefix) and next(
-            (others[other] for folder in sorted(layout.holders(key, prefix, current))
+            (others[other] for folder in sorted(layout.holders(key, prefix, planned))
              for other in sorted(others) if other.startswith(folder)), None)
         if heir and not hand_over:
             unchanged += 1  # kept on this host's lease while another host uses it; purge takes it along

@@ -446,6 +446,18 @@ def test_traefik_middleware_stays_on_the_narrow_reads_too():
     assert p == plan(dr.Desired({}, {}), have)
 
 
+def test_traefik_middleware_stays_when_this_run_points_the_router_at_a_service_another_host_serves():
+    # Found by the full Hypothesis profile: the router's service key (ours) still names an old service, and this
+    # run rewrites it to web, which another host serves behind the router that names our middleware.
+    want = dr.Desired({}, {router("web", "service"): "web", router("web", "middlewares"): "strip"})
+    have = {router("web", "service"): stored("old"), router("web", "middlewares"): stored("strip", OTHER_LEASE),
+            MIDDLEWARE: stored("/a"), server("web", B): stored("http://10.0.0.6:1", OTHER_LEASE)}
+    _, _, p = reads_then_plan(want, have)
+    assert p == plan(want, have)
+    assert actions(p) == [("update", router("web", "service"), "web"), ("update", MIDDLEWARE, "/a")]
+    assert p.changes[-1].lease == OTHER_LEASE
+
+
 # --- SkyDNS -------------------------------------------------------------------------------------
 
 
