@@ -1869,8 +1869,10 @@ class ZooKeeperStore:
         from kazoo.security import make_acl, make_digest_acl
 
         quiet = logging.getLogger("docker_register.kazoo")  # kazoo logs every reconnect; errors come as one line
-        quiet.addHandler(logging.NullHandler())
-        quiet.propagate = False
+        dropped = logging.Handler(logging.WARNING)  # keeps why the last connection attempt failed (TLS, say)
+        dropped.emit = lambda record: setattr(
+            dropped, "reason", first_line(record.getMessage()).removeprefix("Connection dropped: "))
+        quiet.handlers, quiet.propagate = [dropped], False
         logging.getLogger("kazoo").addHandler(logging.NullHandler())
         auth, acl = self.settings.auth, None
         if auth:  # our nodes: all rights to our user, read to everyone (the consumers)
@@ -1884,16 +1886,23 @@ class ZooKeeperStore:
         # The timeout the server granted is not kept by kazoo: read it where the connection learns it.
         connection, connect = client._connection, client._connection._connect
 
+        handshake = threading.Event()  # set once the handshake is over, auth packets included
+
         def granted(*args):
             read_timeout, connect_timeout = connect(*args)
             self._granted_ms = round(connect_timeout * len(client.hosts))
+            handshake.set()
             return read_timeout, connect_timeout
 
         connection._connect = granted
         # Not client.start(timeout): on a timeout it waits for the connection's own (the session timeout).
+        deadline = time.monotonic() + self.timeout
         client.start_async().wait(self.timeout)
-        if not client.connected:
-            reason = "authentication failed" if "AUTH_FAILED" in str(client.client_state) else "no answer in time"
+        # CONNECTED is announced before the auth packets are answered and _connect returns: wait for that too.
+        handshake.wait(max(0.0, deadline - time.monotonic()))
+        if not client.connected or not handshake.is_set():
+            reason = "authentication failed" if "AUTH_FAILED" in str(client.client_state) else \
+                getattr(dropped, "reason", "no answer in time")
             self._detach(client)
             raise ZooKeeperError(f"{self.where}: connect: {reason}")
         return client

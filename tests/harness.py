@@ -489,18 +489,27 @@ class ZooKeeper:
 
     `maxSessionTimeout` caps the session timeouts (docker-register's TTL) it grants; four-letter words are
     enabled so a test can read the server's Zxid (it moves with every write, never with a read or a
-    session re-attach).
+    session re-attach).  With tls it also serves a secure client port (netty, PEM stores, a client
+    certificate signed by the CA required) next to the plain one, which the four-letter words and
+    client() keep using.
     """
 
     #: Debian's own classpath for the server (its /etc/zookeeper/conf/environment).
     CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+    #: What the secure port needs on top: the netty jars zookeeper.jar's manifest leaves out, and a logger so
+    #: that a TLS failure leaves its reason in zookeeper.log (the server logs nothing without one).
+    TLS_JARS = ("netty-codec", "netty-resolver", "netty-transport-native-unix-common", "slf4j-simple")
 
-    def __init__(self, root: Path, max_session_timeout_ms: int = 20000, tick_ms: int = 500):
+    def __init__(self, root: Path, max_session_timeout_ms: int = 20000, tick_ms: int = 500,
+                 tls: "Certs | None" = None):
         self.root = root
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.max_session_timeout_ms = max_session_timeout_ms
         self.tick_ms = tick_ms
+        self.tls = tls
+        #: host:port of the secure client port (TLS, client certificate required); None without tls.
+        self.secure_endpoint = f"127.0.0.1:{free_port()}" if tls else None
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ZooKeeper":
@@ -512,10 +521,11 @@ class ZooKeeper:
         config.write_text(f"tickTime={self.tick_ms}\ndataDir={self.root / 'data'}\nclientPort={self.port}\n"
                           "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
                           f"maxSessionTimeout={self.max_session_timeout_ms}\n"
-                          "4lw.commands.whitelist=srvr,stat,cons,dump\n")
+                          "4lw.commands.whitelist=srvr,stat,cons,dump\n" + self._tls_config())
+        classpath = ":".join([self.CLASSPATH, *(f"/usr/share/java/{jar}.jar" for jar in self.TLS_JARS if self.tls)])
         log = open(self.root / "zookeeper.log", "ab")
         self.proc = subprocess.Popen(
-            [require("java"), "-Xmx256m", "-cp", self.CLASSPATH, "org.apache.zookeeper.server.ZooKeeperServerMain",
+            [require("java"), "-Xmx256m", "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain",
              str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
 
         def serving():
@@ -523,7 +533,34 @@ class ZooKeeper:
                 raise RuntimeError(f"zookeeper exited: see {self.root / 'zookeeper.log'}")
             return "Zxid:" in self.four_letter("srvr")
         wait_until(serving, 60, "zookeeper to serve")
+        if self.tls:
+            wait_until(lambda: self._listens(self.secure_endpoint), 30, "zookeeper's secure client port")
         return self
+
+    def _tls_config(self) -> str:
+        """zoo.cfg lines for the secure client port: netty (the NIO server has no TLS), and PEM key and trust
+        stores; the key store holds the certificate and its key, which ZooKeeper 3.8 reads only as PKCS#8."""
+        if not self.tls:
+            return ""
+        key = self.root / "server.pkcs8.key"
+        subprocess.run([require("openssl"), "pkcs8", "-topk8", "-nocrypt", "-in", str(self.tls.server_key),
+                        "-out", str(key)], check=True, capture_output=True)
+        store = self.root / "server-store.pem"
+        store.write_text(self.tls.server_cert.read_text() + key.read_text())
+        port = self.secure_endpoint.rsplit(":", 1)[1]
+        return ("serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+                f"secureClientPort={port}\nsecureClientPortAddress=127.0.0.1\n"
+                f"ssl.keyStore.location={store}\nssl.keyStore.type=PEM\n"
+                f"ssl.trustStore.location={self.tls.ca}\nssl.trustStore.type=PEM\nssl.clientAuth=need\n")
+
+    @staticmethod
+    def _listens(endpoint: str) -> bool:
+        host, port = endpoint.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def four_letter(self, word: str) -> str:
         """A four-letter-word command's answer ('' when the server does not answer)."""
@@ -542,11 +579,12 @@ class ZooKeeper:
         line = next(line for line in self.four_letter("srvr").splitlines() if line.startswith("Zxid:"))
         return int(line.split(":", 1)[1].strip(), 16)
 
-    def client(self):
-        """A started kazoo client of its own (a session of its own) for a test to look with."""
+    def client(self, auth: tuple[str, str] | None = None):
+        """A started kazoo client of its own (a session of its own) for a test to look with; with auth, a
+        digest user's (name, password)."""
         from kazoo.client import KazooClient
 
-        client = KazooClient(hosts=self.endpoint, timeout=10)
+        client = KazooClient(hosts=self.endpoint, timeout=10, auth_data=[("digest", ":".join(auth))] if auth else None)
         client.start(timeout=10)
         return client
 
@@ -557,22 +595,32 @@ class ZooKeeper:
 
 
 class Redis:
-    """A redis-server on a free loopback port, without persistence."""
+    """A redis-server on a free loopback port, without persistence.
 
-    def __init__(self, root: Path, password: str | None = None):
+    With tls it speaks TLS only (no plain port; rediss:// URL) with the server certificate of the Certs, and
+    with client_certs it also requires a client certificate signed by their CA (tls-auth-clients yes).
+    """
+
+    def __init__(self, root: Path, password: str | None = None, tls: "Certs | None" = None,
+                 client_certs: bool = False):
         self.root = root
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.port}/0"
         self.password = password
+        self.tls = tls
+        self.client_certs = client_certs
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Redis":
         """Start the server and wait until it answers PING."""
         self.root.mkdir(parents=True, exist_ok=True)
         auth = ["--requirepass", self.password] if self.password else []
+        ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.server_cert),
+                 "--tls-key-file", str(self.tls.server_key), "--tls-ca-cert-file", str(self.tls.ca),
+                 "--tls-auth-clients", "yes" if self.client_certs else "no"] if self.tls else ["--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [require("redis-server"), *ports, "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.root), "--logfile", str(self.root / "redis.log"), *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -587,11 +635,14 @@ class Redis:
         return self
 
     def client(self):
-        """A redis-py client of its own, answers decoded to str."""
+        """A redis-py client of its own, answers decoded to str (over TLS with the Certs' root client
+        certificate when the server speaks TLS)."""
         import redis
 
+        tls = dict(ssl=True, ssl_ca_certs=str(self.tls.ca), ssl_certfile=str(self.tls.root_cert),
+                   ssl_keyfile=str(self.tls.root_key)) if self.tls else {}
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True,
-                           socket_timeout=5)
+                           socket_timeout=5, **tls)
 
     def stop(self, sig=signal.SIGTERM) -> None:
         """Stop the server."""

@@ -315,7 +315,8 @@ def test_a_dry_run_writes_nothing(zk):
 
 def test_a_server_down_fails_in_one_line_within_the_timeout(zk):
     zk.docker_run("-P", "local/web")
-    for hosts in (f"127.0.0.1:{free_port()}", None):
+    for hosts, reason in ((f"127.0.0.1:{free_port()}", "socket connection error: Connection refused"),
+                          (None, "no answer in time")):
         listener = None
         if hosts is None:  # a server that accepts connections and never answers
             listener = socket.socket()
@@ -328,7 +329,7 @@ def test_a_server_down_fails_in_one_line_within_the_timeout(zk):
         if listener:
             listener.close()
         assert result.returncode == 1, result.stderr
-        assert result.stderr == f"docker-register: error: zookeeper at {hosts}: connect: no answer in time\n"
+        assert result.stderr == f"docker-register: error: zookeeper at {hosts}: connect: {reason}\n"
         assert took < 1 + 3, took
 
 
@@ -380,6 +381,175 @@ def test_a_lost_state_file_converges_without_touching_another_hosts_nodes(zk):
     expected = {**web_keys(zk, staying), theirs: "10.9.9.9:80"}
     assert zk.keys() == expected
     assert zk.nodes()[f"{zk.prefix}/web/port"][1] == new
+
+
+# --- digest users and TLS ------------------------------------------------------------------------
+
+#: Digest users of the tests below, (name, password); neither password may show anywhere.
+ALICE, BOB = ("alice", "alice-pw-7c1e9d"), ("bob", "bob-pw-3a8f52")
+
+
+@pytest.fixture(scope="module")
+def digest_zookeeper(tmp_path_factory):
+    """A ZooKeeper of the digest tests' own: the nodes their runs make belong to a digest user, and on the shared
+    server those above every test's prefix (the hosts' folders) would then be closed to the other tests."""
+    server = ZooKeeper(tmp_path_factory.mktemp("zk-digest"), max_session_timeout_ms=MAX_SESSION_SECONDS * 1000)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def zk_digest(engine, digest_zookeeper, tmp_path):
+    world = ZkWorld(engine, digest_zookeeper, next(_numbers), tmp_path)
+    yield world
+    world.close()
+
+
+def tree(client, path: str = "/") -> dict:
+    """Every node below path but ZooKeeper's own, with its stat."""
+    found = {}
+    for child in client.get_children(path):
+        below = f"{path.rstrip('/')}/{child}"
+        if below != dr.ZOOKEEPER_RESERVED:
+            found[below] = client.exists(below)
+            found.update(tree(client, below))
+    return found
+
+
+def shown(results, zk: ZkWorld) -> str:
+    """Everything the runs printed, and every state file next to the lock file."""
+    return "".join(r.stdout + r.stderr for r in results) + "".join(
+        state.read_text() for state in zk.lock_file.parent.glob("zookeeper-*.session"))
+
+
+def digest_client(zk: ZkWorld, user: tuple[str, str]):
+    """Another host's session, authenticated as the digest user."""
+    client = zk.server.client(auth=user)
+    zk.sessions.append(client)
+    return client
+
+
+def test_a_digest_users_nodes_give_it_every_right_and_everyone_else_only_read(zk_digest):
+    from kazoo.exceptions import NoAuthError
+    from kazoo.security import make_acl, make_digest_acl
+
+    zk = zk_digest
+    cid = zk.docker_run("-P", "local/web")
+    top = "/" + zk.prefix.split("/")[1]
+    before = set(tree(zk.look))
+    runs = [zk.sync("--zookeeper-user", ALICE[0], "--zookeeper-password", ALICE[1])]
+    assert "added 2, updated 0, removed 0, unchanged 0" in runs[0].stdout
+    assert zk.keys() == web_keys(zk, cid)  # read by a client without credentials
+    # The nodes the run made in the keys' tree: the folders down from the top, and the keys.
+    made = {path for path in tree(zk.look) if path not in before and (path + "/").startswith(top + "/")}
+    assert made == {top, zk.prefix, f"{zk.prefix}/web", f"{zk.prefix}/web/port", f"{zk.prefix}/web/{cid[:12]}"}
+    acl = sorted([make_digest_acl(*ALICE, all=True), make_acl("world", "anyone", read=True)])
+    owner = digest_client(zk, ALICE)  # the server shows a digest's hash only to a session with ADMIN on the node
+    assert {path: sorted(owner.get_acls(path)[0]) for path in made} == dict.fromkeys(made, acl)
+
+    key, folder = f"{zk.prefix}/web/{cid[:12]}", f"{zk.prefix}/web"
+    for client in (zk.look, digest_client(zk, BOB)):  # no user, and another user
+        for attempt in (lambda: client.set(key, b"10.9.9.9:80"), lambda: client.delete(key),
+                        lambda: client.create(f"{folder}/bbbbbbbbbbbb", b"10.9.9.9:80", ephemeral=True),
+                        lambda: client.set_acls(key, [make_acl("world", "anyone", all=True)])):
+            with pytest.raises(NoAuthError):
+                attempt()
+    zxid = zk.server.zxid()
+    runs.append(zk.sync("--output", "json", ZOOKEEPER_USER=ALICE[0], ZOOKEEPER_PASSWORD=ALICE[1]))
+    assert json.loads(runs[-1].stdout)["unchanged"] == 2
+    assert zk.server.zxid() == zxid, "re-attaching with the credentials writes nothing"
+    assert ALICE[1] not in shown(runs, zk)
+
+
+def test_another_digest_user_on_another_host_cannot_change_the_nodes(zk_digest):
+    zk = zk_digest
+    first = zk.docker_run("-P", "local/web")
+    runs = [zk.sync("--zookeeper-user", ALICE[0], "--zookeeper-password", ALICE[1])]
+    firsts = web_keys(zk, first)
+    zk.engine.docker("rm", "-f", first)  # what stays is the first host's; the second host runs its own container
+    second = zk.docker_run("-P", "local/web")
+    other_ip = f"198.51.100.{zk.host_ip.rsplit('.', 1)[1]}"
+    before = tree(zk.look)
+
+    runs.append(zk.run("sync", "--zookeeper-user", BOB[0], "--zookeeper-password", BOB[1], HOST_IP=other_ip))
+    assert runs[-1].returncode == 1, runs[-1].stderr
+    assert len(runs[-1].stderr.splitlines()) == 1 and "Traceback" not in runs[-1].stderr, runs[-1].stderr
+    assert runs[-1].stderr.startswith(f"docker-register: error: zookeeper at {zk.server.endpoint}: ")
+    assert "not authorised" in runs[-1].stderr
+    assert tree(zk.look) == before, "no node written, added or removed anywhere"
+
+    # The same host as the first one's user registers: it was the user that was refused.
+    runs.append(zk.run("sync", "--zookeeper-user", f"{ALICE[0]}:{ALICE[1]}", HOST_IP=other_ip))
+    assert runs[-1].returncode == 0 and "added 1" in runs[-1].stdout, runs[-1].stderr
+    seconds = {path: value.replace(f"{zk.host_ip}:", f"{other_ip}:") for path, value in web_keys(zk, second).items()
+               if not path.endswith("/port")}  # the port key stays the first host's, which still uses it
+    assert zk.keys() == {**firsts, **seconds}
+    assert ALICE[1] not in shown(runs, zk) and BOB[1] not in shown(runs, zk)
+
+
+@pytest.fixture(scope="module")
+def zk_certs(tmp_path_factory):
+    """A test CA (which no system store trusts), a server certificate for 127.0.0.1 and client certificates."""
+    from harness import Certs
+
+    return Certs(tmp_path_factory.mktemp("zk-certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_zookeeper(tmp_path_factory, zk_certs):
+    """A ZooKeeper with a secure client port that requires a client certificate (and a plain one to look with)."""
+    server = ZooKeeper(tmp_path_factory.mktemp("zk-tls"), max_session_timeout_ms=MAX_SESSION_SECONDS * 1000,
+                       tls=zk_certs)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def zk_tls(engine, tls_zookeeper, tmp_path):
+    world = ZkWorld(engine, tls_zookeeper, next(_numbers), tmp_path)
+    yield world
+    world.close()
+
+
+def test_over_tls_a_run_with_the_ca_and_a_client_certificate_registers(zk_tls, zk_certs):
+    zk = zk_tls
+    cid = zk.docker_run("-P", "local/web")
+    secure = zk.server.secure_endpoint
+    cert, key = zk_certs.clients["docker-register"]
+    trusted = ("--zookeeper", secure, "--zookeeper-cacert", str(zk_certs.ca))
+    refused = zk.run("sync", "--timeout", "1", *trusted)  # the secure port wants a client certificate too
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith(f"docker-register: error: zookeeper at {secure}: connect: "), refused.stderr
+    assert zk.keys() == {}
+
+    result = zk.sync(*trusted, "--zookeeper-cert", str(cert), "--zookeeper-key", str(key))
+    assert "added 2, updated 0, removed 0, unchanged 0" in result.stdout
+    assert zk.keys() == web_keys(zk, cid)
+    assert {owner for data, owner in zk.nodes().values() if data} == {zk.session()}
+    zxid = zk.server.zxid()
+    result = zk.sync(ZOOKEEPER_HOSTS=secure, ZOOKEEPER_CACERT=str(zk_certs.ca), ZOOKEEPER_CERT=str(cert),
+                     ZOOKEEPER_KEY=str(key))  # the environment twins; the session re-attached over TLS
+    assert "added 0, updated 0, removed 0, unchanged 2" in result.stdout
+    assert zk.server.zxid() == zxid
+
+
+def test_a_wrong_ca_for_zookeeper_is_one_line_and_exit_1(zk_tls, zk_certs, tmp_path):
+    from harness import Certs
+
+    zk = zk_tls
+    zk.docker_run("-P", "local/web")
+    stranger = Certs(tmp_path / "another-ca")
+    cert, key = zk_certs.clients["docker-register"]
+    secure = zk.server.secure_endpoint
+    started = time.monotonic()
+    result = zk.run("sync", "--timeout", "1", "--zookeeper", secure, "--zookeeper-cacert", str(stranger.ca),
+                    "--zookeeper-cert", str(cert), "--zookeeper-key", str(key))
+    assert time.monotonic() - started < 1 + 3
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"docker-register: error: zookeeper at {secure}: connect: "), result.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr, "the reason is the certificate, not a timeout"
+    assert zk.keys() == {} and not zk.state_file.exists()
 
 
 def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(zk):
