@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import typer
@@ -150,6 +150,10 @@ ZOOKEEPER_RESERVED = "/zookeeper"
 #: A node created and deleted under the root in every ZooKeeper write transaction: readers that watch only
 #: the root's children (Traefik's zooKeeper provider) then read the tree again. No reader ever sees it.
 ZOOKEEPER_SIGNAL = "docker-register-change-{session:x}"
+#: Where each host's session keeps an ephemeral node, one folder per root (outside it: readers never see it).
+#: A host that dies takes its node along; the leader (the lowest session listed) then deletes the folders
+#: the dead host's keys leave behind, which ZooKeeper keeps, and signals the root.
+ZOOKEEPER_HOSTS = "/docker-register/hosts"
 #: Redis key of a host's index: the set of its keys. ':' is never in a prefix, so no layout's keys meet it.
 REDIS_INDEX = "docker-register:hosts:{lease:016x}"
 #: StoredKey.lease of a Redis key that carries an expiry but is not in this host's index: another host's.
@@ -516,6 +520,13 @@ def zookeeper_path(key: str) -> str:
 def zookeeper_key(path: str, prefix: str) -> str:
     """The key of a ZooKeeper path, for a prefix with or without a leading /."""
     return path if prefix.startswith("/") else path[1:]
+
+
+def zookeeper_hosts_folder(root: str) -> str:
+    """The folder of the hosts' presence nodes for one root."""
+    from urllib.parse import quote
+
+    return f"{ZOOKEEPER_HOSTS}/{quote(root, safe='')}"
 
 
 def zookeeper_state_file(lock_file: Optional[str], host_ip: str, prefix: str) -> str:
@@ -1785,18 +1796,41 @@ class SavedSession:
     session: int
     password: bytes = field(repr=False)
     ttl: int
+    #: As the leader: the hosts folder's (cversion, numChildren) at the last look; None when not the leader.
+    watched: Optional[tuple[int, int]] = None
 
 
 def session_text(saved: SavedSession) -> str:
     """The state file's content."""
-    return json.dumps({"session": f"{saved.session:x}", "password": saved.password.hex(), "ttl": saved.ttl}) + "\n"
+    data = {"session": f"{saved.session:x}", "password": saved.password.hex(), "ttl": saved.ttl}
+    return json.dumps({**data, **({"watched": list(saved.watched)} if saved.watched else {})}) + "\n"
+
+
+def was_folder(stat) -> bool:
+    """Whether a ZooKeeper node is only a folder: no value, not ephemeral, and it has had children."""
+    return not stat.ephemeralOwner and not stat.dataLength and stat.cversion > 0
+
+
+def emptied_folder(stat) -> bool:
+    """Whether a ZooKeeper node is a folder whose children are all gone."""
+    return was_folder(stat) and not stat.numChildren
+
+
+def hosts_departed(before: Optional[tuple[int, int]], now: tuple[int, int]) -> bool:
+    """Whether a presence node went since the last look: cversion counts creates and deletes, numChildren their
+    difference; None (not the leader then) counts as a departure, as the last leader may be the one gone."""
+    if before is None:
+        return True
+    return (now[0] - before[0]) - (now[1] - before[1]) > 0
 
 
 def parse_session(text: str) -> Optional[SavedSession]:
     """Read a state file's content; None when it is not one (a new session is then made)."""
     try:
         data = json.loads(text)
-        saved = SavedSession(int(data["session"], 16), bytes.fromhex(data["password"]), int(data["ttl"]))
+        watched = tuple(int(n) for n in data["watched"]) if "watched" in data else None
+        saved = SavedSession(int(data["session"], 16), bytes.fromhex(data["password"]), int(data["ttl"]),
+                             watched if watched and len(watched) == 2 else None)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return saved if saved.session > 0 and saved.ttl > 0 else None
@@ -1925,10 +1959,10 @@ class ZooKeeperStore:
         except (OSError, UnicodeDecodeError):
             return None
 
-    def _save(self) -> None:
-        """Keep the session for the next runs: written whole, readable by the owner only."""
+    def _save(self, saved: Optional[SavedSession] = None) -> None:
+        """Keep the session (this run's, by default) for the next runs: written whole, readable by the owner only."""
         session, password = self._client.client_id
-        saved = SavedSession(session, password, self.ttl or DEFAULT_TTL)
+        saved = saved or SavedSession(session, password, self.ttl or DEFAULT_TTL)
         path = self.settings.state_file
         temporary = f"{path}.{os.getpid()}.tmp"
         try:
@@ -1996,8 +2030,11 @@ class ZooKeeperStore:
         return self.client.client_id[0]
 
     def keep_alive(self, lease_id: int) -> bool:
-        """Re-attaching renewed it; False when the saved session was gone (or none was saved)."""
+        """Re-attaching renewed it; False when the saved session was gone (or none was saved). A kept session
+        also tends the hosts folder: its own presence there, and as the leader the folders of departed hosts."""
         self.client
+        if self.kept:
+            self._tend_hosts()
         return self.kept
 
     def lease(self, lease_id: int) -> Optional[LeaseInfo]:
@@ -2014,7 +2051,7 @@ class ZooKeeperStore:
         client, found = self.client, {}
 
         def record(path, data, stat):
-            if stat.ephemeralOwner or stat.dataLength or not stat.numChildren:  # else only a parent
+            if stat.ephemeralOwner or stat.dataLength or not (stat.numChildren or emptied_folder(stat)):
                 self._owners[path] = stat.ephemeralOwner
                 found[zookeeper_key(path, self.prefix)] = StoredKey(
                     (data or b"").decode("utf-8", "replace"), stat.ephemeralOwner, stat.version)
@@ -2054,10 +2091,13 @@ class ZooKeeperStore:
             if not plan.lease_action.grants:
                 return
             self._client = self._start(ttl, None)
-        if not self.kept:
+        announce = not self.kept
+        if announce:
             self._save()  # before the first write: a run that dies after it leaves nodes the next run finds
         for batch in batches(plan.changes):
             self._multi(batch)
+        if announce:  # after the writes: a run refused them leaves no trace (a kept session announces later)
+            self._announce()
 
     def revoke(self, lease_id: int) -> None:
         """Delete this host's keys and close its session (purge)."""
@@ -2117,11 +2157,87 @@ class ZooKeeperStore:
                     f"{parent}/{child}" in gone for child in kids[parent]):
                 gone.add(parent)
                 op("delete", parent, version=stat.version)
-        signal = f"{self.root}/{ZOOKEEPER_SIGNAL.format(session=client.client_id[0])}"
-        op("create", signal, b"", ephemeral=True)
-        op("delete", signal)
+        for name, path, *args in self._signal():
+            op(name, path, *args)
         results = self._wait("write keys", transaction.commit_async())
         self._check(results, ops)
+
+    def _signal(self) -> list[tuple]:
+        """The operations that create and delete a node under the root: its readers read the tree again."""
+        signal = f"{self.root}/{ZOOKEEPER_SIGNAL.format(session=self.client.client_id[0])}"
+        return [("create", signal, b"", None, True), ("delete", signal)]
+
+    # --- the hosts folder: presence, and the leader's sweep ---------------------------------------
+
+    def _announce(self) -> None:
+        """Create this session's presence node (and the folders above it, which stay; whatever digest user made
+        them, every host may add its node there)."""
+        from kazoo.exceptions import NodeExistsError
+        from kazoo.security import make_acl
+
+        folder = zookeeper_hosts_folder(self.root)
+        shared = [make_acl("world", "anyone", read=True, create=True)]
+        self._wait("announce this host", self.client.ensure_path_async(folder, acl=shared))
+        try:
+            self.client.create_async(f"{folder}/{self.client.client_id[0]:x}", ephemeral=True).get(self.timeout)
+        except NodeExistsError:
+            pass
+        except Exception as error:
+            raise zookeeper_error(self.where, "announce this host", error) from None
+
+    def _tend_hosts(self) -> None:
+        """One read of the hosts folder; announce this session if it is missing, and as the leader (the lowest
+        session listed) sweep when a host departed since the leader's last look."""
+        from kazoo.exceptions import NoNodeError
+
+        folder = zookeeper_hosts_folder(self.root)
+        try:
+            children, stat = self.client.get_children_async(folder, include_data=True).get(timeout=self.timeout)
+        except NoNodeError:
+            children, stat = [], None
+        except Exception as error:
+            raise zookeeper_error(self.where, "read the hosts", error) from None
+        sessions = sorted(int(name, 16) for name in children if re.fullmatch(r"[0-9a-f]{1,16}", name))
+        session = self.client.client_id[0]
+        if session not in sessions:
+            self._announce()
+            return  # its own node changed the folder: the next run looks
+        watched = (stat.cversion, stat.numChildren) if sessions[0] == session else None
+        if watched and hosts_departed(self._saved.watched, watched):
+            self._sweep()
+        if watched != self._saved.watched:
+            self._save(replace(self._saved, watched=watched))
+
+    def _sweep(self) -> None:
+        """Delete the folders under the root that have no key below them any more (ZooKeeper keeps a parent when
+        its ephemeral children expire), deepest first, then signal the root so readers drop the departed keys.
+        (Traefik's keys always sit in a folder of their own, so a departed host always leaves one.)"""
+        found, level = {}, [self.root]
+        while level:
+            pending = [(path, self.client.get_children_async(path, include_data=True)) for path in level]
+            level = []
+            for path, answer in pending:
+                children, stat = self._wait_optional(answer) or ([], None)
+                if stat is not None:
+                    found[path] = (stat, children)
+                    level.extend(f"{path}/{child}" for child in children)
+        empty: set[str] = set()
+        for path, (stat, children) in sorted(found.items(), key=lambda item: -item[0].count("/")):
+            if path != self.root and was_folder(stat) and all(f"{path}/{child}" in empty for child in children):
+                empty.add(path)
+        deletes = [self.client.delete_async(path, version=found[path][0].version)
+                   for path in sorted(empty, key=lambda p: -p.count("/"))]
+        deleted = 0
+        for pending in deletes:
+            with contextlib.suppress(Exception):  # a key was written below it meanwhile: the folder is in use
+                pending.get(timeout=self.timeout)
+                deleted += 1
+        if not deleted:
+            return  # a key that went without leaving a folder is no change a root-watching reader misses
+        transaction, signal = self.client.transaction(), self._signal()
+        for name, path, *args in signal:
+            getattr(transaction, name)(path, *args)
+        self._check(self._wait("signal the root", transaction.commit_async()), [path for _, path, *_ in signal])
 
     def _parents(self, path: str, include_root: bool = False) -> list[str]:
         """The nodes above a path, below the root (and the root and above it when include_root)."""
@@ -2840,6 +2956,8 @@ def zookeeper_settings(flags: BackendFlags, prefix: str, lock_file: Optional[str
     root = zookeeper_path(prefix)
     if root == ZOOKEEPER_RESERVED or root.startswith(ZOOKEEPER_RESERVED + "/"):
         raise UsageError(f"--prefix {prefix}: ZooKeeper keeps its own nodes under {ZOOKEEPER_RESERVED}")
+    if root == ZOOKEEPER_HOSTS.rsplit("/", 1)[0] or root.startswith(ZOOKEEPER_HOSTS.rsplit("/", 1)[0] + "/"):
+        raise UsageError(f"--prefix {prefix}: docker-register keeps its hosts' nodes under {ZOOKEEPER_HOSTS}")
     hosts = parse_zookeeper_hosts(flags.zookeeper)
     read_tls_files(flags.zookeeper_cacert, flags.zookeeper_cert, flags.zookeeper_key, "zookeeper-")
     auth = parse_credentials(flags.zookeeper_user, flags.zookeeper_password, "zookeeper-", "ZOOKEEPER")

@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -58,6 +59,37 @@ def test_a_saved_session_reads_back_and_anything_else_is_no_session():
                  '{"session": "0", "password": "00", "ttl": 30}', '{"session": "1f", "password": "00", "ttl": 0}',
                  "[]"):
         assert dr.parse_session(text) is None, text
+
+
+def test_the_leader_keeps_what_it_saw_of_the_hosts_folder_in_the_state_file():
+    saved = dr.SavedSession(0x100002D21290007, bytes(range(16)), 30, watched=(7, 3))
+    assert dr.parse_session(dr.session_text(saved)) == saved
+    assert dr.parse_session(dr.session_text(dr.SavedSession(5, b"\1", 30))).watched is None
+
+
+@pytest.mark.parametrize("before, now, departed", [
+    ((4, 2), (4, 2), False),  # nothing happened
+    ((4, 2), (5, 3), False),  # a host joined
+    ((4, 2), (5, 1), True),  # a host left
+    ((4, 2), (6, 2), True),  # one joined and one left: the same count, yet a departure
+    ((4, 2), (7, 3), True),  # two joined and one left
+    (None, (4, 2), True),  # not the leader at the last look: the last leader may be the one gone
+])
+def test_a_departure_shows_in_the_hosts_folders_child_version_and_count(before, now, departed):
+    assert dr.hosts_departed(before, now) is departed
+
+
+def node(data=0, owner=0, children=0, cversion=0):
+    return SimpleNamespace(dataLength=data, ephemeralOwner=owner, numChildren=children, cversion=cversion)
+
+
+def test_only_a_folder_whose_children_all_went_is_an_emptied_folder():
+    assert dr.emptied_folder(node(cversion=2))
+    assert not dr.emptied_folder(node(cversion=3, children=1))  # still in use
+    assert not dr.emptied_folder(node())  # an empty key written as such, never a folder
+    assert not dr.emptied_folder(node(data=3, cversion=2))  # a key with a value
+    assert not dr.emptied_folder(node(owner=7, cversion=0))  # a session's key
+
 
 
 @pytest.mark.parametrize("text, hosts", [
@@ -117,6 +149,7 @@ def test_a_missing_client_is_a_usage_error_naming_the_extra(monkeypatch, capsys)
 
 @pytest.mark.parametrize("flags, message", [
     (["--prefix", "/zookeeper"], "ZooKeeper keeps its own nodes under /zookeeper"),
+    (["--prefix", "/docker-register/hosts/x"], "docker-register keeps its hosts' nodes under /docker-register/hosts"),
     (["--zookeeper", "zk1"], "ZOOKEEPER_HOSTS"),
     (["--zookeeper-password", "secret"], "--zookeeper-password / ZOOKEEPER_PASSWORD needs --zookeeper-user"),
     (["--zookeeper-cert", "/nonexistent.pem"], "--zookeeper-cert and --zookeeper-key go together"),
@@ -619,5 +652,36 @@ def test_traefik_reaches_the_registered_containers_and_after_a_stop_only_the_res
     zk.engine.docker("stop", "--time", "1", leaving)
     zk.sync("--layout", "traefik", **env)
     rest = {published_url(zk.engine, staying, host_ip)}
+    zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == rest, 15, f"traefik to run only {rest}")
+    assert Counter(zk_edge.get(WEB_HOST) for _ in range(REQUESTS)) == Counter({(200, staying + "\n"): REQUESTS})
+
+
+def test_traefik_drops_a_dead_hosts_servers_once_the_leader_has_swept_its_folders(zk, zk_edge, second_engine,
+                                                                                   tmp_path):
+    """ZooKeeper keeps the folder of an expired ephemeral key, and Traefik's provider watches only its root's
+    children: the live hosts' leader deletes what a dead host left and signals the root."""
+    here_ip, there_ip = bridge_ip(zk.engine), bridge_ip(second_engine)
+    staying, dying = start_web(zk.engine, *WEB_LABELS), start_web(second_engine, *WEB_LABELS)
+    alone = start_web(second_engine, "-l", "SERVICE_NAME=alone")  # a service only the dying host serves
+    here = {"DOCKER_REGISTER_PREFIX": zk_edge.root_key, "HOST_IP": here_ip}
+    there = {**here, "HOST_IP": there_ip, "DOCKER_HOST": second_engine.host, "DOCKER_REGISTER_TTL": "2",
+             "DOCKER_REGISTER_LOCK": str(tmp_path / "there" / "sync.lock")}
+    zk.sync("--layout", "traefik", **here)
+    zk.sync("--layout", "traefik", **here)  # the first host's session is the lowest: the leader looks first
+    zk.sync("--layout", "traefik", **there)
+    both = {published_url(zk.engine, staying, here_ip), published_url(second_engine, dying, there_ip)}
+    zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == both, 15, f"traefik to run {both}")
+    zxid = zk.server.zxid()
+    zk.sync("--layout", "traefik", **here)
+    assert zk.server.zxid() == zxid, "a host that joined is no departure: the leader writes nothing"
+
+    # The second host dies: its container stops answering, its runs stop, its session expires after 2 s.
+    second_engine.docker("stop", "--time", "1", dying, alone)
+    folder = f"/{zk_edge.root_key}/http/services/web/loadbalancer/servers/{dying[:12]}"
+    wait_until(lambda: not zk.look.get_children(folder), 15, "the dead host's session to expire")
+    assert zk.look.exists(folder), "ZooKeeper keeps the folder of an expired key"
+    zk.sync("--layout", "traefik", **here)
+    assert not zk.look.exists(folder) and not zk.look.exists(f"/{zk_edge.root_key}/http/services/alone")
+    rest = {published_url(zk.engine, staying, here_ip)}
     zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == rest, 15, f"traefik to run only {rest}")
     assert Counter(zk_edge.get(WEB_HOST) for _ in range(REQUESTS)) == Counter({(200, staying + "\n"): REQUESTS})
