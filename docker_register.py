@@ -1819,7 +1819,7 @@ def emptied_folder(stat) -> bool:
 def hosts_departed(before: Optional[tuple[int, int]], now: tuple[int, int]) -> bool:
     """Whether a presence node went since the last look: cversion counts creates and deletes, numChildren their
     difference; None (not the leader then) counts as a departure, as the last leader may be the one gone."""
-    if before is None:
+    if before is None or now[0] < before[0]:  # or the folder was made again
         return True
     return (now[0] - before[0]) - (now[1] - before[1]) > 0
 
@@ -1828,12 +1828,20 @@ def parse_session(text: str) -> Optional[SavedSession]:
     """Read a state file's content; None when it is not one (a new session is then made)."""
     try:
         data = json.loads(text)
-        watched = tuple(int(n) for n in data["watched"]) if "watched" in data else None
         saved = SavedSession(int(data["session"], 16), bytes.fromhex(data["password"]), int(data["ttl"]),
-                             watched if watched and len(watched) == 2 else None)
+                             parse_watched(data.get("watched")))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    return saved if saved.session > 0 and saved.ttl > 0 else None
+    return saved if saved.session and saved.ttl > 0 else None  # a server id >= 128 makes a session id negative
+
+
+def parse_watched(value) -> Optional[tuple[int, int]]:
+    """The leader's (cversion, numChildren) from the state file; None when it is not a pair of numbers."""
+    try:
+        cversion, children = value
+        return int(cversion), int(children)
+    except (ValueError, TypeError):
+        return None
 
 
 def zookeeper_error(where: str, what: str, error: BaseException) -> ZooKeeperError:
@@ -1871,6 +1879,7 @@ class ZooKeeperStore:
         self._saved: Optional[SavedSession] = None
         self._granted_ms = 0
         self._owners: dict[str, int] = {}  # path -> ephemeralOwner, as the last read saw it
+        self._emptied: dict[str, int] = {}  # path -> version of the emptied folders the last read saw
 
     # --- the session ------------------------------------------------------------------------
 
@@ -2051,6 +2060,8 @@ class ZooKeeperStore:
         client, found = self.client, {}
 
         def record(path, data, stat):
+            if emptied_folder(stat):  # no key, but a key put there must take its place
+                self._emptied[path] = stat.version
             if stat.ephemeralOwner or stat.dataLength or not (stat.numChildren or emptied_folder(stat)):
                 self._owners[path] = stat.ephemeralOwner
                 found[zookeeper_key(path, self.prefix)] = StoredKey(
@@ -2144,6 +2155,8 @@ class ZooKeeperStore:
             if change.kind is ChangeKind.REMOVE:
                 op("delete", path, version=change.expected_mod)
             elif change.kind is ChangeKind.ADD:
+                if path in self._emptied:  # a departed host's emptied folder where this key goes
+                    op("delete", path, version=self._emptied[path])
                 op("create", path, value, ephemeral=True)
             elif self._owners.get(path) == client.client_id[0]:
                 op("set_data", path, value, version=change.expected_mod)
@@ -2170,24 +2183,25 @@ class ZooKeeperStore:
     # --- the hosts folder: presence, and the leader's sweep ---------------------------------------
 
     def _announce(self) -> None:
-        """Create this session's presence node (and the folders above it, which stay; whatever digest user made
-        them, every host may add its node there)."""
+        """Create this session's presence node, and the folders above it, which stay: the two shared by every
+        root let anyone add to them; the root's own has this host's ACL, like the folders under the root."""
         from kazoo.exceptions import NodeExistsError
         from kazoo.security import make_acl
 
         folder = zookeeper_hosts_folder(self.root)
         shared = [make_acl("world", "anyone", read=True, create=True)]
-        self._wait("announce this host", self.client.ensure_path_async(folder, acl=shared))
-        try:
-            self.client.create_async(f"{folder}/{self.client.client_id[0]:x}", ephemeral=True).get(self.timeout)
-        except NodeExistsError:
-            pass
-        except Exception as error:
-            raise zookeeper_error(self.where, "announce this host", error) from None
+        self._wait("announce this host", self.client.ensure_path_async(folder.rsplit("/", 1)[0], acl=shared))
+        for path, ephemeral in ((folder, False), (f"{folder}/{self.client.client_id[0]:x}", True)):
+            try:
+                self.client.create_async(path, ephemeral=ephemeral).get(timeout=self.timeout)
+            except NodeExistsError:
+                pass
+            except Exception as error:
+                raise zookeeper_error(self.where, "announce this host", error) from None
 
     def _tend_hosts(self) -> None:
         """One read of the hosts folder; announce this session if it is missing, and as the leader (the lowest
-        session listed) sweep when a host departed since the leader's last look."""
+        session listed) sweep when a host departed since the leader's last look, or it has just become leader."""
         from kazoo.exceptions import NoNodeError
 
         folder = zookeeper_hosts_folder(self.root)
@@ -2197,21 +2211,25 @@ class ZooKeeperStore:
             children, stat = [], None
         except Exception as error:
             raise zookeeper_error(self.where, "read the hosts", error) from None
-        sessions = sorted(int(name, 16) for name in children if re.fullmatch(r"[0-9a-f]{1,16}", name))
+        sessions = sorted(int(name, 16) for name in children if re.fullmatch(r"-?[0-9a-f]{1,16}", name))
         session = self.client.client_id[0]
         if session not in sessions:
             self._announce()
             return  # its own node changed the folder: the next run looks
         watched = (stat.cversion, stat.numChildren) if sessions[0] == session else None
         if watched and hosts_departed(self._saved.watched, watched):
-            self._sweep()
+            # A departure seen before (not only a new leader's first look) is signalled even when nothing is
+            # left to delete: a run that deleted and then failed to signal is made good here.
+            self._sweep(signal=self._saved.watched is not None)
         if watched != self._saved.watched:
-            self._save(replace(self._saved, watched=watched))
+            self._save(replace(self._saved, watched=watched))  # only after the sweep: a failed one is tried again
 
-    def _sweep(self) -> None:
+    def _sweep(self, signal: bool) -> None:
         """Delete the folders under the root that have no key below them any more (ZooKeeper keeps a parent when
         its ephemeral children expire), deepest first, then signal the root so readers drop the departed keys.
         (Traefik's keys always sit in a folder of their own, so a departed host always leaves one.)"""
+        from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
+
         found, level = {}, [self.root]
         while level:
             pending = [(path, self.client.get_children_async(path, include_data=True)) for path in level]
@@ -2227,17 +2245,24 @@ class ZooKeeperStore:
                 empty.add(path)
         deletes = [self.client.delete_async(path, version=found[path][0].version)
                    for path in sorted(empty, key=lambda p: -p.count("/"))]
-        deleted = 0
+        deadline, deleted = time.monotonic() + self.timeout, 0
         for pending in deletes:
-            with contextlib.suppress(Exception):  # a key was written below it meanwhile: the folder is in use
-                pending.get(timeout=self.timeout)
+            try:
+                pending.get(timeout=max(0.0, deadline - time.monotonic()))
                 deleted += 1
-        if not deleted:
+            except (NotEmptyError, BadVersionError, NoNodeError):
+                pass  # a key was written below it meanwhile (the folder is in use), or another leader was first
+            except Exception as error:
+                raise zookeeper_error(self.where, "delete emptied folders", error) from None
+        if not deleted and not signal:
             return  # a key that went without leaving a folder is no change a root-watching reader misses
-        transaction, signal = self.client.transaction(), self._signal()
-        for name, path, *args in signal:
+        transaction, ops = self.client.transaction(), self._signal()
+        for name, path, *args in ops:
             getattr(transaction, name)(path, *args)
-        self._check(self._wait("signal the root", transaction.commit_async()), [path for _, path, *_ in signal])
+        try:
+            self._check(self._wait("signal the root", transaction.commit_async()), [path for _, path, *_ in ops])
+        except Conflict as conflict:
+            raise ZooKeeperError(f"{self.where}: signal the root: {conflict}") from None
 
     def _parents(self, path: str, include_root: bool = False) -> list[str]:
         """The nodes above a path, below the root (and the root and above it when include_root)."""

@@ -65,6 +65,9 @@ def test_the_leader_keeps_what_it_saw_of_the_hosts_folder_in_the_state_file():
     saved = dr.SavedSession(0x100002D21290007, bytes(range(16)), 30, watched=(7, 3))
     assert dr.parse_session(dr.session_text(saved)) == saved
     assert dr.parse_session(dr.session_text(dr.SavedSession(5, b"\1", 30))).watched is None
+    assert dr.parse_session('{"session": "5", "password": "01", "ttl": 30, "watched": 5}').watched is None
+    negative = dr.SavedSession(-0x7FFFFFF000000001, b"\1", 30)  # a server id of 128 or more
+    assert dr.parse_session(dr.session_text(negative)) == negative
 
 
 @pytest.mark.parametrize("before, now, departed", [
@@ -73,6 +76,7 @@ def test_the_leader_keeps_what_it_saw_of_the_hosts_folder_in_the_state_file():
     ((4, 2), (5, 1), True),  # a host left
     ((4, 2), (6, 2), True),  # one joined and one left: the same count, yet a departure
     ((4, 2), (7, 3), True),  # two joined and one left
+    ((9, 2), (1, 1), True),  # the folder was made again
     (None, (4, 2), True),  # not the leader at the last look: the last leader may be the one gone
 ])
 def test_a_departure_shows_in_the_hosts_folders_child_version_and_count(before, now, departed):
@@ -479,6 +483,14 @@ def test_a_digest_users_nodes_give_it_every_right_and_everyone_else_only_read(zk
     acl = sorted([make_digest_acl(*ALICE, all=True), make_acl("world", "anyone", read=True)])
     owner = digest_client(zk, ALICE)  # the server shows a digest's hash only to a session with ADMIN on the node
     assert {path: sorted(owner.get_acls(path)[0]) for path in made} == dict.fromkeys(made, acl)
+    # The hosts folders: the two every root shares take anyone's node; this root's own is the user's.
+    hosts = dr.zookeeper_hosts_folder(zk.prefix)
+    shared = sorted([make_acl("world", "anyone", read=True, create=True)])
+    assert [sorted(owner.get_acls(path)[0]) for path in ("/docker-register", "/docker-register/hosts")] == \
+        [shared, shared]
+    assert sorted(owner.get_acls(hosts)[0]) == acl
+    with pytest.raises(NoAuthError):
+        zk.look.create(f"{hosts}/0", ephemeral=True)  # no one else can make itself this fleet's leader
 
     key, folder = f"{zk.prefix}/web/{cid[:12]}", f"{zk.prefix}/web"
     for client in (zk.look, digest_client(zk, BOB)):  # no user, and another user
@@ -685,3 +697,70 @@ def test_traefik_drops_a_dead_hosts_servers_once_the_leader_has_swept_its_folder
     rest = {published_url(zk.engine, staying, here_ip)}
     zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == rest, 15, f"traefik to run only {rest}")
     assert Counter(zk_edge.get(WEB_HOST) for _ in range(REQUESTS)) == Counter({(200, staying + "\n"): REQUESTS})
+
+
+def departed_host(zk: ZkWorld, *paths: str) -> None:
+    """Another host's session that announces itself, makes these keys (and their folders) and ends."""
+    client = zk.server.client()
+    for path in paths:
+        client.create(path, b"x", ephemeral=True, makepath=True)
+    client.create(f"{dr.zookeeper_hosts_folder(zk.prefix)}/{client.client_id[0]:x}", ephemeral=True)
+    zk.sync()  # a host joined: the leader notes it, no departure
+    client.stop()  # it departs: its session ends, its keys go, ZooKeeper keeps their folders
+    client.close()
+
+
+def test_the_leaders_sweep_deletes_only_folders_nothing_is_below_any_more(zk):
+    cid = zk.docker_run("-P", "local/web")
+    zk.sync()
+    zk.sync()  # the leader's first look
+    kept = {f"{zk.prefix}/empty-key": b"", f"{zk.prefix}/valued": b"v", f"{zk.prefix}/in/a/folder": b"v"}
+    for path, data in kept.items():
+        zk.look.create(path, data, makepath=True)
+    departed_host(zk, f"{zk.prefix}/gone/a/b/key", f"{zk.prefix}/in/gone/key")
+    emptied = {f"{zk.prefix}/gone/a/b", f"{zk.prefix}/in/gone"}
+    before = zk.keys()
+    assert emptied <= set(before), "ZooKeeper keeps the folders of expired keys"
+    before = {path: data for path, data in before.items() if path not in emptied}
+    zk.sync()
+    assert not zk.look.exists(f"{zk.prefix}/gone") and not zk.look.exists(f"{zk.prefix}/in/gone")
+    assert zk.keys() == before and all(zk.look.exists(path) for path in kept)
+    assert f"{zk.prefix}/web/{cid[:12]}" in before
+    zxid = zk.server.zxid()
+    zk.sync()
+    assert zk.server.zxid() == zxid, "swept once: the next run writes nothing"
+
+
+def test_when_the_leader_dies_the_next_host_takes_over_and_sweeps(zk, second_engine, tmp_path):
+    prefix = zk.prefix.lstrip("/")
+    here = {"DOCKER_REGISTER_PREFIX": prefix, "HOST_IP": bridge_ip(zk.engine)}
+    there = {**here, "HOST_IP": bridge_ip(second_engine), "DOCKER_HOST": second_engine.host,
+             "DOCKER_REGISTER_TTL": "2", "DOCKER_REGISTER_LOCK": str(tmp_path / "there" / "sync.lock")}
+    leader = start_web(second_engine, *WEB_LABELS)
+    zk.sync("--layout", "traefik", **there)
+    zk.sync("--layout", "traefik", **there)  # the leader's first look
+    start_web(zk.engine, *WEB_LABELS)
+    zk.sync("--layout", "traefik", **here)
+    zk.sync("--layout", "traefik", **here)
+    state = Path(dr.zookeeper_state_file(str(zk.lock_file), here["HOST_IP"], prefix))
+    assert "watched" not in json.loads(state.read_text()), "not the leader yet"
+
+    second_engine.docker("stop", "--time", "1", leader)
+    folder = f"/{prefix}/http/services/web/loadbalancer/servers/{leader}"
+    wait_until(lambda: not zk.look.get_children(folder), 15, "the leader's session to expire")
+    zk.sync("--layout", "traefik", **here)
+    assert not zk.look.exists(folder)
+    assert "watched" in json.loads(state.read_text())
+
+
+def test_a_key_goes_where_a_departed_hosts_folder_was_left_empty(zk):
+    leader = zk.other_host()  # a live host of a lower session leads, so this host sweeps nothing itself
+    leader.create(f"{dr.zookeeper_hosts_folder(zk.prefix)}/{leader.client_id[0]:x}", ephemeral=True, makepath=True)
+    cid = zk.docker_run("-P", "local/web")
+    departed = zk.server.client()
+    departed.create(f"{zk.prefix}/web/{cid[:12]}/below", b"x", ephemeral=True, makepath=True)
+    departed.stop()
+    departed.close()
+    result = zk.sync()
+    assert "added 2" in result.stdout
+    assert zk.keys()[f"{zk.prefix}/web/{cid[:12]}"].startswith(zk.host_ip + ":")
