@@ -214,6 +214,15 @@ def installed_module() -> str:
     return f"{origin} (sha256 {hashlib.sha256(origin.read_bytes()).hexdigest()[:12]})"
 
 
+def compile_module() -> str:
+    """Write the module's bytecode, as installing a package does: with PYTHONDONTWRITEBYTECODE set (or a
+    read-only checkout), every child run would otherwise compile the module from source (about 50 ms)."""
+    import importlib.util
+    import py_compile
+
+    return py_compile.compile(importlib.util.find_spec("docker_register").origin, doraise=True)
+
+
 def print_machine(title: str, children: bool = True) -> None:
     """Print what the figures were measured on (and, for child processes, how they are timed)."""
     print(f"# {title}")
@@ -226,6 +235,7 @@ def print_machine(title: str, children: bool = True) -> None:
     print(f"module  : checkout at {git_state()}; {'CLI ' + str(BINARY) + ' ' if children else ''}imports "
           f"{installed_module()}")
     if children:
+        print(f"bytecode: {compile_module()} (written before the runs, as an installed package has it)")
         print("timing  : wall = perf_counter around each child; CPU = user+sys from wait4; peak RSS = "
               + ("GNU time %M (its fork overhead included, < 1 ms)" if GNU_TIME else
                  "wait4 ru_maxrss (GNU time missing: includes this process's RSS at fork; install package 'time')"))
