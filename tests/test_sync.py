@@ -10,6 +10,8 @@ import subprocess
 import time
 import urllib.request
 
+import pytest
+
 from harness import free_port, wait_until
 
 
@@ -248,6 +250,26 @@ def test_json_output_of_a_run_and_of_a_dry_run(world):
     assert done["dry_run"] is False and done["added"] == 2 and len(world.keys()) == 2
     again = json.loads(world.sync(DOCKER_REGISTER_OUTPUT="json").stdout)
     assert again["changes"] == [] and again["unchanged"] == 2
+
+
+@pytest.mark.parametrize("layout, prefix, key", [
+    ("discover", "{prefix}", "{prefix}/web/{id12}"),
+    ("traefik", "t{n}", "t{n}/http/services/web/loadbalancer/servers/{id12}/url"),
+    ("skydns", "{prefix}", "{prefix}/local/docker/web/{id12}"),
+])
+def test_dry_run_json_output_and_purge_work_in_every_layout(world, layout, prefix, key):
+    cid = world.docker_run("-P", "local/web")
+    fill = {"prefix": world.prefix, "n": world.prefix.strip("/").split("/")[0], "id12": short(cid)}
+    prefix, key = prefix.format(**fill), key.format(**fill)
+    env = {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}
+    revision = world.etcd.revision()
+    plan = json.loads(world.sync("--dry-run", "--output", "json", **env).stdout)
+    assert plan["dry_run"] is True and key in {change["key"] for change in plan["changes"]}
+    assert world.etcd.revision() == revision, "a dry run writes nothing"
+    done = json.loads(world.sync("--output", "json", **env).stdout)
+    assert done["added"] == plan["added"] and key in world.etcd.values(prefix)
+    purged = json.loads(world.run("purge", "--output", "json", **env).stdout)
+    assert key in purged["keys"] and world.etcd.values(prefix) == {}
 
 
 def test_docker_down_exits_1_with_one_line_and_leaves_etcd_untouched(world, tmp_path):
