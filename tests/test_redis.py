@@ -8,6 +8,7 @@ and look with a redis-py client of their own; Redis's command statistics show wh
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -243,6 +244,26 @@ def test_a_dry_run_writes_nothing(rd):
     assert "would add 1" in result.stdout and "dry run, nothing written" in result.stdout
     assert writes(before, after) == Counter() and after["pexpire"] == before["pexpire"]
     assert len(rd.keys()) == 2
+
+
+@pytest.mark.parametrize("layout, prefix, key", [
+    ("discover", "{prefix}", "{prefix}/web/{id12}"),
+    ("traefik", "{bare}", "{bare}/http/services/web/loadbalancer/servers/{id12}/url"),
+    ("skydns", "{prefix}", "{prefix}/local/docker/web/{id12}"),
+])
+def test_every_layout_registers_dry_runs_and_purges(rd, layout, prefix, key):
+    cid = rd.docker_run("-P", "local/web")
+    fill = {"prefix": rd.prefix, "bare": rd.prefix.lstrip("/"), "id12": cid[:12]}
+    prefix, key = prefix.format(**fill), key.format(**fill)
+    env = {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}
+    before = rd.commands()
+    plan = json.loads(rd.sync("--dry-run", "--output", "json", **env).stdout)
+    assert key in {change["key"] for change in plan["changes"]} and writes(before, rd.commands()) == Counter()
+    rd.sync(**env)
+    assert key in rd.keys(prefix) and rd.look.pttl(key) > 0
+    result = rd.run("purge", **env)
+    assert result.returncode == 0, result.stderr
+    assert rd.keys(prefix) == {}
 
 
 def test_a_server_down_fails_in_one_line_within_the_timeout(rd):

@@ -350,6 +350,26 @@ def test_a_dry_run_writes_nothing(zk):
     assert len(zk.keys()) == 2
 
 
+@pytest.mark.parametrize("layout, prefix, key", [
+    ("discover", "{prefix}", "{prefix}/web/{id12}"),
+    ("traefik", "{bare}", "{bare}/http/services/web/loadbalancer/servers/{id12}/url"),
+    ("skydns", "{prefix}", "{prefix}/local/docker/web/{id12}"),
+])
+def test_every_layout_registers_dry_runs_and_purges(zk, layout, prefix, key):
+    cid = zk.docker_run("-P", "local/web")
+    fill = {"prefix": zk.prefix, "bare": zk.prefix.lstrip("/"), "id12": cid[:12]}
+    prefix, key = prefix.format(**fill), key.format(**fill)
+    env = {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}
+    root = dr.zookeeper_path(prefix)
+    plan = json.loads(zk.sync("--dry-run", "--output", "json", **env).stdout)
+    assert key in {change["key"] for change in plan["changes"]} and zk.nodes(root) == {}
+    zk.sync(**env)
+    assert zk.nodes(root)[dr.zookeeper_path(key)][1] != 0, "an ephemeral node of the host's session"
+    result = zk.run("purge", **env)
+    assert result.returncode == 0, result.stderr
+    assert zk.nodes(root) == {}
+
+
 def test_a_server_down_fails_in_one_line_within_the_timeout(zk):
     zk.docker_run("-P", "local/web")
     for hosts, reason in ((f"127.0.0.1:{free_port()}", "socket connection error: Connection refused"),
