@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import Host
+from conftest import BINARY, Host
 from harness import Certs, Redis, Traefik, free_port, wait_until
 from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
 
@@ -264,6 +265,25 @@ def test_every_layout_registers_dry_runs_and_purges(rd, layout, prefix, key):
     result = rd.run("purge", **env)
     assert result.returncode == 0, result.stderr
     assert rd.keys(prefix) == {}
+
+
+def test_sync_every_registers_deregisters_and_rewrites_no_value_between(rd):
+    proc = subprocess.Popen([BINARY, "sync", "--every", "1"], env=rd.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        cid = rd.docker_run("-P", "local/web")
+        wait_until(lambda: rd.keys() == web_keys(rd, cid), 15, "the repeating sync to register the container")
+        before = rd.commands()
+        time.sleep(2.5)  # two or three passes with nothing to change
+        after = rd.commands()
+        assert writes(before, after) == Counter() and after["pexpire"] > before["pexpire"]
+        rd.engine.docker("rm", "-f", cid)
+        wait_until(lambda: rd.keys() == {}, 15, "the repeating sync to remove the key")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert proc.stderr.read() == ""
 
 
 def test_a_server_down_fails_in_one_line_within_the_timeout(rd):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -20,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 
 import docker_register as dr
-from conftest import Host
+from conftest import BINARY, Host
 from harness import Traefik, ZooKeeper, free_port, wait_until
 from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
 
@@ -368,6 +370,26 @@ def test_every_layout_registers_dry_runs_and_purges(zk, layout, prefix, key):
     result = zk.run("purge", **env)
     assert result.returncode == 0, result.stderr
     assert zk.nodes(root) == {}
+
+
+def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_between(zk):
+    proc = subprocess.Popen([BINARY, "sync", "--every", "1"], env=zk.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        cid = zk.docker_run("-P", "local/web")
+        wait_until(lambda: zk.keys() == web_keys(zk, cid), 15, "the repeating sync to register the container")
+        session = zk.session()
+        zxid = zk.server.zxid()
+        time.sleep(2.5)  # two or three passes with nothing to change
+        assert zk.server.zxid() == zxid
+        zk.engine.docker("rm", "-f", cid)
+        wait_until(lambda: zk.keys() == {}, 15, "the repeating sync to remove the key")
+        assert zk.session() == session
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert proc.stderr.read() == ""
 
 
 def test_a_server_down_fails_in_one_line_within_the_timeout(zk):
