@@ -120,6 +120,12 @@ def world(engine, etcd, tmp_path):
     etcd.revoke_all_leases()
 
 
+#: Where each layout puts a local/web container's key, below a prefix.
+LAYOUT_KEYS = {"discover": "{prefix}/web/{id12}",
+               "traefik": "{prefix}/http/services/web/loadbalancer/servers/{id12}/url",
+               "skydns": "{prefix}/local/docker/web/{id12}"}
+
+
 class Host:
     """One host of a test: its engine, prefix, host IP and lock file, and the real CLI run against them."""
 
@@ -158,6 +164,13 @@ class Host:
     def docker_run(self, *args: str) -> str:
         """Start a container; return its full id."""
         return self.engine.docker("run", "-d", *args).stdout.strip()
+
+    def in_layout(self, layout: str, container_id: str) -> tuple[dict[str, str], str, str]:
+        """The variables of a run in a layout under the test's prefix (no leading / for traefik), that prefix,
+        and where the layout puts the key of a local/web container."""
+        prefix = self.prefix.lstrip("/") if layout == "traefik" else self.prefix
+        key = LAYOUT_KEYS[layout].format(prefix=prefix, id12=container_id[:12])
+        return {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}, prefix, key
 
 
 class World(Host):

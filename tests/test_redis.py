@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import BINARY, Host
+from conftest import BINARY, LAYOUT_KEYS, Host
 from harness import Certs, Redis, Traefik, free_port, wait_until
 from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
 
@@ -247,16 +247,10 @@ def test_a_dry_run_writes_nothing(rd):
     assert len(rd.keys()) == 2
 
 
-@pytest.mark.parametrize("layout, prefix, key", [
-    ("discover", "{prefix}", "{prefix}/web/{id12}"),
-    ("traefik", "{bare}", "{bare}/http/services/web/loadbalancer/servers/{id12}/url"),
-    ("skydns", "{prefix}", "{prefix}/local/docker/web/{id12}"),
-])
-def test_every_layout_registers_dry_runs_and_purges(rd, layout, prefix, key):
+@pytest.mark.parametrize("layout", LAYOUT_KEYS)
+def test_every_layout_registers_dry_runs_and_purges(rd, layout):
     cid = rd.docker_run("-P", "local/web")
-    fill = {"prefix": rd.prefix, "bare": rd.prefix.lstrip("/"), "id12": cid[:12]}
-    prefix, key = prefix.format(**fill), key.format(**fill)
-    env = {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}
+    env, prefix, key = rd.in_layout(layout, cid)
     before = rd.commands()
     plan = json.loads(rd.sync("--dry-run", "--output", "json", **env).stdout)
     assert key in {change["key"] for change in plan["changes"]} and writes(before, rd.commands()) == Counter()

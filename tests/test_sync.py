@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from conftest import LAYOUT_KEYS
 from harness import free_port, wait_until
 
 
@@ -252,16 +253,10 @@ def test_json_output_of_a_run_and_of_a_dry_run(world):
     assert again["changes"] == [] and again["unchanged"] == 2
 
 
-@pytest.mark.parametrize("layout, prefix, key", [
-    ("discover", "{prefix}", "{prefix}/web/{id12}"),
-    ("traefik", "t{n}", "t{n}/http/services/web/loadbalancer/servers/{id12}/url"),
-    ("skydns", "{prefix}", "{prefix}/local/docker/web/{id12}"),
-])
-def test_dry_run_json_output_and_purge_work_in_every_layout(world, layout, prefix, key):
+@pytest.mark.parametrize("layout", LAYOUT_KEYS)
+def test_dry_run_json_output_and_purge_work_in_every_layout(world, layout):
     cid = world.docker_run("-P", "local/web")
-    fill = {"prefix": world.prefix, "n": world.prefix.strip("/").split("/")[0], "id12": short(cid)}
-    prefix, key = prefix.format(**fill), key.format(**fill)
-    env = {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}
+    env, prefix, key = world.in_layout(layout, cid)
     revision = world.etcd.revision()
     plan = json.loads(world.sync("--dry-run", "--output", "json", **env).stdout)
     assert plan["dry_run"] is True and key in {change["key"] for change in plan["changes"]}

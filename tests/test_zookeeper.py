@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 
 import docker_register as dr
-from conftest import BINARY, Host
+from conftest import BINARY, LAYOUT_KEYS, Host
 from harness import Traefik, ZooKeeper, free_port, wait_until
 from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
 
@@ -352,16 +352,10 @@ def test_a_dry_run_writes_nothing(zk):
     assert len(zk.keys()) == 2
 
 
-@pytest.mark.parametrize("layout, prefix, key", [
-    ("discover", "{prefix}", "{prefix}/web/{id12}"),
-    ("traefik", "{bare}", "{bare}/http/services/web/loadbalancer/servers/{id12}/url"),
-    ("skydns", "{prefix}", "{prefix}/local/docker/web/{id12}"),
-])
-def test_every_layout_registers_dry_runs_and_purges(zk, layout, prefix, key):
+@pytest.mark.parametrize("layout", LAYOUT_KEYS)
+def test_every_layout_registers_dry_runs_and_purges(zk, layout):
     cid = zk.docker_run("-P", "local/web")
-    fill = {"prefix": zk.prefix, "bare": zk.prefix.lstrip("/"), "id12": cid[:12]}
-    prefix, key = prefix.format(**fill), key.format(**fill)
-    env = {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}
+    env, prefix, key = zk.in_layout(layout, cid)
     root = dr.zookeeper_path(prefix)
     plan = json.loads(zk.sync("--dry-run", "--output", "json", **env).stdout)
     assert key in {change["key"] for change in plan["changes"]} and zk.nodes(root) == {}
