@@ -184,7 +184,12 @@ def zookeeper(servers_root):
 def zk(engine, zookeeper, tmp_path):
     """A prefix, host IP and lock folder of the test's own, a kazoo client to look with, and a helper to run
     docker-register against the private ZooKeeper."""
-    world = ZkWorld(engine, zookeeper, next(_numbers), tmp_path)
+    yield from world_on(zookeeper, engine, tmp_path)
+
+
+def world_on(server: ZooKeeper, engine, tmp_path: Path):
+    """The body of the world fixtures: a ZkWorld on that server, its sessions ended after the test."""
+    world = ZkWorld(engine, server, next(_numbers), tmp_path)
     yield world
     world.close()
 
@@ -473,9 +478,7 @@ def digest_zookeeper(tmp_path_factory):
 
 @pytest.fixture
 def zk_digest(engine, digest_zookeeper, tmp_path):
-    world = ZkWorld(engine, digest_zookeeper, next(_numbers), tmp_path)
-    yield world
-    world.close()
+    yield from world_on(digest_zookeeper, engine, tmp_path)
 
 
 def tree(client, path: str = "/") -> dict:
@@ -587,9 +590,7 @@ def tls_zookeeper(tmp_path_factory, zk_certs):
 
 @pytest.fixture
 def zk_tls(engine, tls_zookeeper, tmp_path):
-    world = ZkWorld(engine, tls_zookeeper, next(_numbers), tmp_path)
-    yield world
-    world.close()
+    yield from world_on(tls_zookeeper, engine, tmp_path)
 
 
 def test_over_tls_a_run_with_the_ca_and_a_client_certificate_registers(zk_tls, zk_certs):
