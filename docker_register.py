@@ -890,15 +890,13 @@ def port_key(prefix: str, service: str) -> str:
     return f"{prefix}/{service}/{PORT_KEY}"
 
 
-def own_keys(registrations: Iterable[Registration], key_of: Callable[[Registration], Optional[str]],
+def own_keys(registrations: Iterable[Registration], key_of: Callable[[Registration], str],
              value_of: Callable[[Registration], str]) -> tuple[dict[str, str], list[str]]:
     """One key per registration; a second registration on the same key is noted and left out."""
     keys: dict[str, str] = {}
     notes = []
     for registration in registrations:
         key = key_of(registration)
-        if key is None:
-            continue
         if key in keys:
             notes.append(f"{registration.container_name}: service {registration.service} named twice, kept the first")
             continue
@@ -932,7 +930,7 @@ DISCOVER = Layout(
     name="discover", default_prefix=DEFAULT_PREFIX, absolute=True, desire=discover_keys,
     fits=lambda key, prefix: service_of(key, prefix) is not None,
     is_shared=lambda key, prefix: key.endswith("/" + PORT_KEY),
-    holders=lambda key, prefix, stored: frozenset({key.rsplit("/", 1)[0] + "/"}),
+    holders=lambda key, prefix, stored: frozenset({parent_folder(key)}),
 )
 
 
@@ -1240,9 +1238,9 @@ def more_reads_for(desired: Desired, stored: Mapping[str, StoredKey], lease_id: 
     if read.whole_prefix:
         return None
     ours = [key for key, kv in stored.items() if kv.lease == lease_id and layout.fits(key, prefix)]
+    planned = as_planned(desired, stored, lease_id)
     folders = {folder for key in stale_shared(desired, ours, layout, prefix)
-               for folder in layout.holders(key, prefix, as_planned(desired, stored, lease_id))
-               if not folder.startswith(read.folders or ("\0",))}
+               for folder in layout.holders(key, prefix, planned) if not folder.startswith(read.folders)}
     if not folders:
         return None
     return Reads(folders=tuple(sorted(folders))) if len(folders) <= limit else Reads(whole_prefix=True)
@@ -1281,16 +1279,16 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
             unchanged += 1
 
     planned = as_planned(desired, current, lease_id)
-    others = {key: kv.lease for key, kv in current.items()
-              if kv.lease != lease_id and layout.fits(key, prefix) and not layout.is_shared(key, prefix)}
+    others = sorted((key, kv.lease) for key, kv in current.items()
+                    if kv.lease != lease_id and layout.fits(key, prefix) and not layout.is_shared(key, prefix))
     for key, kv in sorted(current.items()):
         if kv.lease != lease_id or key in desired.own or key in desired.shared:
             continue
         if not key.startswith(prefix + "/") or not layout.fits(key, prefix):
             continue  # Never touch anything outside the prefix or the layout, whatever lease it is on.
         heir = layout.is_shared(key, prefix) and next(
-            (others[other] for folder in sorted(layout.holders(key, prefix, planned))
-             for other in sorted(others) if other.startswith(folder)), None)
+            (lease for folder in sorted(layout.holders(key, prefix, planned))
+             for other, lease in others if other.startswith(folder)), None)
         if heir and not hand_over:
             unchanged += 1  # kept on this host's lease while another host uses it; purge takes it along
             continue
@@ -1867,7 +1865,6 @@ class ZooKeeperStore:
     tree = True
 
     def __init__(self, settings: ZooKeeperSettings, prefix: str, ttl: Optional[int], timeout: float):
-        backend_module("zookeeper")
         self.settings = settings
         self.prefix = prefix
         self.root = zookeeper_path(prefix)
@@ -1992,12 +1989,20 @@ class ZooKeeperStore:
             os.unlink(self.settings.state_file)
         self._saved = None
 
-    def _wait(self, what: str, pending):
-        """The result of one asynchronous call, bounded by the timeout."""
+    def _wait(self, what: str, pending, ignore: type[Exception] | tuple = ()):
+        """The result of one asynchronous call, bounded by the timeout; None for an error of the ignored kind."""
         try:
             return pending.get(timeout=self.timeout)
+        except ignore:
+            return None
         except Exception as error:
             raise zookeeper_error(self.where, what, error) from None
+
+    def _wait_optional(self, what: str, pending):
+        """The result of a call on a node that may be missing; None if it is."""
+        from kazoo.exceptions import NoNodeError
+
+        return self._wait(what, pending, NoNodeError)
 
     def _end_session(self) -> list[str]:
         """Delete the session's keys (with their emptied parents, signalling the root), close the session and
@@ -2055,8 +2060,6 @@ class ZooKeeperStore:
 
     def read(self, reads: Reads) -> dict[str, StoredKey]:
         """Exact keys in one round of pipelined reads; folders (or the whole prefix) walked a level a round."""
-        from kazoo.exceptions import NoNodeError
-
         client, found = self.client, {}
 
         def record(path, data, stat):
@@ -2067,31 +2070,18 @@ class ZooKeeperStore:
                 found[zookeeper_key(path, self.prefix)] = StoredKey(
                     (data or b"").decode("utf-8", "replace"), stat.ephemeralOwner, stat.version)
 
-        for path, pending in [(zookeeper_path(key), client.get_async(zookeeper_path(key))) for key in reads.keys]:
-            try:
-                record(path, *pending.get(timeout=self.timeout))
-            except NoNodeError:
-                pass
-            except Exception as error:
-                raise zookeeper_error(self.where, "read keys", error) from None
+        def record_all(paths):
+            for path, pending in [(path, client.get_async(path)) for path in paths]:
+                if (node := self._wait_optional("read keys", pending)) is not None:
+                    record(path, *node)
+
+        record_all(zookeeper_path(key) for key in reads.keys)
         level = [self.root] if reads.whole_prefix else [zookeeper_path(folder.rstrip("/")) for folder in reads.folders]
         while level:
             children = [(path, client.get_children_async(path)) for path in level]
-            level = []
-            for path, pending in children:
-                try:
-                    level.extend(f"{path}/{child}" for child in pending.get(timeout=self.timeout))
-                except NoNodeError:
-                    pass
-                except Exception as error:
-                    raise zookeeper_error(self.where, "read keys", error) from None
-            for path, pending in [(path, client.get_async(path)) for path in level]:
-                try:
-                    record(path, *pending.get(timeout=self.timeout))
-                except NoNodeError:
-                    pass
-                except Exception as error:
-                    raise zookeeper_error(self.where, "read keys", error) from None
+            level = [f"{path}/{child}" for path, pending in children
+                     for child in self._wait_optional("read keys", pending) or []]
+            record_all(level)
         return found
 
     def apply(self, plan: Plan, ttl: int) -> None:
@@ -2138,8 +2128,8 @@ class ZooKeeperStore:
         above_removed = {parent for path in removed for parent in self._parents(path)} - above_puts
         stats = {path: client.exists_async(path) for path in above_puts | above_removed}
         kids = {path: client.get_children_async(path) for path in above_removed}
-        stats = {path: self._wait_optional(pending) for path, pending in stats.items()}
-        kids = {path: self._wait_optional(pending) or [] for path, pending in kids.items()}
+        stats = {path: self._wait_optional("read parents", pending) for path, pending in stats.items()}
+        kids = {path: self._wait_optional("read parents", pending) or [] for path, pending in kids.items()}
 
         transaction, ops = client.transaction(), []
 
@@ -2192,25 +2182,14 @@ class ZooKeeperStore:
         shared = [make_acl("world", "anyone", read=True, create=True)]
         self._wait("announce this host", self.client.ensure_path_async(folder.rsplit("/", 1)[0], acl=shared))
         for path, ephemeral in ((folder, False), (f"{folder}/{self.client.client_id[0]:x}", True)):
-            try:
-                self.client.create_async(path, ephemeral=ephemeral).get(timeout=self.timeout)
-            except NodeExistsError:
-                pass
-            except Exception as error:
-                raise zookeeper_error(self.where, "announce this host", error) from None
+            self._wait("announce this host", self.client.create_async(path, ephemeral=ephemeral), NodeExistsError)
 
     def _tend_hosts(self) -> None:
         """One read of the hosts folder; announce this session if it is missing, and as the leader (the lowest
         session listed) sweep when a host departed since the leader's last look, or it has just become leader."""
-        from kazoo.exceptions import NoNodeError
-
         folder = zookeeper_hosts_folder(self.root)
-        try:
-            children, stat = self.client.get_children_async(folder, include_data=True).get(timeout=self.timeout)
-        except NoNodeError:
-            children, stat = [], None
-        except Exception as error:
-            raise zookeeper_error(self.where, "read the hosts", error) from None
+        listed = self.client.get_children_async(folder, include_data=True)
+        children, stat = self._wait_optional("read the hosts", listed) or ([], None)
         sessions = sorted(int(name, 16) for name in children if re.fullmatch(r"-?[0-9a-f]{1,16}", name))
         session = self.client.client_id[0]
         if session not in sessions:
@@ -2235,7 +2214,7 @@ class ZooKeeperStore:
             pending = [(path, self.client.get_children_async(path, include_data=True)) for path in level]
             level = []
             for path, answer in pending:
-                children, stat = self._wait_optional(answer) or ([], None)
+                children, stat = self._wait_optional("read parents", answer) or ([], None)
                 if stat is not None:
                     found[path] = (stat, children)
                     level.extend(f"{path}/{child}" for child in children)
@@ -2269,17 +2248,6 @@ class ZooKeeperStore:
         parts = path.split("/")
         parents = ["/".join(parts[:i]) for i in range(2, len(parts))]
         return [p for p in parents if include_root or (p.startswith(self.root + "/"))]
-
-    def _wait_optional(self, pending):
-        """The result of an exists or get_children call; None for a missing node."""
-        from kazoo.exceptions import NoNodeError
-
-        try:
-            return pending.get(timeout=self.timeout)
-        except NoNodeError:
-            return None
-        except Exception as error:
-            raise zookeeper_error(self.where, "read parents", error) from None
 
     def _check(self, results: Sequence, ops: Sequence[str]) -> None:
         """Raise Conflict when a compared node moved, a one-line error when the server refused the transaction."""
