@@ -2214,7 +2214,7 @@ class ZooKeeperStore:
             pending = [(path, self.client.get_children_async(path, include_data=True)) for path in level]
             level = []
             for path, answer in pending:
-                children, stat = self._wait_optional("read parents", answer) or ([], None)
+                children, stat = self._wait_optional("read the tree", answer) or ([], None)
                 if stat is not None:
                     found[path] = (stat, children)
                     level.extend(f"{path}/{child}" for child in children)
