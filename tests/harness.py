@@ -440,6 +440,13 @@ class Traefik:
         """Services Traefik runs now (protocol http, tcp or udp), by name (e.g. `web@etcd`)."""
         return {service["name"]: service for service in self.api(f"/api/{protocol}/services")}
 
+    def servers(self, service: str = "web", protocol: str = "http") -> set[str]:
+        """The server urls (http) or addresses (tcp, udp) Traefik runs for a service of its KV provider."""
+        found = self.services(protocol).get(f"{service}@{self.provider.lower()}")
+        if not found:
+            return set()
+        return {server.get("url") or server.get("address") for server in found["loadBalancer"]["servers"]}
+
     def routers(self, protocol: str = "http") -> dict[str, dict]:
         """Routers Traefik runs now (protocol http, tcp or udp), by name (e.g. `web@etcd`)."""
         return {router["name"]: router for router in self.api(f"/api/{protocol}/routers")}

@@ -57,7 +57,7 @@ def never_within(check, seconds: float) -> bool:
 
 
 class Edge:
-    """A Traefik reading one root key of the test etcd, and docker-register writing that root."""
+    """A Traefik reading one root key of the test's store, and docker-register writing that root."""
 
     def __init__(self, world, traefik: Traefik, host_ip: str):
         self.world = world
@@ -79,20 +79,13 @@ class Edge:
         """One sync in the traefik layout, which must succeed."""
         return self.world.sync("--layout", "traefik", **self.env(engine, host_ip, lock))
 
-    def servers(self, service: str = "web", protocol: str = "http") -> set[str]:
-        """The server urls (http) or addresses (tcp) Traefik runs for a service of the etcd provider."""
-        found = self.traefik.services(protocol).get(f"{service}@etcd")
-        if not found:
-            return set()
-        return {server.get("url") or server.get("address") for server in found["loadBalancer"]["servers"]}
-
     def wait_servers(self, expected: set[str], service: str = "web", protocol: str = "http") -> None:
         """Wait until Traefik runs exactly these servers for the service."""
         try:
-            self.traefik.wait_for(lambda: self.servers(service, protocol) == expected, 15,
+            self.traefik.wait_for(lambda: self.traefik.servers(service, protocol) == expected, 15,
                                   f"traefik to run {protocol} service {service} with servers {sorted(expected)}")
         except TimeoutError as error:
-            raise TimeoutError(f"{error}; it runs {sorted(self.servers(service, protocol))}") from None
+            raise TimeoutError(f"{error}; it runs {sorted(self.traefik.servers(service, protocol))}") from None
 
     def answers(self, count: int = REQUESTS) -> Counter:
         """Send count requests for the web host; (status, body) of each, counted."""

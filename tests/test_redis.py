@@ -23,7 +23,7 @@ import pytest
 import docker_register as dr
 from conftest import BINARY, LAYOUT_KEYS, Host
 from harness import Certs, Redis, Traefik, free_port, wait_until
-from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
+from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 #: Commands that change a value, a key's existence or the index (PEXPIRE only renews an expiry).
 VALUE_WRITES = ("set", "del", "unlink", "sadd", "srem", "mset", "getset", "setex", "psetex")
@@ -425,33 +425,18 @@ def redis_edge(rd, tmp_path):
     traefik = Traefik(tmp_path / "traefik", [rd.server.endpoint], root_key=root, provider="redis")
     try:
         traefik.start()
-        yield traefik
+        yield Edge(rd, traefik, bridge_ip(rd.engine))
     finally:
         traefik.stop()
 
 
-def servers(traefik: Traefik) -> set[str]:
-    found = traefik.services().get("web@redis")
-    return {server.get("url") for server in found["loadBalancer"]["servers"]} if found else set()
-
-
 def test_traefik_reaches_the_registered_containers_and_after_a_stop_only_the_rest(rd, redis_edge):
-    host_ip = bridge_ip(rd.engine)
-    env = dict(DOCKER_REGISTER_PREFIX=redis_edge.root_key, HOST_IP=host_ip)
     leaving, staying = start_web(rd.engine, *WEB_LABELS), start_web(rd.engine, *WEB_LABELS)
-    rd.sync("--layout", "traefik", **env)
-    both = {published_url(rd.engine, cid, host_ip) for cid in (leaving, staying)}
-    redis_edge.wait_for(lambda: servers(redis_edge) == both, 15, f"traefik to run {both}")
-    seen = Counter()
-
-    def both_answered():
-        seen.update(redis_edge.get(WEB_HOST) for _ in range(4))
-        return {(200, leaving + "\n"), (200, staying + "\n")} <= set(seen)
-    wait_until(both_answered, 20, "both containers to answer")
-    assert set(seen) == {(200, leaving + "\n"), (200, staying + "\n")}, seen
+    redis_edge.sync()
+    redis_edge.wait_servers({published_url(rd.engine, cid, redis_edge.host_ip) for cid in (leaving, staying)})
+    served_by_both(redis_edge, leaving, staying)
 
     rd.engine.docker("stop", "--time", "1", leaving)
-    rd.sync("--layout", "traefik", **env)
-    rest = {published_url(rd.engine, staying, host_ip)}
-    redis_edge.wait_for(lambda: servers(redis_edge) == rest, 15, f"traefik to run only {rest}")
-    assert Counter(redis_edge.get(WEB_HOST) for _ in range(REQUESTS)) == Counter({(200, staying + "\n"): REQUESTS})
+    redis_edge.sync()
+    redis_edge.wait_servers({published_url(rd.engine, staying, redis_edge.host_ip)})
+    assert redis_edge.answers() == Counter({(200, staying): REQUESTS})

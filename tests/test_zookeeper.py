@@ -24,7 +24,7 @@ import pytest
 import docker_register as dr
 from conftest import BINARY, LAYOUT_KEYS, Host
 from harness import Traefik, ZooKeeper, free_port, wait_until
-from test_consumers import REQUESTS, WEB_HOST, WEB_LABELS, bridge_ip, published_url, start_web
+from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 #: The server's cap on session timeouts: docker-register refuses a TTL above it.
 MAX_SESSION_SECONDS = 20
@@ -676,64 +676,49 @@ def zk_edge(zk, tmp_path):
     traefik = Traefik(tmp_path / "traefik", [zk.server.endpoint], root_key=root, provider="zooKeeper")
     try:
         traefik.start()
-        yield traefik
+        yield Edge(zk, traefik, bridge_ip(zk.engine))
     finally:
         traefik.stop()
 
 
-def servers(traefik: Traefik, provider: str) -> set[str]:
-    found = traefik.services().get(f"web@{provider}")
-    return {server.get("url") for server in found["loadBalancer"]["servers"]} if found else set()
-
-
 def test_traefik_reaches_the_registered_containers_and_after_a_stop_only_the_rest(zk, zk_edge):
-    host_ip = bridge_ip(zk.engine)
-    env = dict(DOCKER_REGISTER_PREFIX=zk_edge.root_key, HOST_IP=host_ip)
     leaving, staying = start_web(zk.engine, *WEB_LABELS), start_web(zk.engine, *WEB_LABELS)
-    zk.sync("--layout", "traefik", **env)
-    both = {published_url(zk.engine, cid, host_ip) for cid in (leaving, staying)}
-    zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == both, 15, f"traefik to run {both}")
-    seen = Counter()
-    wait_until(lambda: seen.update(zk_edge.get(WEB_HOST) for _ in range(4)) or
-               {(200, leaving + "\n"), (200, staying + "\n")} <= set(seen), 20, "both containers to answer")
-    assert set(seen) == {(200, leaving + "\n"), (200, staying + "\n")}, seen
+    zk_edge.sync()
+    zk_edge.wait_servers({published_url(zk.engine, cid, zk_edge.host_ip) for cid in (leaving, staying)})
+    served_by_both(zk_edge, leaving, staying)
 
     zk.engine.docker("stop", "--time", "1", leaving)
-    zk.sync("--layout", "traefik", **env)
-    rest = {published_url(zk.engine, staying, host_ip)}
-    zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == rest, 15, f"traefik to run only {rest}")
-    assert Counter(zk_edge.get(WEB_HOST) for _ in range(REQUESTS)) == Counter({(200, staying + "\n"): REQUESTS})
+    zk_edge.sync()
+    zk_edge.wait_servers({published_url(zk.engine, staying, zk_edge.host_ip)})
+    assert zk_edge.answers() == Counter({(200, staying): REQUESTS})
 
 
 def test_traefik_drops_a_dead_hosts_servers_once_the_leader_has_swept_its_folders(zk, zk_edge, second_engine,
                                                                                    tmp_path):
     """ZooKeeper keeps the folder of an expired ephemeral key, and Traefik's provider watches only its root's
     children: the live hosts' leader deletes what a dead host left and signals the root."""
-    here_ip, there_ip = bridge_ip(zk.engine), bridge_ip(second_engine)
+    there_ip = bridge_ip(second_engine)
     staying, dying = start_web(zk.engine, *WEB_LABELS), start_web(second_engine, *WEB_LABELS)
     alone = start_web(second_engine, "-l", "SERVICE_NAME=alone")  # a service only the dying host serves
-    here = {"DOCKER_REGISTER_PREFIX": zk_edge.root_key, "HOST_IP": here_ip}
-    there = {**here, "HOST_IP": there_ip, "DOCKER_HOST": second_engine.host, "DOCKER_REGISTER_TTL": "2",
-             "DOCKER_REGISTER_LOCK": str(tmp_path / "there" / "sync.lock")}
-    zk.sync("--layout", "traefik", **here)
-    zk.sync("--layout", "traefik", **here)  # the first host's session is the lowest: the leader looks first
-    zk.sync("--layout", "traefik", **there)
-    both = {published_url(zk.engine, staying, here_ip), published_url(second_engine, dying, there_ip)}
-    zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == both, 15, f"traefik to run {both}")
+    there = zk_edge.env(second_engine, there_ip, str(tmp_path / "there" / "sync.lock"))
+    zk_edge.sync()
+    zk_edge.sync()  # the first host's session is the lowest: the leader looks first
+    zk.sync("--layout", "traefik", **there, DOCKER_REGISTER_TTL="2")
+    zk_edge.wait_servers({published_url(zk.engine, staying, zk_edge.host_ip),
+                          published_url(second_engine, dying, there_ip)})
     zxid = zk.server.zxid()
-    zk.sync("--layout", "traefik", **here)
+    zk_edge.sync()
     assert zk.server.zxid() == zxid, "a host that joined is no departure: the leader writes nothing"
 
     # The second host dies: its container stops answering, its runs stop, its session expires after 2 s.
     second_engine.docker("stop", "--time", "1", dying, alone)
-    folder = f"/{zk_edge.root_key}/http/services/web/loadbalancer/servers/{dying[:12]}"
+    folder = f"/{zk_edge.root}/http/services/web/loadbalancer/servers/{dying[:12]}"
     wait_until(lambda: not zk.look.get_children(folder), 15, "the dead host's session to expire")
     assert zk.look.exists(folder), "ZooKeeper keeps the folder of an expired key"
-    zk.sync("--layout", "traefik", **here)
-    assert not zk.look.exists(folder) and not zk.look.exists(f"/{zk_edge.root_key}/http/services/alone")
-    rest = {published_url(zk.engine, staying, here_ip)}
-    zk_edge.wait_for(lambda: servers(zk_edge, "zookeeper") == rest, 15, f"traefik to run only {rest}")
-    assert Counter(zk_edge.get(WEB_HOST) for _ in range(REQUESTS)) == Counter({(200, staying + "\n"): REQUESTS})
+    zk_edge.sync()
+    assert not zk.look.exists(folder) and not zk.look.exists(f"/{zk_edge.root}/http/services/alone")
+    zk_edge.wait_servers({published_url(zk.engine, staying, zk_edge.host_ip)})
+    assert zk_edge.answers() == Counter({(200, staying): REQUESTS})
 
 
 def departed_host(zk: ZkWorld, *paths: str) -> None:
