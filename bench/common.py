@@ -42,6 +42,8 @@ SERVICE = "web"
 HOST_IP = "192.0.2.10"
 #: Seconds between two passes of one host, as with `sync --every 10` or a 10 s timer.
 INTERVAL = 10.0
+#: The long-running modes of `sync --every INTERVAL`: each one's extra flags (none: the timer mode).
+MODES = {"events": ("--events",), "timer": ()}
 #: Seconds an etcd call may take in the in-process runs.
 TIMEOUT = 5.0
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (BINARY, IMAGE, INTERVAL, SERVICE, DockerEvents, Dockerd, Etcd, Gateway, Loop, Watch, check,
+from common import (BINARY, IMAGE, INTERVAL, MODES, SERVICE, DockerEvents, Dockerd, Etcd, Gateway, Loop, Watch, check,
                     check_no_change, child_env, cpu_seconds, log, memory_kb, percentile, print_table,
                     reported_seconds, run_child, run_container, running_ids, start_containers, table_rows,
                     thread_cpu_ns)
@@ -35,7 +35,6 @@ from common import (BINARY, IMAGE, INTERVAL, SERVICE, DockerEvents, Dockerd, Etc
 PROMPT_EXIT = ("sh", "-c", "httpd -f -p 80 -h /www & trap 'exit 0' TERM; wait")
 #: A health check that passes: the container turns healthy at its first check, about a second after start.
 HEALTHCHECK = ("--health-cmd", "true", "--health-interval", "1s", "--health-timeout", "2s", "--health-retries", "1")
-MODES = {"events": ("--events",), "timer": ()}
 KINDS = ("start", "healthy", "stop")
 #: Target of the issue: p99 under 1 s with --events.
 TARGET_P99 = 1.0

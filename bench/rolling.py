@@ -25,15 +25,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (IMAGE, INTERVAL, Background, Dockerd, Etcd, Loop, Traefik, Watch, child_env, log, print_table,
-                    run_container, spread, table_rows)
+from common import (IMAGE, INTERVAL, MODES, Background, Dockerd, Etcd, Loop, Traefik, Watch, child_env, log,
+                    print_table, run_container, spread, table_rows)
 
 #: The service's Host rule, and the labels of a container set up for a single-host Traefik.
 WEB_HOST = "web.example"
 LABELS = ("-l", f"traefik.http.routers.web.rule=Host(`{WEB_HOST}`)")
 #: Serves 5 s after SIGTERM, then exits; its page is its hostname (its short id), so an answer says who served.
 BACKEND = ("sh", "-c", "hostname > /www/index.html; httpd -f -p 80 -h /www & trap 'sleep 5; exit 0' TERM; wait; wait")
-MODES = {"events": ("--events",), "timer": ()}
 #: Longest wait for Traefik to list a new server (a timer-mode pass may be an interval away).
 WAIT = 3 * INTERVAL + 10
 

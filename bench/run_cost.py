@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import (BINARY, PYTHON, SERVICE, ChildRun, Delta, Dockerd, Etcd, Gateway, b64, check, check_no_change,
-                    child_env, delta, log, make_config, median, preload_clients, print_table, reported_seconds,
-                    run_child, running_ids, snapshot, spread, start_containers, synthetic_source, table_rows,
-                    timed_sync)
+                    child_env, delta, log, make_config, median, preload_clients, print_table, print_targets,
+                    reported_seconds, run_child, running_ids, snapshot, spread, start_containers, synthetic_source,
+                    table_rows, timed_sync)
 from fakes import FakeEtcd
 
 IMPORT_FLOOR = "import docker, etcd3, typer"
@@ -474,10 +474,7 @@ def run(args: argparse.Namespace, dockerd: Dockerd, etcd: Etcd, lock: Path) -> N
     print_table(["", *(f"N={r.n}" for r in results), "target"], size_rows(results))
     print("('in …s' is what docker-register prints: timed from the start of sync(), after typer's import,")
     print(" so it includes the lazy imports of docker and etcd3/grpc.)")
-    print()
-    print("Targets:")
-    print("\n".join("  " + line for line in verdicts(results)))
-    print()
+    print_targets(verdicts(results))
     if fleet_context:
         print_fleet_context(probe, fleet_context)
     env = child_env(dockerd, etcd, f"/bench/n{probe}", lock)
