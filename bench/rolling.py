@@ -96,12 +96,6 @@ def start_backend(dockerd: Dockerd, host_ip: str) -> Backend:
     return Backend(cid, f"http://{host_ip}:{port}")
 
 
-def servers(traefik: Traefik) -> set[str]:
-    """The server urls Traefik runs for the web service of its etcd provider."""
-    service = traefik.services().get("web@etcd")
-    return {server["url"] for server in service["loadBalancer"]["servers"]} if service else set()
-
-
 # ---------------------------------------------------------------------------
 # One run: a throttle, a mode, rounds of replacements
 # ---------------------------------------------------------------------------
@@ -162,7 +156,7 @@ def rolling_run(dockerd: Dockerd, etcd: Etcd, root: Path, lock: Path, throttle: 
     try:
         traefik.start()
         backends = [start_backend(dockerd, host_ip) for _ in range(2)]
-        with Loop(env, INTERVAL, *MODES[mode]) as loop, Watch(lambda: servers(traefik), every=0.05) as listed:
+        with Loop(env, INTERVAL, *MODES[mode]) as loop, Watch(traefik.servers, every=0.05) as listed:
             for backend in backends:
                 listed.when_present(backend.url, WAIT)
             with Client(traefik, args.rate, args.max_requests, args.max_seconds) as client:
