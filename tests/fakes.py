@@ -4,12 +4,14 @@
 their attached keys) and enforces what etcd enforces (guarded transactions of at most 128 operations, puts
 only on live leases, a lease's keys deleted in one revision when it ends), so the orchestration runs on it
 as it runs on etcd. `FakeDocker` answers GET /containers/json from a list of Engine-API-shaped dicts.
-Both count what they are asked, so a test can say "this run wrote nothing".
+Both count what they are asked, so a test can say "this run wrote nothing". The unit-tier builders
+(`config`, `web`, `web_key`) and `start_sync_every` are shared by the orchestration and events tests.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -20,6 +22,9 @@ import docker_register as dr
 ETCD_MAX_TXN_OPS = 128
 #: etcd raises shorter lease TTLs to this (its minimum with default election settings).
 ETCD_MIN_TTL = 2
+#: The host IP and prefix of the unit tier's config().
+HOST = "10.0.0.5"
+PREFIX = "/backends"
 
 
 # --- Engine API builders ------------------------------------------------------------------
@@ -54,6 +59,42 @@ def port(private, public, ip="0.0.0.0", proto="tcp"):
     return {"IP": ip, "PrivatePort": private, "PublicPort": public, "Type": proto}
 
 
+def web(n: int, public: int = 32768) -> dict:
+    """Container number n of image web, id starting with n in 12 hex digits, port 80 published on `public`."""
+    return container(cid=f"{n:012x}" + "e" * 52, name=f"web{n}", ports=[port(80, public)])
+
+
+def web_key(n: int) -> str:
+    """The key of web(n) under PREFIX."""
+    return f"{PREFIX}/web/{n:012x}"
+
+
+# --- config and sync_every ----------------------------------------------------------------
+
+
+def config(tmp_path, ttl: int = 30, **overrides) -> dr.Config:
+    """A run's settings for HOST under PREFIX, its lock file in tmp_path; any field can be overridden."""
+    settings = dict(endpoints=dr.parse_endpoints("127.0.0.1:2379"), host_ip=HOST, prefix=PREFIX, ttl=ttl,
+                    timeout=1.0, lock_file=str(tmp_path / "sync.lock"))
+    return dr.Config(**{**settings, **overrides})
+
+
+def start_sync_every(cfg, connect, interval, report, stop,
+                     triggers: Optional[dr.Triggers] = None) -> tuple[threading.Thread, dict]:
+    """Run sync_every in a thread; its return value ("code") or exception ("error") lands in the dict."""
+    result = {}
+
+    def target():
+        try:
+            result["code"] = dr.sync_every(cfg, connect, interval, report, stop, triggers)
+        except BaseException as error:  # handed to the test thread
+            result["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, result
+
+
 # --- Docker -------------------------------------------------------------------------------
 
 
@@ -67,6 +108,8 @@ class FakeDocker:
         self.containers = list(containers)
         #: Number of list calls made (each would be one GET /containers/json).
         self.calls = 0
+        #: Number of inspects made (each would be one GET /containers/{id}/json).
+        self.inspects = 0
         self._failures = 0
 
     def fail_next(self, times: int = 1) -> None:
@@ -89,7 +132,7 @@ class FakeDocker:
 
     def exposed_ports(self, container_id: str) -> list[str]:
         """Like an inspect: the exposed ports of the container ("80/tcp"), from its "ExposedPorts" entry here."""
-        self.inspects = getattr(self, "inspects", 0) + 1
+        self.inspects += 1
         found = [c for c in self.containers if c["Id"] == container_id]
         return sorted(found[0].get("ExposedPorts", ())) if found else []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import docker_register as dr
-from fakes import container, port
+from fakes import FakeDocker, container, port
 
 HOST = "10.0.0.5"
 PREFIX = "/backends"
@@ -460,13 +460,10 @@ def test_host_network_containers_register_host_ip_and_exposed_port_in_both_modes
 
 
 def test_one_list_call_and_one_inspect_per_host_network_container_only():
-    from fakes import FakeDocker
-
     hosted = networked({"host": ("", "")}, ports=[], mode="host", cid="b" * 64)
     hosted["ExposedPorts"] = ["9000/tcp"]
     docker = FakeDocker([container(), hosted])
-    config = dr.Config(endpoints=(), host_ip=HOST, prefix=PREFIX, ttl=30, timeout=5.0)
-    found, _, running = dr.current_registrations(docker, config)
+    found, _, running = dr.current_registrations(docker, CONFIG)
     assert running == {"a" * 64, "b" * 64}
     assert sorted(r.address for r in found) == ["10.0.0.5:32768", "10.0.0.5:9000"]
     assert docker.calls == 1 and docker.inspects == 1

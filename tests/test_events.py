@@ -16,7 +16,7 @@ import pytest
 
 import docker_register as dr
 from conftest import BINARY
-from fakes import FakeDocker, FakeEtcd, container, port
+from fakes import PREFIX, FakeDocker, FakeEtcd, config, start_sync_every, web, web_key
 from harness import Dockerd, free_port, require, stop_process, wait_until
 
 CID = "7fe91677e659f6ee6808a10f73f1459016a7857fb39346bb4b7b2e69551f8643"
@@ -301,24 +301,6 @@ def test_stop_ends_follow_events_promptly_while_it_backs_off(monkeypatch):
 
 # --- sync_every with triggers ------------------------------------------------------------------
 
-HOST = "10.0.0.5"
-PREFIX = "/backends"
-
-
-def config(tmp_path) -> dr.Config:
-    return dr.Config(endpoints=dr.parse_endpoints("127.0.0.1:2379"), host_ip=HOST, prefix=PREFIX, ttl=90,
-                     timeout=1.0, lock_file=str(tmp_path / "sync.lock"))
-
-
-def web(n: int) -> dict:
-    """Container number n of image web, id starting with n in 12 hex digits, port 80 on 32768 + n."""
-    return container(cid=f"{n:012x}" + "e" * 52, name=f"web{n}", ports=[port(80, 32768 + n)])
-
-
-def web_key(n: int) -> str:
-    return f"{PREFIX}/web/{n:012x}"
-
-
 class Passes:
     """sync_every's report(): the outcomes, with a condition to wait on."""
 
@@ -344,17 +326,9 @@ class Passes:
 @contextlib.contextmanager
 def running_sync_every(tmp_path, docker: FakeDocker, store: FakeEtcd, triggers: dr.Triggers, interval: float = 60):
     """sync_every in a thread over the fakes; stopped (and checked to have ended with 0) on the way out."""
-    stop, passes, result = threading.Event(), Passes(), {}
-
-    def target():
-        try:
-            result["code"] = dr.sync_every(config(tmp_path), lambda: dr.Adapters(docker, store), interval, passes,
-                                           stop, triggers)
-        except BaseException as error:  # handed to the test thread
-            result["error"] = error
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+    stop, passes = threading.Event(), Passes()
+    thread, result = start_sync_every(config(tmp_path, ttl=90), lambda: dr.Adapters(docker, store), interval,
+                                      passes, stop, triggers)
     try:
         yield passes
     finally:
@@ -364,7 +338,7 @@ def running_sync_every(tmp_path, docker: FakeDocker, store: FakeEtcd, triggers: 
 
 
 def test_a_drained_container_leaves_in_the_next_pass_while_still_running_and_comes_back_on_start(tmp_path):
-    docker, store, triggers = FakeDocker([web(1), web(2)]), FakeEtcd(), dr.Triggers()
+    docker, store, triggers = FakeDocker([web(1, public=32769), web(2, public=32770)]), FakeEtcd(), dr.Triggers()
     draining_id = web(1)["Id"]
     with running_sync_every(tmp_path, docker, store, triggers) as passes:
         passes.wait_for(1)
@@ -390,14 +364,14 @@ def test_a_drained_container_leaves_in_the_next_pass_while_still_running_and_com
         passes.wait_for(5, timeout=2.0)
         assert set(store.values()) == {web_key(1), web_key(2), f"{PREFIX}/web/port"}
     assert docker.calls == 5  # one list call per pass, no inspects
-    assert getattr(docker, "inspects", 0) == 0
+    assert docker.inspects == 0
 
 
 def test_a_wake_runs_a_pass_long_before_the_interval_and_a_burst_is_one_pass(tmp_path):
-    docker, store, triggers = FakeDocker([web(1)]), FakeEtcd(), dr.Triggers()
+    docker, store, triggers = FakeDocker([web(1, public=32769)]), FakeEtcd(), dr.Triggers()
     with running_sync_every(tmp_path, docker, store, triggers, interval=60) as passes:
         passes.wait_for(1)
-        docker.containers.append(web(2))
+        docker.containers.append(web(2, public=32770))
         woken = time.monotonic()
         for n in range(10):  # a burst of events, all within the coalescing window
             triggers.note(dr.EventEffect.PASS, f"{n:064x}")
@@ -409,11 +383,10 @@ def test_a_wake_runs_a_pass_long_before_the_interval_and_a_burst_is_one_pass(tmp
 
 
 def test_stop_ends_sync_every_promptly_while_it_coalesces_a_burst(tmp_path):
-    docker, store, triggers = FakeDocker([web(1)]), FakeEtcd(), dr.Triggers()
+    docker, store, triggers = FakeDocker([web(1, public=32769)]), FakeEtcd(), dr.Triggers()
     stop, passes = threading.Event(), Passes()
-    thread = threading.Thread(target=dr.sync_every, args=(config(tmp_path), lambda: dr.Adapters(docker, store), 60,
-                                                          passes, stop, triggers), daemon=True)
-    thread.start()
+    thread, result = start_sync_every(config(tmp_path, ttl=90), lambda: dr.Adapters(docker, store), 60, passes,
+                                      stop, triggers)
     passes.wait_for(1)
     triggers.wake.set()
     time.sleep(0.05)  # inside the coalescing wait
@@ -422,6 +395,7 @@ def test_stop_ends_sync_every_promptly_while_it_coalesces_a_burst(tmp_path):
     thread.join(JOIN_SECONDS)
     assert not thread.is_alive() and time.monotonic() - started < 0.3
     assert len(passes.outcomes) == 1
+    assert result == {"code": 0}
 
 
 # === Part 2: real dockerd and etcd =============================================================

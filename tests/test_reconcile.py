@@ -10,31 +10,15 @@ from collections import Counter
 import pytest
 
 import docker_register as dr
-from fakes import ETCD_MAX_TXN_OPS, FakeDocker, FakeEtcd, container, port
+from fakes import (ETCD_MAX_TXN_OPS, HOST, PREFIX, FakeDocker, FakeEtcd, config, container, port, start_sync_every,
+                   web, web_key)
 
-HOST = "10.0.0.5"
-PREFIX = "/backends"
 LEASE = dr.lease_id_for(HOST, PREFIX)
 OTHER_LEASE = dr.lease_id_for("10.0.0.6", PREFIX)
 WEB = "/backends/web/aaaaaaaaaaaa"
 WEB_PORT = "/backends/web/port"
 #: Bound on any wait for a sync_every thread; the passes themselves take milliseconds.
 JOIN_SECONDS = 5.0
-
-
-def config(tmp_path, ttl=30, **overrides) -> dr.Config:
-    settings = dict(endpoints=dr.parse_endpoints("127.0.0.1:2379"), host_ip=HOST, prefix=PREFIX, ttl=ttl,
-                    timeout=1.0, lock_file=str(tmp_path / "sync.lock"))
-    return dr.Config(**{**settings, **overrides})
-
-
-def web(n: int, public: int = 32768) -> dict:
-    """Container number n of image web, id starting with n in 12 hex digits."""
-    return container(cid=f"{n:012x}" + "e" * 52, name=f"web{n}", ports=[port(80, public)])
-
-
-def web_key(n: int) -> str:
-    return f"/backends/web/{n:012x}"
 
 
 def sync(cfg, docker, store, dry_run=False) -> dr.Outcome:
@@ -411,21 +395,6 @@ class Connector:
 
     def close(self) -> None:
         self.closes += 1
-
-
-def start_sync_every(cfg, connect, interval, report, stop) -> tuple[threading.Thread, dict]:
-    """Run sync_every in a thread; its return value or exception lands in the dict."""
-    result = {}
-
-    def target():
-        try:
-            result["code"] = dr.sync_every(cfg, connect, interval, report, stop)
-        except BaseException as error:  # handed to the test thread
-            result["error"] = error
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, result
 
 
 def test_sync_every_repeats_the_pass_on_the_same_adapters_until_stopped(tmp_path):
