@@ -17,14 +17,13 @@ from pathlib import Path
 
 from common import (Etcd, Redis, ZooKeeper, delta, log, make_config, ms, preload_clients, print_table, print_targets,
                     same, snapshot, synthetic_source, table_rows, timed_sync)
+from harness import REDIS_VALUE_WRITES, redis_commands
 from run_cost import int_list
 
 BACKENDS = ("etcd", "zookeeper", "redis")
 LAYOUT = "discover"
 TTL = 30
 HOST_IP = "192.0.2.250"
-#: Redis commands that change a value, a key's existence or the host's index (PEXPIRE only renews an expiry).
-VALUE_WRITES = ("set", "del", "unlink", "sadd", "srem", "mset", "getset", "setex", "psetex")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,12 +59,6 @@ class BackendResult:
     again: object
 
 
-def commands(client) -> Counter:
-    """Calls so far of each Redis command, from the server's own statistics."""
-    return Counter({name.removeprefix("cmdstat_"): stats["calls"]
-                    for name, stats in client.info("commandstats").items()})
-
-
 def command_delta(before: Counter, after: Counter) -> Counter:
     """Commands sent in between, without the benchmark's own INFO."""
     sent = after - before
@@ -79,7 +72,7 @@ def counters(backend: str, servers: Servers, redis_client):
         return lambda: snapshot(servers.etcd), delta
     if backend == "zookeeper":
         return servers.zookeeper.zxid, lambda before, after: after - before
-    return lambda: commands(redis_client), command_delta
+    return lambda: redis_commands(redis_client), command_delta
 
 
 def backend_config(backend: str, servers: Servers, prefix: str, tag: str):
@@ -94,7 +87,7 @@ def backend_config(backend: str, servers: Servers, prefix: str, tag: str):
 def measure(servers: Servers, n: int, repeats: int, seed: int) -> dict[str, list[BackendResult]]:
     """repeats first and no-change syncs of n registrations per store, the stores interleaved."""
     redis_client = servers.redis.client()
-    commands(redis_client)  # the client's connection handshake, before any count
+    redis_commands(redis_client)  # the client's connection handshake, before any count
     results: dict[str, list[BackendResult]] = {backend: [] for backend in BACKENDS}
     for repeat in range(repeats):
         source = synthetic_source(n, seed + repeat)
@@ -123,7 +116,7 @@ def first_writes(r: BackendResult) -> str:
         return f"{r.first.write_txns:g} write txns"
     if r.backend == "zookeeper":
         return f"Zxid +{r.first}"
-    return ", ".join(f"{c.upper()} {r.first[c]}" for c in VALUE_WRITES if r.first[c]) or "none"
+    return ", ".join(f"{c.upper()} {r.first[c]}" for c in REDIS_VALUE_WRITES if r.first[c]) or "none"
 
 
 def first_detail(r: BackendResult) -> str:
@@ -139,7 +132,7 @@ def again_writes(r: BackendResult) -> int:
         return int(r.again.metrics["etcd_mvcc_put_total"] + r.again.metrics["etcd_mvcc_delete_total"])
     if r.backend == "zookeeper":
         return r.again
-    return sum(r.again[c] for c in VALUE_WRITES)
+    return sum(r.again[c] for c in REDIS_VALUE_WRITES)
 
 
 def again_text(r: BackendResult) -> str:

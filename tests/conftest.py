@@ -165,6 +165,18 @@ class Host:
         """Start a container; return its full id."""
         return self.engine.docker("run", "-d", *args).stdout.strip()
 
+    def host_port(self, container: str, port: str) -> int:
+        """The host port Docker published a container port on for IPv4 (the test host IP's family:
+        Docker may give the :: twin another port)."""
+        bindings = self.engine.docker("port", container, port).stdout.split()
+        return int(next(b for b in bindings if b.startswith("0.0.0.0:")).rsplit(":", 1)[1])
+
+    def web_keys(self, *containers: str, port: str = "80") -> dict[str, str]:
+        """The discover keys of these local/web containers, published on 0.0.0.0, and the shared port key."""
+        keys = {f"{self.prefix}/web/{cid[:12]}": f"{self.host_ip}:{self.host_port(cid, '80/tcp')}"
+                for cid in containers}
+        return {**keys, f"{self.prefix}/web/port": port}
+
     def in_layout(self, layout: str, container_id: str) -> tuple[dict[str, str], str, str]:
         """The variables of a run in a layout under the test's prefix (no leading / for traefik), that prefix,
         and where the layout puts the key of a local/web container."""
@@ -206,8 +218,3 @@ class World(Host):
                 expected[f"{self.prefix}/{service}/port"] = port
         return expected
 
-    def host_port(self, container: str, port: str) -> int:
-        """The host port Docker published a container port on for IPv4 (the test host IP's family:
-        Docker may give the :: twin another port)."""
-        bindings = self.engine.docker("port", container, port).stdout.split()
-        return int(next(b for b in bindings if b.startswith("0.0.0.0:")).rsplit(":", 1)[1])

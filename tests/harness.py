@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 #: Images the tests use: name -> (EXPOSE lines, CMD).
@@ -31,6 +32,8 @@ IMAGES = {
 #: etcd's write counters a test or the benchmark compares before and after a run.
 WRITE_COUNTERS = ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_mvcc_txn_total",
                   "etcd_server_proposals_committed_total", "etcd_mvcc_range_total")
+#: Redis commands that change a value, a key's existence or a host's index (PEXPIRE only renews an expiry).
+REDIS_VALUE_WRITES = ("set", "del", "unlink", "sadd", "srem", "mset", "getset", "setex", "psetex")
 BUSYBOX_LINKS = ("sh", "httpd", "sleep", "nc", "hostname", "true", "false", "test", "rm", "touch", "cat", "echo")
 
 
@@ -599,6 +602,12 @@ class ZooKeeper:
         """Stop the server."""
         if self.proc:
             stop_process(self.proc, sig)
+
+
+def redis_commands(client) -> Counter:
+    """Calls so far of each command, from a Redis server's own statistics (INFO commandstats)."""
+    return Counter({name.removeprefix("cmdstat_"): stats["calls"]
+                    for name, stats in client.info("commandstats").items()})
 
 
 class Redis:

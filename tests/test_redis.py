@@ -22,11 +22,9 @@ import pytest
 
 import docker_register as dr
 from conftest import BINARY, LAYOUT_KEYS, Host
-from harness import Certs, Redis, Traefik, free_port, wait_until
+from harness import REDIS_VALUE_WRITES, Certs, Redis, Traefik, free_port, redis_commands, wait_until
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
-#: Commands that change a value, a key's existence or the index (PEXPIRE only renews an expiry).
-VALUE_WRITES = ("set", "del", "unlink", "sadd", "srem", "mset", "getset", "setex", "psetex")
 _numbers = itertools.count(1)
 
 
@@ -151,21 +149,11 @@ class RedisWorld(Host):
 
     def commands(self) -> Counter:
         """Calls so far of each command, from Redis's own statistics."""
-        return Counter({name.removeprefix("cmdstat_"): stats["calls"]
-                        for name, stats in self.look.info("commandstats").items()})
-
-
-def web_keys(rd: RedisWorld, *containers: str) -> dict[str, str]:
-    keys = {}
-    for cid in containers:
-        public = next(b for b in rd.engine.docker("port", cid, "80/tcp").stdout.split() if b.startswith("0.0.0.0:"))
-        keys[f"{rd.prefix}/web/{cid[:12]}"] = f"{rd.host_ip}:{public.rsplit(':', 1)[1]}"
-    keys[f"{rd.prefix}/web/port"] = "80"
-    return keys
+        return redis_commands(self.look)
 
 
 def writes(before: Counter, after: Counter) -> Counter:
-    return Counter({name: after[name] - before[name] for name in VALUE_WRITES if after[name] != before[name]})
+    return Counter({name: after[name] - before[name] for name in REDIS_VALUE_WRITES if after[name] != before[name]})
 
 
 # --- the contract ------------------------------------------------------------------------------
@@ -175,8 +163,8 @@ def test_register_then_a_run_with_nothing_changed_only_renews_expiries(rd):
     first, second = rd.docker_run("-P", "local/web"), rd.docker_run("-P", "local/web")
     result = rd.sync()
     assert "added 3, updated 0, removed 0, unchanged 0" in result.stdout
-    assert rd.keys() == web_keys(rd, first, second)
-    assert rd.look.smembers(rd.index) == set(web_keys(rd, first, second))
+    assert rd.keys() == rd.web_keys(first, second)
+    assert rd.look.smembers(rd.index) == set(rd.web_keys(first, second))
     assert all(0 < ms <= 30_000 for ms in rd.expiries().values()), rd.expiries()
 
     time.sleep(1.1)
@@ -194,8 +182,8 @@ def test_a_stopped_container_goes_on_the_next_run(rd):
     rd.sync()
     rd.engine.docker("rm", "-f", leaving)
     assert "removed 1" in rd.sync().stdout
-    assert rd.keys() == web_keys(rd, staying)
-    assert rd.look.smembers(rd.index) == set(web_keys(rd, staying))
+    assert rd.keys() == rd.web_keys(staying)
+    assert rd.look.smembers(rd.index) == set(rd.web_keys(staying))
 
 
 def test_other_hosts_keys_are_never_touched(rd):
@@ -266,7 +254,7 @@ def test_sync_every_registers_deregisters_and_rewrites_no_value_between(rd):
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         cid = rd.docker_run("-P", "local/web")
-        wait_until(lambda: rd.keys() == web_keys(rd, cid), 15, "the repeating sync to register the container")
+        wait_until(lambda: rd.keys() == rd.web_keys(cid), 15, "the repeating sync to register the container")
         before = rd.commands()
         time.sleep(2.5)  # two or three passes with nothing to change
         after = rd.commands()
@@ -376,8 +364,8 @@ def test_over_tls_the_ca_given_registers_and_a_run_with_nothing_changed_only_ren
     assert "certificate verify failed" in one_line_error(untrusted, rd.server.url)
     result = rd.sync("--redis", rd.server.url, "--redis-cacert", str(redis_certs.ca))
     assert "added 2, updated 0, removed 0, unchanged 0" in result.stdout
-    assert rd.keys() == web_keys(rd, cid)
-    assert rd.look.smembers(rd.index) == set(web_keys(rd, cid))
+    assert rd.keys() == rd.web_keys(cid)
+    assert rd.look.smembers(rd.index) == set(rd.web_keys(cid))
 
     before = rd.commands()
     result = rd.sync(REDIS_URL=rd.server.url, REDIS_CACERT=str(redis_certs.ca))  # the environment twins
@@ -395,7 +383,7 @@ def test_a_client_certificate_is_presented_to_a_server_that_requires_one(tls_rd,
     cert, key = redis_certs.clients["docker-register"]
     result = rd.sync(*trusted, "--redis-cert", str(cert), "--redis-key", str(key))
     assert "added 2, updated 0, removed 0, unchanged 0" in result.stdout
-    assert rd.keys() == web_keys(rd, cid)
+    assert rd.keys() == rd.web_keys(cid)
     result = rd.sync(REDIS_CACERT=str(redis_certs.ca), REDIS_CERT=str(cert), REDIS_KEY=str(key))
     assert "unchanged 2" in result.stdout
 

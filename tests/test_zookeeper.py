@@ -256,16 +256,6 @@ class ZkWorld(Host):
             client.close()
 
 
-def web_keys(zk: ZkWorld, *containers: str, port: str = "80") -> dict[str, str]:
-    """The discover keys of these local/web containers, published on 0.0.0.0."""
-    keys = {}
-    for cid in containers:
-        public = next(b for b in zk.engine.docker("port", cid, "80/tcp").stdout.split() if b.startswith("0.0.0.0:"))
-        keys[f"{zk.prefix}/web/{cid[:12]}"] = f"{zk.host_ip}:{public.rsplit(':', 1)[1]}"
-    keys[f"{zk.prefix}/web/port"] = port
-    return keys
-
-
 # --- the contract ------------------------------------------------------------------------------
 
 
@@ -273,7 +263,7 @@ def test_register_then_a_run_with_nothing_changed_writes_nothing(zk):
     first, second = zk.docker_run("-P", "local/web"), zk.docker_run("-P", "local/web")
     result = zk.sync()
     assert "added 3, updated 0, removed 0, unchanged 0" in result.stdout
-    assert zk.keys() == web_keys(zk, first, second)
+    assert zk.keys() == zk.web_keys(first, second)
     session = zk.session()
     assert {owner for path, (data, owner) in zk.nodes().items() if data} == {session}  # ephemeral, this session's
     assert stat.S_IMODE(zk.state_file.stat().st_mode) == 0o600
@@ -376,7 +366,7 @@ def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_b
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         cid = zk.docker_run("-P", "local/web")
-        wait_until(lambda: zk.keys() == web_keys(zk, cid), 15, "the repeating sync to register the container")
+        wait_until(lambda: zk.keys() == zk.web_keys(cid), 15, "the repeating sync to register the container")
         session = zk.session()
         zxid = zk.server.zxid()
         time.sleep(2.5)  # two or three passes with nothing to change
@@ -431,7 +421,7 @@ def test_a_changed_ttl_replaces_the_session_as_a_changed_ttl_replaces_an_etcd_le
     assert json.loads(result.stdout)["lease"]["action"] == "replace"
     new = zk.session()
     assert new != old and json.loads(zk.state_file.read_text())["ttl"] == 5
-    assert zk.keys() == web_keys(zk, cid)
+    assert zk.keys() == zk.web_keys(cid)
     assert {owner for data, owner in zk.nodes().values() if data} == {new}
     assert f"0x{old:x}" not in zk.server.four_letter("dump")  # closed, not left to expire
 
@@ -456,7 +446,7 @@ def test_a_lost_state_file_converges_without_touching_another_hosts_nodes(zk):
     # The old session's nodes (the stopped container's, the shared port key) expire with it.
     wait_until(lambda: f"{zk.prefix}/web/{leaving[:12]}" not in zk.nodes(), 3 + 5, "the old session to expire")
     zk.sync()
-    expected = {**web_keys(zk, staying), theirs: "10.9.9.9:80"}
+    expected = {**zk.web_keys(staying), theirs: "10.9.9.9:80"}
     assert zk.keys() == expected
     assert zk.nodes()[f"{zk.prefix}/web/port"][1] == new
 
@@ -515,7 +505,7 @@ def test_a_digest_users_nodes_give_it_every_right_and_everyone_else_only_read(zk
     before = set(tree(zk.look))
     runs = [zk.sync("--zookeeper-user", ALICE[0], "--zookeeper-password", ALICE[1])]
     assert "added 2, updated 0, removed 0, unchanged 0" in runs[0].stdout
-    assert zk.keys() == web_keys(zk, cid)  # read by a client without credentials
+    assert zk.keys() == zk.web_keys(cid)  # read by a client without credentials
     # The nodes the run made in the keys' tree: the folders down from the top, and the keys.
     made = {path for path in tree(zk.look) if path not in before and (path + "/").startswith(top + "/")}
     assert made == {top, zk.prefix, f"{zk.prefix}/web", f"{zk.prefix}/web/port", f"{zk.prefix}/web/{cid[:12]}"}
@@ -549,7 +539,7 @@ def test_another_digest_user_on_another_host_cannot_change_the_nodes(zk_digest):
     zk = zk_digest
     first = zk.docker_run("-P", "local/web")
     runs = [zk.sync("--zookeeper-user", ALICE[0], "--zookeeper-password", ALICE[1])]
-    firsts = web_keys(zk, first)
+    firsts = zk.web_keys(first)
     zk.engine.docker("rm", "-f", first)  # what stays is the first host's; the second host runs its own container
     second = zk.docker_run("-P", "local/web")
     other_ip = f"198.51.100.{zk.host_ip.rsplit('.', 1)[1]}"
@@ -565,7 +555,7 @@ def test_another_digest_user_on_another_host_cannot_change_the_nodes(zk_digest):
     # The same host as the first one's user registers: it was the user that was refused.
     runs.append(zk.run("sync", "--zookeeper-user", f"{ALICE[0]}:{ALICE[1]}", HOST_IP=other_ip))
     assert runs[-1].returncode == 0 and "added 1" in runs[-1].stdout, runs[-1].stderr
-    seconds = {path: value.replace(f"{zk.host_ip}:", f"{other_ip}:") for path, value in web_keys(zk, second).items()
+    seconds = {path: value.replace(f"{zk.host_ip}:", f"{other_ip}:") for path, value in zk.web_keys(second).items()
                if not path.endswith("/port")}  # the port key stays the first host's, which still uses it
     assert zk.keys() == {**firsts, **seconds}
     assert ALICE[1] not in shown(runs, zk) and BOB[1] not in shown(runs, zk)
@@ -606,7 +596,7 @@ def test_over_tls_a_run_with_the_ca_and_a_client_certificate_registers(zk_tls, z
 
     result = zk.sync(*trusted, "--zookeeper-cert", str(cert), "--zookeeper-key", str(key))
     assert "added 2, updated 0, removed 0, unchanged 0" in result.stdout
-    assert zk.keys() == web_keys(zk, cid)
+    assert zk.keys() == zk.web_keys(cid)
     assert {owner for data, owner in zk.nodes().values() if data} == {zk.session()}
     zxid = zk.server.zxid()
     result = zk.sync(ZOOKEEPER_HOSTS=secure, ZOOKEEPER_CACERT=str(zk_certs.ca), ZOOKEEPER_CERT=str(cert),
