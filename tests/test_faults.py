@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import BINARY
-from harness import free_port, start_cluster, stop_process, wait_until
+from harness import free_port, silent_endpoint, start_cluster, stop_process, wait_until
 
 
 def assert_converged(world, others: dict | None = None) -> None:
@@ -242,19 +242,9 @@ def test_all_members_down_exits_1_with_one_line_in_bounded_time(world, cluster):
 
 
 def test_all_members_stalled_exits_1_in_bounded_time(world):
-    import socket
-
-    listeners = []
-    for _ in range(3):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        listeners.append(sock)
     world.docker_run("-P", "local/web")
-    started = time.monotonic()
-    result = world.run("sync", "--timeout", "1",
-                       ETCD_HOST=",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in listeners))
-    for sock in listeners:
-        sock.close()
+    with silent_endpoint() as first, silent_endpoint() as second, silent_endpoint() as third:
+        started = time.monotonic()
+        result = world.run("sync", "--timeout", "1", ETCD_HOST=",".join((first, second, third)))
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert time.monotonic() - started < 3 * 1 + 4

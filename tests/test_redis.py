@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ import pytest
 
 import docker_register as dr
 from conftest import BINARY, LAYOUT_KEYS, Host
-from harness import REDIS_VALUE_WRITES, Certs, Redis, Traefik, free_port, redis_commands, wait_until
+from harness import (REDIS_VALUE_WRITES, Certs, Redis, Traefik, free_port, redis_commands, silent_endpoint,
+                     wait_until)
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 _numbers = itertools.count(1)
@@ -277,13 +277,10 @@ def test_a_server_down_fails_in_one_line_within_the_timeout(rd):
     assert result.stderr.startswith(f"docker-register: error: redis at {refused}: read index: unreachable")
     assert time.monotonic() - started < 1 + 3
 
-    listener = socket.socket()  # accepts connections, never answers
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    stalled = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-    started = time.monotonic()
-    result = rd.run("sync", "--timeout", "1", REDIS_URL=stalled)
-    listener.close()
+    with silent_endpoint() as silent:
+        stalled = f"redis://{silent}/0"
+        started = time.monotonic()
+        result = rd.run("sync", "--timeout", "1", REDIS_URL=stalled)
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"docker-register: error: redis at {stalled}: read index: no answer in time\n"
     assert time.monotonic() - started < 1 + 3

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ import urllib.request
 import pytest
 
 from conftest import LAYOUT_KEYS
-from harness import free_port, wait_until
+from harness import free_port, silent_endpoint, wait_until
 
 
 def short(container_id: str) -> str:
@@ -294,11 +293,9 @@ def test_etcd_down_exits_1_with_one_line_within_the_timeout(world):
 
 def test_etcd_stalled_exits_1_within_the_timeout(world):
     world.docker_run("-P", "local/web")
-    with socket.socket() as silent:  # accepts TCP, never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
+    with silent_endpoint() as silent:
         started = time.monotonic()
-        result = world.run("sync", "--timeout", "2", ETCD_HOST=f"127.0.0.1:{silent.getsockname()[1]}")
+        result = world.run("sync", "--timeout", "2", ETCD_HOST=silent)
     assert result.returncode == 1, result.stderr
     assert time.monotonic() - started < 2 + 5
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

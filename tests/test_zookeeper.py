@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 
 import docker_register as dr
 from conftest import BINARY, LAYOUT_KEYS, Host
-from harness import Traefik, ZooKeeper, free_port, wait_until
+from harness import Traefik, ZooKeeper, free_port, silent_endpoint, wait_until
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 #: The server's cap on session timeouts: docker-register refuses a TTL above it.
@@ -245,9 +244,9 @@ class ZkWorld(Host):
         """This host's session, from its state file."""
         return int(json.loads(self.state_file.read_text())["session"], 16)
 
-    def other_host(self):
-        """A session of another host (a kazoo client of its own)."""
-        client = self.server.client()
+    def other_host(self, auth: tuple[str, str] | None = None):
+        """A session of another host (a kazoo client of its own), logged in as a digest user if auth is given."""
+        client = self.server.client(auth)
         self.sessions.append(client)
         return client
 
@@ -393,22 +392,15 @@ def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_b
 
 def test_a_server_down_fails_in_one_line_within_the_timeout(zk):
     zk.docker_run("-P", "local/web")
-    for hosts, reason in ((f"127.0.0.1:{free_port()}", "socket connection error: Connection refused"),
-                          (None, "no answer in time")):
-        listener = None
-        if hosts is None:  # a server that accepts connections and never answers
-            listener = socket.socket()
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(8)
-            hosts = f"127.0.0.1:{listener.getsockname()[1]}"
-        started = time.monotonic()
-        result = zk.run("sync", "--timeout", "1", ZOOKEEPER_HOSTS=hosts)
-        took = time.monotonic() - started
-        if listener:
-            listener.close()
-        assert result.returncode == 1, result.stderr
-        assert result.stderr == f"docker-register: error: zookeeper at {hosts}: connect: {reason}\n"
-        assert took < 1 + 3, took
+    with silent_endpoint() as silent:
+        for hosts, reason in ((f"127.0.0.1:{free_port()}", "socket connection error: Connection refused"),
+                              (silent, "no answer in time")):
+            started = time.monotonic()
+            result = zk.run("sync", "--timeout", "1", ZOOKEEPER_HOSTS=hosts)
+            took = time.monotonic() - started
+            assert result.returncode == 1, result.stderr
+            assert result.stderr == f"docker-register: error: zookeeper at {hosts}: connect: {reason}\n"
+            assert took < 1 + 3, took
 
 
 def test_a_ttl_the_server_does_not_grant_is_refused_in_one_line(zk):
@@ -498,13 +490,6 @@ def shown(results, zk: ZkWorld) -> str:
         state.read_text() for state in zk.lock_file.parent.glob("zookeeper-*.session"))
 
 
-def digest_client(zk: ZkWorld, user: tuple[str, str]):
-    """Another host's session, authenticated as the digest user."""
-    client = zk.server.client(auth=user)
-    zk.sessions.append(client)
-    return client
-
-
 def test_a_digest_users_nodes_give_it_every_right_and_everyone_else_only_read(zk_digest):
     from kazoo.exceptions import NoAuthError
     from kazoo.security import make_acl, make_digest_acl
@@ -520,7 +505,7 @@ def test_a_digest_users_nodes_give_it_every_right_and_everyone_else_only_read(zk
     made = {path for path in tree(zk.look) if path not in before and (path + "/").startswith(top + "/")}
     assert made == {top, zk.prefix, f"{zk.prefix}/web", f"{zk.prefix}/web/port", f"{zk.prefix}/web/{cid[:12]}"}
     acl = sorted([make_digest_acl(*ALICE, all=True), make_acl("world", "anyone", read=True)])
-    owner = digest_client(zk, ALICE)  # the server shows a digest's hash only to a session with ADMIN on the node
+    owner = zk.other_host(ALICE)  # the server shows a digest's hash only to a session with ADMIN on the node
     assert {path: sorted(owner.get_acls(path)[0]) for path in made} == dict.fromkeys(made, acl)
     # The hosts folders: the two every root shares take anyone's node; this root's own is the user's.
     hosts = dr.zookeeper_hosts_folder(zk.prefix)
@@ -532,7 +517,7 @@ def test_a_digest_users_nodes_give_it_every_right_and_everyone_else_only_read(zk
         zk.look.create(f"{hosts}/0", ephemeral=True)  # no one else can make itself this fleet's leader
 
     key, folder = f"{zk.prefix}/web/{cid[:12]}", f"{zk.prefix}/web"
-    for client in (zk.look, digest_client(zk, BOB)):  # no user, and another user
+    for client in (zk.look, zk.other_host(BOB)):  # no user, and another user
         for attempt in (lambda: client.set(key, b"10.9.9.9:80"), lambda: client.delete(key),
                         lambda: client.create(f"{folder}/bbbbbbbbbbbb", b"10.9.9.9:80", ephemeral=True),
                         lambda: client.set_acls(key, [make_acl("world", "anyone", all=True)])):
