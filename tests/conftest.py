@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -154,6 +155,16 @@ class Host:
         """Run the installed docker-register as a real process."""
         return subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=timeout,
                               env=self.env(**extra), stdin=subprocess.DEVNULL)
+
+    @contextlib.contextmanager
+    def running(self, *args: str):
+        """The installed docker-register running in the background (output piped), killed on the way out."""
+        proc = subprocess.Popen([BINARY, *args], env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, stdin=subprocess.DEVNULL)
+        try:
+            yield proc
+        finally:
+            proc.kill()
 
     def sync(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
         """Run sync and insist it succeeds."""

@@ -124,15 +124,11 @@ def stop_post_command(unit: str) -> str:
 
 def test_watch_service_runs_for_real_and_purges_only_when_stopped_on_purpose(world):
     command = unit_settings("docker-register-watch.service")["ExecStart"][0].split()[1:]
-    proc = subprocess.Popen([BINARY, *command], env=world.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
+    with world.running(*command) as proc:
         world.docker_run("-P", "local/web")
         wait_until(lambda: len(world.keys()) == 2, 15, "the watch command to register the container")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(5) == 0  # systemd sees SERVICE_RESULT=success
-    finally:
-        proc.kill()
     script = stop_post_command("docker-register-watch.service")
     for result in ("exit-code", "signal", "oom-kill"):  # a crash: Restart= brings it back, the keys stay
         ran = subprocess.run(["sh", "-c", script], env={**world.env(), "SERVICE_RESULT": result},
@@ -281,9 +277,7 @@ def test_purge_with_etcd_down_exits_1_with_one_line(world):
 
 
 def test_every_repeats_and_exits_0_promptly_on_sigterm(world):
-    proc = subprocess.Popen([BINARY, "sync", "--every", "1"], env=world.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with world.running("sync", "--every", "1") as proc:
         world.docker_run("-P", "local/web")
         wait_until(lambda: len(world.keys()) == 2, 15, "the repeating sync to register the container")
         time.sleep(1.5)
@@ -291,8 +285,6 @@ def test_every_repeats_and_exits_0_promptly_on_sigterm(world):
         started = time.monotonic()
         code = proc.wait(10)
         assert code == 0 and time.monotonic() - started < 3
-    finally:
-        proc.kill()
     out = proc.stdout.read().splitlines()
     assert len(out) >= 2 and any(line.startswith("added 2") for line in out)
     assert any(line.startswith("added 0, updated 0, removed 0, unchanged 2") for line in out)

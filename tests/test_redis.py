@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import BINARY, LAYOUT_KEYS, Host
+from conftest import LAYOUT_KEYS, Host
 from harness import (REDIS_VALUE_WRITES, Certs, Redis, Traefik, free_port, redis_commands, silent_endpoint,
                      wait_until)
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
@@ -250,9 +250,7 @@ def test_every_layout_registers_dry_runs_and_purges(rd, layout):
 
 
 def test_sync_every_registers_deregisters_and_rewrites_no_value_between(rd):
-    proc = subprocess.Popen([BINARY, "sync", "--every", "1"], env=rd.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
+    with rd.running("sync", "--every", "1") as proc:
         cid = rd.docker_run("-P", "local/web")
         wait_until(lambda: rd.keys() == rd.web_keys(cid), 15, "the repeating sync to register the container")
         before = rd.commands()
@@ -263,8 +261,6 @@ def test_sync_every_registers_deregisters_and_rewrites_no_value_between(rd):
         wait_until(lambda: rd.keys() == {}, 15, "the repeating sync to remove the key")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-    finally:
-        proc.kill()
     assert proc.stderr.read() == ""
 
 

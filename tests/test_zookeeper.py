@@ -11,7 +11,6 @@ import itertools
 import json
 import signal
 import stat
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 import docker_register as dr
-from conftest import BINARY, LAYOUT_KEYS, Host
+from conftest import LAYOUT_KEYS, Host
 from harness import Traefik, ZooKeeper, free_port, silent_endpoint, wait_until
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
@@ -371,9 +370,7 @@ def test_every_layout_registers_dry_runs_and_purges(zk, layout):
 
 
 def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_between(zk):
-    proc = subprocess.Popen([BINARY, "sync", "--every", "1"], env=zk.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
+    with zk.running("sync", "--every", "1") as proc:
         cid = zk.docker_run("-P", "local/web")
         wait_until(lambda: zk.keys() == zk.web_keys(cid), 15, "the repeating sync to register the container")
         session = zk.session()
@@ -385,8 +382,6 @@ def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_b
         assert zk.session() == session
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-    finally:
-        proc.kill()
     assert proc.stderr.read() == ""
 
 
