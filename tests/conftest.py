@@ -28,7 +28,7 @@ _counter = itertools.count(1)
 #: Fixtures that start a real server (dockerd or etcd); a test needing any of them, even through
 #: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
 SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
-                             "second_engine", "edge", "zookeeper", "redis_server"})
+                             "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server"})
 #: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
 IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 
@@ -90,10 +90,9 @@ def etcd(servers_root):
     member.stop()
 
 
-@pytest.fixture
-def second_engine(tmp_path_factory):
-    """Another dockerd on this machine, with a bridge and subnet of its own: a second host's engine, which a
-    test may also stop and start."""
+@pytest.fixture(scope="session")
+def second_dockerd(tmp_path_factory):
+    """Another dockerd on this machine, with a bridge and subnet of its own, for the whole run."""
     pid = os.getpid()
     engine = Dockerd(tmp_path_factory.mktemp("eng2"), bridge=f"drs{pid % 100000}", subnet=f"10.214.{pid % 250}.1/24")
     try:
@@ -102,6 +101,15 @@ def second_engine(tmp_path_factory):
         yield engine
     finally:
         engine.stop()
+
+
+@pytest.fixture
+def second_engine(second_dockerd):
+    """A second host's engine, which a test may also stop and start: running again and emptied afterwards."""
+    yield second_dockerd
+    if second_dockerd.proc.poll() is not None:
+        second_dockerd.start()
+    second_dockerd.remove_all_containers()
 
 
 @pytest.fixture
