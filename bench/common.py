@@ -28,8 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from harness import (Dockerd, Etcd, Redis, Traefik, ZooKeeper, free_port, require, start_cluster,  # noqa: E402,F401
-                     stop_process, wait_until)
+from harness import (Dockerd, Etcd, Redis, Traefik, ZooKeeper, free_port, publish,  # noqa: E402,F401
+                     require, start_cluster, stop_process, wait_until)
 
 #: The installed console script and the interpreter of the same virtualenv.
 BINARY = Path(sys.executable).with_name("docker-register")
@@ -581,12 +581,6 @@ def scratch(prefix: str):
         yield root
     finally:
         subprocess.run(["rm", "-rf", str(root)], capture_output=True)
-
-
-def publish(port: int = 80) -> tuple[str, str]:
-    """Publish a container port at a free host port. Not -P: Docker's allocator starts at 32768 in every
-    engine, and other engines on this machine may hold those ports."""
-    return "-p", f"{free_port()}:{port}"
 
 
 def run_container(dockerd: Dockerd, *args: str) -> str:

@@ -45,6 +45,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def publish(port: int = 80) -> tuple[str, str]:
+    """docker run flags publishing a container port on all addresses at a free host port. Not -P: Docker's
+    allocator starts at 32768 in every engine, and other engines on this machine (a second host's, other test
+    runs') hold those."""
+    return "-p", f"{free_port()}:{port}"
+
+
 @contextlib.contextmanager
 def silent_endpoint():
     """host:port of a loopback socket that accepts connections and never answers: a stalled server."""

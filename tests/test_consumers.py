@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from harness import Dockerd, Traefik, free_port, require, wait_until
+from harness import Dockerd, Traefik, publish, require, wait_until
 
 #: Requests sent where every one must succeed (or fail) once Traefik has applied a change.
 REQUESTS = 40
@@ -116,12 +116,6 @@ def edge(world, tmp_path):
     finally:
         traefik.stop()
         world.etcd.etcdctl("del", "--prefix", root + "/", check=False)
-
-
-def publish(port: int) -> tuple[str, str]:
-    """Publish a container port on all addresses at a free host port. Not -P: Docker's allocator starts at
-    32768 in every engine, and other engines on this machine (a second host's, other test runs') hold those."""
-    return "-p", f"{free_port()}:{port}"
 
 
 def start_web(engine: Dockerd, *labels: str) -> str:
