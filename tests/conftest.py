@@ -13,7 +13,7 @@ import pytest
 from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import Dockerd, Etcd, require  # noqa: E402
+from harness import Certs, Dockerd, Etcd, require  # noqa: E402
 
 #: Hypothesis examples per property: 300 in the full suite (scripts/test, what CI runs), 40 otherwise (the
 #: developer loop, scripts/test -m unit or a plain pytest run).
@@ -28,7 +28,8 @@ _counter = itertools.count(1)
 #: Fixtures that start a real server (dockerd or etcd); a test needing any of them, even through
 #: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
 SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
-                             "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server"})
+                             "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server",
+                             "digest_zookeeper", "tls_zookeeper", "tls_rd"})
 #: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
 IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 
@@ -81,6 +82,13 @@ def dockerd(servers_root):
     engine.build_images()
     yield engine
     engine.stop()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> Certs:
+    """A test CA (which no system store trusts), a server certificate for 127.0.0.1 and client certificates:
+    root, docker-register, and an intruder no server authorises."""
+    return Certs(tmp_path_factory.mktemp("certs"), client_names=("root", "docker-register", "intruder"))
 
 
 @pytest.fixture(scope="session")

@@ -320,20 +320,14 @@ def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(rd):
 # --- over TLS (rediss://) -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def redis_certs(tmp_path_factory):
-    """A test CA (which no system store trusts), a server certificate for 127.0.0.1 and client certificates."""
-    return Certs(tmp_path_factory.mktemp("redis-certs"))
-
-
 @pytest.fixture
-def tls_rd(engine, redis_certs, tmp_path):
+def tls_rd(engine, certs, tmp_path):
     """Start a redis-server that speaks TLS only (with client_certs, one that also requires a client certificate)
     and give a RedisWorld on it, whose own client looks over TLS."""
     started = []
 
     def start(client_certs: bool = False) -> RedisWorld:
-        server = Redis(tmp_path / f"tls{len(started)}", tls=redis_certs, client_certs=client_certs)
+        server = Redis(tmp_path / f"tls{len(started)}", tls=certs, client_certs=client_certs)
         started.append(server)
         return RedisWorld(engine, server.start(), next(_numbers), tmp_path)
     yield start
@@ -349,43 +343,43 @@ def one_line_error(result: subprocess.CompletedProcess, url: str) -> str:
     return result.stderr
 
 
-def test_over_tls_the_ca_given_registers_and_a_run_with_nothing_changed_only_renews(tls_rd, redis_certs):
+def test_over_tls_the_ca_given_registers_and_a_run_with_nothing_changed_only_renews(tls_rd, certs):
     rd = tls_rd()
     cid = rd.docker_run("-P", "local/web")
     # The server's certificate is signed by the test CA: without --redis-cacert the run cannot trust it.
     untrusted = rd.run("sync", "--redis", rd.server.url)
     assert "certificate verify failed" in one_line_error(untrusted, rd.server.url)
-    result = rd.sync("--redis", rd.server.url, "--redis-cacert", str(redis_certs.ca))
+    result = rd.sync("--redis", rd.server.url, "--redis-cacert", str(certs.ca))
     assert "added 2, updated 0, removed 0, unchanged 0" in result.stdout
     assert rd.keys() == rd.web_keys(cid)
     assert rd.look.smembers(rd.index) == set(rd.web_keys(cid))
 
     before = rd.commands()
-    result = rd.sync(REDIS_URL=rd.server.url, REDIS_CACERT=str(redis_certs.ca))  # the environment twins
+    result = rd.sync(REDIS_URL=rd.server.url, REDIS_CACERT=str(certs.ca))  # the environment twins
     after = rd.commands()
     assert "added 0, updated 0, removed 0, unchanged 2" in result.stdout
     assert writes(before, after) == Counter() and after["pexpire"] - before["pexpire"] == 3
 
 
-def test_a_client_certificate_is_presented_to_a_server_that_requires_one(tls_rd, redis_certs):
+def test_a_client_certificate_is_presented_to_a_server_that_requires_one(tls_rd, certs):
     rd = tls_rd(client_certs=True)
     cid = rd.docker_run("-P", "local/web")
-    trusted = ("--redis", rd.server.url, "--redis-cacert", str(redis_certs.ca))
+    trusted = ("--redis", rd.server.url, "--redis-cacert", str(certs.ca))
     one_line_error(rd.run("sync", *trusted), rd.server.url)  # the server hangs up on a client without one
     assert rd.keys() == {}
-    cert, key = redis_certs.clients["docker-register"]
+    cert, key = certs.clients["docker-register"]
     result = rd.sync(*trusted, "--redis-cert", str(cert), "--redis-key", str(key))
     assert "added 2, updated 0, removed 0, unchanged 0" in result.stdout
     assert rd.keys() == rd.web_keys(cid)
-    result = rd.sync(REDIS_CACERT=str(redis_certs.ca), REDIS_CERT=str(cert), REDIS_KEY=str(key))
+    result = rd.sync(REDIS_CACERT=str(certs.ca), REDIS_CERT=str(cert), REDIS_KEY=str(key))
     assert "unchanged 2" in result.stdout
 
 
-def test_a_wrong_ca_is_one_line_on_stderr_and_exit_1(tls_rd, redis_certs, tmp_path):
+def test_a_wrong_ca_is_one_line_on_stderr_and_exit_1(tls_rd, certs, tmp_path):
     rd = tls_rd()
     rd.docker_run("-P", "local/web")
     stranger = Certs(tmp_path / "another-ca")
-    cert, key = redis_certs.clients["docker-register"]
+    cert, key = certs.clients["docker-register"]
     for flags in (["--redis-cacert", str(stranger.ca)],
                   ["--redis-cacert", str(stranger.ca), "--redis-cert", str(cert), "--redis-key", str(key)]):
         result = rd.run("sync", "--redis", rd.server.url, *flags)

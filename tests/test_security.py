@@ -13,11 +13,6 @@ from harness import Certs, Etcd
 PASSWORD = "s3cr3t-Pa55word-7f1c"
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> Certs:
-    return Certs(tmp_path_factory.mktemp("certs"), client_names=("root", "docker-register", "intruder"))
-
-
 def role_for(prefix: str) -> dict[str, str]:
     """The role an operator gives docker-register: read and write its prefix, read a neighbour."""
     return {prefix + "/": "readwrite", "/readonly/": "read"}

@@ -21,7 +21,7 @@ import pytest
 
 import docker_register as dr
 from conftest import LAYOUT_KEYS, Host
-from harness import Traefik, ZooKeeper, free_port, silent_endpoint, wait_until
+from harness import Certs, Traefik, ZooKeeper, free_port, silent_endpoint, wait_until
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 #: The server's cap on session timeouts: docker-register refuses a TTL above it.
@@ -552,18 +552,10 @@ def test_another_digest_user_on_another_host_cannot_change_the_nodes(zk_digest):
 
 
 @pytest.fixture(scope="module")
-def zk_certs(tmp_path_factory):
-    """A test CA (which no system store trusts), a server certificate for 127.0.0.1 and client certificates."""
-    from harness import Certs
-
-    return Certs(tmp_path_factory.mktemp("zk-certs"))
-
-
-@pytest.fixture(scope="module")
-def tls_zookeeper(tmp_path_factory, zk_certs):
+def tls_zookeeper(tmp_path_factory, certs):
     """A ZooKeeper with a secure client port that requires a client certificate (and a plain one to look with)."""
     server = ZooKeeper(tmp_path_factory.mktemp("zk-tls"), max_session_timeout_ms=MAX_SESSION_SECONDS * 1000,
-                       tls=zk_certs)
+                       tls=certs)
     yield server.start()
     server.stop()
 
@@ -573,12 +565,12 @@ def zk_tls(engine, tls_zookeeper, tmp_path):
     yield from world_on(tls_zookeeper, engine, tmp_path)
 
 
-def test_over_tls_a_run_with_the_ca_and_a_client_certificate_registers(zk_tls, zk_certs):
+def test_over_tls_a_run_with_the_ca_and_a_client_certificate_registers(zk_tls, certs):
     zk = zk_tls
     cid = zk.docker_run("-P", "local/web")
     secure = zk.server.secure_endpoint
-    cert, key = zk_certs.clients["docker-register"]
-    trusted = ("--zookeeper", secure, "--zookeeper-cacert", str(zk_certs.ca))
+    cert, key = certs.clients["docker-register"]
+    trusted = ("--zookeeper", secure, "--zookeeper-cacert", str(certs.ca))
     refused = zk.run("sync", "--timeout", "1", *trusted)  # the secure port wants a client certificate too
     assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert refused.stderr.startswith(f"docker-register: error: zookeeper at {secure}: connect: "), refused.stderr
@@ -589,19 +581,17 @@ def test_over_tls_a_run_with_the_ca_and_a_client_certificate_registers(zk_tls, z
     assert zk.keys() == zk.web_keys(cid)
     assert {owner for data, owner in zk.nodes().values() if data} == {zk.session()}
     zxid = zk.server.zxid()
-    result = zk.sync(ZOOKEEPER_HOSTS=secure, ZOOKEEPER_CACERT=str(zk_certs.ca), ZOOKEEPER_CERT=str(cert),
+    result = zk.sync(ZOOKEEPER_HOSTS=secure, ZOOKEEPER_CACERT=str(certs.ca), ZOOKEEPER_CERT=str(cert),
                      ZOOKEEPER_KEY=str(key))  # the environment twins; the session re-attached over TLS
     assert "added 0, updated 0, removed 0, unchanged 2" in result.stdout
     assert zk.server.zxid() == zxid
 
 
-def test_a_wrong_ca_for_zookeeper_is_one_line_and_exit_1(zk_tls, zk_certs, tmp_path):
-    from harness import Certs
-
+def test_a_wrong_ca_for_zookeeper_is_one_line_and_exit_1(zk_tls, certs, tmp_path):
     zk = zk_tls
     zk.docker_run("-P", "local/web")
     stranger = Certs(tmp_path / "another-ca")
-    cert, key = zk_certs.clients["docker-register"]
+    cert, key = certs.clients["docker-register"]
     secure = zk.server.secure_endpoint
     started = time.monotonic()
     result = zk.run("sync", "--timeout", "1", "--zookeeper", secure, "--zookeeper-cacert", str(stranger.ca),
