@@ -45,6 +45,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_serving(proc: subprocess.Popen, name: str, log, check, timeout: float, what: str) -> None:
+    """Wait until check() is truthy; if the server process exits first, fail at once pointing at its log."""
+    def serving():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: see {log}")
+        return check()
+    wait_until(serving, timeout, what)
+
+
 def publish(port: int = 80) -> tuple[str, str]:
     """docker run flags publishing a container port on all addresses at a free host port. Not -P: Docker's
     allocator starts at 32768 in every engine, and other engines on this machine (a second host's, other test
@@ -269,11 +278,9 @@ class Etcd:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Wait until the member answers etcdctl."""
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd {self.name} exited: see {self.root / (self.name + '.log')}")
-            return self.etcdctl("endpoint", "health", check=False).returncode == 0
-        wait_until(ready, timeout, f"etcd {self.name} to serve")
+        wait_serving(self.proc, f"etcd {self.name}", self.root / (self.name + ".log"),
+                     lambda: self.etcdctl("endpoint", "health", check=False).returncode == 0, timeout,
+                     f"etcd {self.name} to serve")
 
     def etcdctl(self, *args: str, check: bool = True, endpoints: str | None = None) -> subprocess.CompletedProcess:
         """Run etcdctl (v3 API) against this member."""
@@ -442,13 +449,12 @@ class Traefik:
             stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
 
         def answers():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"traefik exited: see {self.log} and {self.root / 'traefik.out'}")
             try:
                 return self.api("/api/version")
             except OSError:
                 return None
-        wait_until(answers, 30, "traefik's API to answer")
+        wait_serving(self.proc, "traefik", f"{self.log} and {self.root / 'traefik.out'}", answers, 30,
+                     "traefik's API to answer")
         return self
 
     def api(self, path: str):
@@ -555,11 +561,8 @@ class ZooKeeper:
             [require("java"), "-Xmx256m", "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain",
              str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
 
-        def serving():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"zookeeper exited: see {self.root / 'zookeeper.log'}")
-            return "Zxid:" in self.four_letter("srvr")
-        wait_until(serving, 60, "zookeeper to serve")
+        wait_serving(self.proc, "zookeeper", self.root / "zookeeper.log", lambda: "Zxid:" in self.four_letter("srvr"),
+                     60, "zookeeper to serve")
         if self.tls:
             wait_until(lambda: self._listens(self.secure_endpoint), 30, "zookeeper's secure client port")
         return self
@@ -658,13 +661,11 @@ class Redis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
 
         def answers():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: see {self.root / 'redis.log'}")
             try:
                 return self.client().ping()
             except Exception:
                 return False
-        wait_until(answers, 30, "redis-server to answer")
+        wait_serving(self.proc, "redis-server", self.root / "redis.log", answers, 30, "redis-server to answer")
         return self
 
     def client(self):
