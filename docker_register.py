@@ -16,6 +16,7 @@ import contextlib
 import enum
 import functools
 import hashlib
+import inspect
 import ipaddress
 import json
 import os
@@ -24,8 +25,9 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Annotated, Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import (Annotated, Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence,
+                    get_type_hints)
 
 import typer
 
@@ -2820,177 +2822,178 @@ def root(
     """Register this host's published container ports in etcd v3, on a lease."""
 
 
-EtcdOption = Annotated[str, typer.Option(
-    "--etcd", envvar="ETCD_HOST", help="Comma-separated etcd endpoints: host:port, http://… or https://….")]
-HostIpOption = Annotated[Optional[str], typer.Option(
-    "--host-ip", envvar="HOST_IP", show_default="detected", help="Address other hosts use to reach published ports.")]
-PrefixOption = Annotated[Optional[str], typer.Option(
-    "--prefix", envvar="DOCKER_REGISTER_PREFIX", show_default="by layout: /backends, traefik, /skydns",
-    help="Root of all service keys.")]
-LayoutOption = Annotated[LayoutName, typer.Option(
-    "--layout", envvar="DOCKER_REGISTER_LAYOUT",
-    help="Keys for docker-discover (discover), Traefik's KV provider (traefik) or CoreDNS's etcd plugin (skydns).")]
-DomainOption = Annotated[str, typer.Option(
-    "--domain", envvar="DOCKER_REGISTER_DOMAIN", help="DNS domain of the skydns layout's names.")]
-InternalOption = Annotated[bool, typer.Option(
-    "--internal", envvar="DOCKER_REGISTER_INTERNAL",
-    help="Register each container's own address on a network and its private ports, not published ports.")]
-NetworkOption = Annotated[Optional[str], typer.Option(
-    "--network", envvar="DOCKER_REGISTER_NETWORK", show_default=False,
-    help="With --internal: the network to use when a container is on several and no label chooses.")]
-TimeoutOption = Annotated[float, typer.Option(
-    "--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300,
-    help="Bound in seconds on each Docker and etcd call.")]
-OutputOption = Annotated[Output, typer.Option("--output", envvar="DOCKER_REGISTER_OUTPUT", help="Output format.")]
-CacertOption = Annotated[Optional[str], typer.Option(
-    "--cacert", envvar="ETCD_CACERT", show_default=False, help="CA bundle (PEM) to verify etcd's TLS certificate.")]
-CertOption = Annotated[Optional[str], typer.Option(
-    "--cert", envvar="ETCD_CERT", show_default=False, help="Client certificate (PEM) for etcd.")]
-KeyOption = Annotated[Optional[str], typer.Option(
-    "--key", envvar="ETCD_KEY", show_default=False, help="Key (PEM) of the client certificate.")]
-UserOption = Annotated[Optional[str], typer.Option(
-    "--user", envvar="ETCD_USER", show_default=False, help="etcd user, NAME or NAME:PASSWORD.")]
-PasswordOption = Annotated[Optional[str], typer.Option(
-    "--password", envvar="ETCD_PASSWORD", show_default=False, help="Password of the etcd user.")]
 #: --backend's choices.
 BackendName = enum.Enum("BackendName", {name: name for name in BACKENDS}, type=str)
-BackendOption = Annotated[BackendName, typer.Option(
-    "--backend", envvar="DOCKER_REGISTER_BACKEND",
-    help="Store of the keys: etcd, zookeeper (pip extra [zookeeper]) or redis (pip extra [redis]).")]
-LockFileOption = Annotated[str, typer.Option(
-    "--lock-file", envvar="DOCKER_REGISTER_LOCK",
-    help="File locked during a sync so that runs on one host never overlap; the ZooKeeper session is kept next "
-         "to it.")]
 #: Help panels of the other backends' options (each panel sizes its own columns).
 ZK_PANEL, REDIS_PANEL = "ZooKeeper (--backend zookeeper)", "Redis (--backend redis)"
-ZooKeeperOption = Annotated[str, typer.Option(
-    "--zookeeper", envvar="ZOOKEEPER_HOSTS", rich_help_panel=ZK_PANEL,
-    help="Comma-separated ensemble, host:port.")]
-ZooKeeperStateOption = Annotated[Optional[str], typer.Option(
-    "--zookeeper-state", envvar="ZOOKEEPER_STATE", rich_help_panel=ZK_PANEL,
-    show_default="zookeeper-<id>.session next to the lock file",
-    help="File (mode 600) keeping the host's ZooKeeper session id and password between runs.")]
-ZooKeeperUserOption = Annotated[Optional[str], typer.Option(
-    "--zookeeper-user", envvar="ZOOKEEPER_USER", rich_help_panel=ZK_PANEL, show_default=False,
-    help="Digest user, NAME or NAME:PASSWORD; nodes are then the user's, readable by all.")]
-ZooKeeperPasswordOption = Annotated[Optional[str], typer.Option(
-    "--zookeeper-password", envvar="ZOOKEEPER_PASSWORD", rich_help_panel=ZK_PANEL, show_default=False,
-    help="Password of the ZooKeeper user.")]
-ZooKeeperCacertOption = Annotated[Optional[str], typer.Option(
-    "--zookeeper-cacert", envvar="ZOOKEEPER_CACERT", rich_help_panel=ZK_PANEL, show_default=False,
-    help="CA bundle (PEM) to verify ZooKeeper's TLS certificate (TLS on).")]
-ZooKeeperCertOption = Annotated[Optional[str], typer.Option(
-    "--zookeeper-cert", envvar="ZOOKEEPER_CERT", rich_help_panel=ZK_PANEL, show_default=False,
-    help="Client certificate (PEM) for ZooKeeper.")]
-ZooKeeperKeyOption = Annotated[Optional[str], typer.Option(
-    "--zookeeper-key", envvar="ZOOKEEPER_KEY", rich_help_panel=ZK_PANEL, show_default=False,
-    help="Key (PEM) of the ZooKeeper client certificate.")]
-RedisOption = Annotated[str, typer.Option(
-    "--redis", envvar="REDIS_URL", rich_help_panel=REDIS_PANEL,
-    help="redis://host:port/db (user@host:… for an ACL user), rediss://… for TLS.")]
-RedisPasswordOption = Annotated[Optional[str], typer.Option(
-    "--redis-password", envvar="REDIS_PASSWORD", rich_help_panel=REDIS_PANEL, show_default=False,
-    help="Redis password (AUTH).")]
-RedisCacertOption = Annotated[Optional[str], typer.Option(
-    "--redis-cacert", envvar="REDIS_CACERT", rich_help_panel=REDIS_PANEL, show_default=False,
-    help="CA bundle (PEM) to verify Redis's TLS certificate (rediss://).")]
-RedisCertOption = Annotated[Optional[str], typer.Option(
-    "--redis-cert", envvar="REDIS_CERT", rich_help_panel=REDIS_PANEL, show_default=False,
-    help="Client certificate (PEM) for Redis.")]
-RedisKeyOption = Annotated[Optional[str], typer.Option(
-    "--redis-key", envvar="REDIS_KEY", rich_help_panel=REDIS_PANEL, show_default=False,
-    help="Key (PEM) of the Redis client certificate.")]
+
+
+def option(default: object, flag: str, secret: bool = False, **info: object) -> Any:
+    """A Settings field that is a CLI option: its default, flag, environment twin, help and bounds in one place."""
+    return field(default=default, repr=not secret, metadata={"option": typer.Option(flag, **info)})
 
 
 @dataclass(frozen=True)
-class EtcdFlags:
-    """The raw etcd connection flags both commands take."""
+class Settings:
+    """The options every command takes, as given; build_config checks them into a Config."""
 
-    etcd: str
-    cacert: Optional[str]
-    cert: Optional[str]
-    key: Optional[str]
-    user: Optional[str]
-    password: Optional[str]
+    etcd: str = option(DEFAULT_ETCD, "--etcd", envvar="ETCD_HOST",
+                       help="Comma-separated etcd endpoints: host:port, http://… or https://….")
+    host_ip: Optional[str] = option(None, "--host-ip", envvar="HOST_IP", show_default="detected",
+                                    help="Address other hosts use to reach published ports.")
+    layout: LayoutName = option(
+        LayoutName.discover, "--layout", envvar="DOCKER_REGISTER_LAYOUT",
+        help="Keys for docker-discover (discover), Traefik's KV provider (traefik) or CoreDNS's etcd plugin (skydns).")
+    prefix: Optional[str] = option(None, "--prefix", envvar="DOCKER_REGISTER_PREFIX",
+                                   show_default="by layout: /backends, traefik, /skydns",
+                                   help="Root of all service keys.")
+    domain: str = option(DEFAULT_DOMAIN, "--domain", envvar="DOCKER_REGISTER_DOMAIN",
+                         help="DNS domain of the skydns layout's names.")
+    internal: bool = option(
+        False, "--internal", envvar="DOCKER_REGISTER_INTERNAL",
+        help="Register each container's own address on a network and its private ports, not published ports.")
+    network: Optional[str] = option(
+        None, "--network", envvar="DOCKER_REGISTER_NETWORK", show_default=False,
+        help="With --internal: the network to use when a container is on several and no label chooses.")
+    ttl: int = option(DEFAULT_TTL, "--ttl", envvar="DOCKER_REGISTER_TTL", min=MIN_TTL, max=MAX_TTL,
+                      help="Lease TTL in seconds; longer than the run interval.")
+    timeout: float = option(DEFAULT_TIMEOUT, "--timeout", envvar="DOCKER_REGISTER_TIMEOUT", min=0.1, max=300,
+                            help="Bound in seconds on each Docker and etcd call.")
+    output: Output = option(Output.text, "--output", envvar="DOCKER_REGISTER_OUTPUT", help="Output format.")
+    lock_file: str = option(
+        DEFAULT_LOCK_FILE, "--lock-file", envvar="DOCKER_REGISTER_LOCK",
+        help="File locked during a sync so that runs on one host never overlap; the ZooKeeper session is kept next "
+             "to it.")
+    cacert: Optional[str] = option(None, "--cacert", envvar="ETCD_CACERT", show_default=False,
+                                   help="CA bundle (PEM) to verify etcd's TLS certificate.")
+    cert: Optional[str] = option(None, "--cert", envvar="ETCD_CERT", show_default=False,
+                                 help="Client certificate (PEM) for etcd.")
+    key: Optional[str] = option(None, "--key", envvar="ETCD_KEY", show_default=False,
+                                help="Key (PEM) of the client certificate.")
+    user: Optional[str] = option(None, "--user", envvar="ETCD_USER", show_default=False,
+                                 help="etcd user, NAME or NAME:PASSWORD.")
+    password: Optional[str] = option(None, "--password", envvar="ETCD_PASSWORD", show_default=False, secret=True,
+                                     help="Password of the etcd user.")
+    backend: BackendName = option(
+        BackendName.etcd, "--backend", envvar="DOCKER_REGISTER_BACKEND",
+        help="Store of the keys: etcd, zookeeper (pip extra [zookeeper]) or redis (pip extra [redis]).")
+    zookeeper: str = option(DEFAULT_ZOOKEEPER, "--zookeeper", envvar="ZOOKEEPER_HOSTS", rich_help_panel=ZK_PANEL,
+                            help="Comma-separated ensemble, host:port.")
+    zookeeper_state: Optional[str] = option(
+        None, "--zookeeper-state", envvar="ZOOKEEPER_STATE", rich_help_panel=ZK_PANEL,
+        show_default="zookeeper-<id>.session next to the lock file",
+        help="File (mode 600) keeping the host's ZooKeeper session id and password between runs.")
+    zookeeper_user: Optional[str] = option(
+        None, "--zookeeper-user", envvar="ZOOKEEPER_USER", rich_help_panel=ZK_PANEL, show_default=False,
+        help="Digest user, NAME or NAME:PASSWORD; nodes are then the user's, readable by all.")
+    zookeeper_password: Optional[str] = option(
+        None, "--zookeeper-password", envvar="ZOOKEEPER_PASSWORD", rich_help_panel=ZK_PANEL, show_default=False,
+        secret=True, help="Password of the ZooKeeper user.")
+    zookeeper_cacert: Optional[str] = option(
+        None, "--zookeeper-cacert", envvar="ZOOKEEPER_CACERT", rich_help_panel=ZK_PANEL, show_default=False,
+        help="CA bundle (PEM) to verify ZooKeeper's TLS certificate (TLS on).")
+    zookeeper_cert: Optional[str] = option(
+        None, "--zookeeper-cert", envvar="ZOOKEEPER_CERT", rich_help_panel=ZK_PANEL, show_default=False,
+        help="Client certificate (PEM) for ZooKeeper.")
+    zookeeper_key: Optional[str] = option(
+        None, "--zookeeper-key", envvar="ZOOKEEPER_KEY", rich_help_panel=ZK_PANEL, show_default=False,
+        help="Key (PEM) of the ZooKeeper client certificate.")
+    redis: str = option(DEFAULT_REDIS, "--redis", envvar="REDIS_URL", rich_help_panel=REDIS_PANEL,
+                        help="redis://host:port/db (user@host:… for an ACL user), rediss://… for TLS.")
+    redis_password: Optional[str] = option(
+        None, "--redis-password", envvar="REDIS_PASSWORD", rich_help_panel=REDIS_PANEL, show_default=False,
+        secret=True, help="Redis password (AUTH).")
+    redis_cacert: Optional[str] = option(
+        None, "--redis-cacert", envvar="REDIS_CACERT", rich_help_panel=REDIS_PANEL, show_default=False,
+        help="CA bundle (PEM) to verify Redis's TLS certificate (rediss://).")
+    redis_cert: Optional[str] = option(
+        None, "--redis-cert", envvar="REDIS_CERT", rich_help_panel=REDIS_PANEL, show_default=False,
+        help="Client certificate (PEM) for Redis.")
+    redis_key: Optional[str] = option(
+        None, "--redis-key", envvar="REDIS_KEY", rich_help_panel=REDIS_PANEL, show_default=False,
+        help="Key (PEM) of the Redis client certificate.")
 
 
-@dataclass(frozen=True)
-class KeyFlags:
-    """The raw flags that say which keys a host holds."""
-
-    layout: str
-    prefix: Optional[str]
-    domain: str = DEFAULT_DOMAIN
-    internal: bool = False
-    network: Optional[str] = None
+def settings_parameters() -> list[inspect.Parameter]:
+    """Settings' fields as typer reads a command's parameters: Annotated[type, typer.Option(...)] = default."""
+    hints = get_type_hints(Settings)
+    return [inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=item.default,
+                              annotation=Annotated[hints[item.name], item.metadata["option"]])
+            for item in fields(Settings)]
 
 
-@dataclass(frozen=True)
-class BackendFlags:
-    """The raw flags that choose the store and reach ZooKeeper or Redis."""
+def takes_settings(command: Callable[..., None]) -> Callable[..., None]:
+    """A command(settings, **own options) as typer sees it: its own options, then every Settings option."""
+    own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+    names = [item.name for item in fields(Settings)]
 
-    backend: str = "etcd"
-    zookeeper: str = DEFAULT_ZOOKEEPER
-    zookeeper_state: Optional[str] = None
-    zookeeper_user: Optional[str] = None
-    zookeeper_password: Optional[str] = field(default=None, repr=False)
-    zookeeper_cacert: Optional[str] = None
-    zookeeper_cert: Optional[str] = None
-    zookeeper_key: Optional[str] = None
-    redis: str = DEFAULT_REDIS
-    redis_password: Optional[str] = field(default=None, repr=False)
-    redis_cacert: Optional[str] = None
-    redis_cert: Optional[str] = None
-    redis_key: Optional[str] = None
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        command(Settings(**{name: values.pop(name) for name in names}), **values)
+
+    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + settings_parameters())
+    return run
 
 
-def zookeeper_settings(flags: BackendFlags, prefix: str, lock_file: Optional[str], host_ip: str) -> ZooKeeperSettings:
-    """Validate the ZooKeeper flags."""
+def zookeeper_settings(settings: Settings, prefix: str, lock_file: Optional[str], host_ip: str) -> ZooKeeperSettings:
+    """Validate the ZooKeeper options."""
     root = zookeeper_path(prefix)
     if root == ZOOKEEPER_RESERVED or root.startswith(ZOOKEEPER_RESERVED + "/"):
         raise UsageError(f"--prefix {prefix}: ZooKeeper keeps its own nodes under {ZOOKEEPER_RESERVED}")
     if root == ZOOKEEPER_HOSTS.rsplit("/", 1)[0] or root.startswith(ZOOKEEPER_HOSTS.rsplit("/", 1)[0] + "/"):
         raise UsageError(f"--prefix {prefix}: docker-register keeps its hosts' nodes under {ZOOKEEPER_HOSTS}")
-    hosts = parse_zookeeper_hosts(flags.zookeeper)
-    read_tls_files(flags.zookeeper_cacert, flags.zookeeper_cert, flags.zookeeper_key, "zookeeper-")
-    auth = parse_credentials(flags.zookeeper_user, flags.zookeeper_password, "zookeeper-", "ZOOKEEPER")
-    if flags.zookeeper_state is not None and not flags.zookeeper_state.strip():
+    hosts = parse_zookeeper_hosts(settings.zookeeper)
+    read_tls_files(settings.zookeeper_cacert, settings.zookeeper_cert, settings.zookeeper_key, "zookeeper-")
+    auth = parse_credentials(settings.zookeeper_user, settings.zookeeper_password, "zookeeper-", "ZOOKEEPER")
+    if settings.zookeeper_state is not None and not settings.zookeeper_state.strip():
         raise UsageError("--zookeeper-state / ZOOKEEPER_STATE: the file name is empty")
-    state = flags.zookeeper_state or zookeeper_state_file(lock_file, host_ip, prefix)
+    state = settings.zookeeper_state or zookeeper_state_file(lock_file, host_ip, prefix)
     backend_module("zookeeper")
-    return ZooKeeperSettings(hosts, state, flags.zookeeper_cacert, flags.zookeeper_cert, flags.zookeeper_key, auth)
+    return ZooKeeperSettings(hosts, state, settings.zookeeper_cacert, settings.zookeeper_cert, settings.zookeeper_key,
+                             auth)
 
 
-def redis_settings(flags: BackendFlags) -> RedisSettings:
-    """Validate the Redis flags."""
-    url, inline = parse_redis_url(flags.redis)
-    tls = read_tls_files(flags.redis_cacert, flags.redis_cert, flags.redis_key, "redis-")
+def redis_settings(settings: Settings) -> RedisSettings:
+    """Validate the Redis options."""
+    url, inline = parse_redis_url(settings.redis)
+    tls = read_tls_files(settings.redis_cacert, settings.redis_cert, settings.redis_key, "redis-")
     if tls and not url.startswith("rediss:"):
         raise UsageError("--redis-cacert, --redis-cert and --redis-key are for TLS: use a rediss:// URL")
     backend_module("redis")
-    return RedisSettings(url, flags.redis_password or inline, flags.redis_cacert, flags.redis_cert, flags.redis_key)
+    return RedisSettings(url, settings.redis_password or inline, settings.redis_cacert, settings.redis_cert,
+                         settings.redis_key)
 
 
-def build_config(flags: EtcdFlags, host_ip: Optional[str], keys: KeyFlags, ttl: int, timeout: float,
-                 lock_file: Optional[str] = None, backend: BackendFlags = BackendFlags()) -> Config:
-    """Validate flag values into a Config, detecting the host IP when none is given."""
-    tls = read_tls_files(flags.cacert, flags.cert, flags.key)
-    endpoints = parse_endpoints(flags.etcd, tls=tls is not None)
-    auth = parse_credentials(flags.user, flags.password)
-    layout = LAYOUTS[keys.layout]
-    prefix = parse_prefix(layout.default_prefix if keys.prefix is None else keys.prefix, layout.absolute,
+def parse_lock_file(path: str) -> Optional[str]:
+    """None for the default lock file, given or not; any other path as given."""
+    # None lets run_lock fall back to a per-user lock when the runtime folder is missing (not root):
+    # naming the default explicitly must not lose that.
+    return None if not path or os.path.normpath(path) == DEFAULT_LOCK_FILE else path
+
+
+def build_config(settings: Settings) -> Config:
+    """Validate the settings into a Config, detecting the host IP when none is given."""
+    tls = read_tls_files(settings.cacert, settings.cert, settings.key)
+    endpoints = parse_endpoints(settings.etcd, tls=tls is not None)
+    auth = parse_credentials(settings.user, settings.password)
+    layout = LAYOUTS[settings.layout.value]
+    prefix = parse_prefix(layout.default_prefix if settings.prefix is None else settings.prefix, layout.absolute,
                           layout.default_prefix)
-    domain = parse_domain(keys.domain)
+    domain = parse_domain(settings.domain)
+    host_ip = settings.host_ip
     detected = not (host_ip and host_ip.strip())
     address = detect_host_ip() if detected else parse_host_ip(host_ip)
-    if keys.network is not None and not keys.network.strip():
+    if settings.network is not None and not settings.network.strip():
         raise UsageError("--network / DOCKER_REGISTER_NETWORK: the network name is empty")
-    if keys.network and not keys.internal:
+    if settings.network and not settings.internal:
         raise UsageError("--network / DOCKER_REGISTER_NETWORK chooses a container network: it needs --internal")
-    zookeeper = zookeeper_settings(backend, prefix, lock_file, address) if backend.backend == "zookeeper" else None
-    redis = redis_settings(backend) if backend.backend == "redis" else None
-    return Config(endpoints, address, prefix, ttl, timeout, detected, tls, auth, lock_file, layout.name, domain,
-                  keys.internal, keys.network, backend.backend, zookeeper, redis)
+    lock_file = parse_lock_file(settings.lock_file)
+    backend = settings.backend.value
+    zookeeper = zookeeper_settings(settings, prefix, lock_file, address) if backend == "zookeeper" else None
+    redis = redis_settings(settings) if backend == "redis" else None
+    return Config(endpoints, address, prefix, settings.ttl, settings.timeout, detected, tls, auth, lock_file,
+                  layout.name, domain, settings.internal, settings.network, backend, zookeeper, redis)
 
 
 def fail(error: RegisterError) -> typer.Exit:
@@ -3036,7 +3039,9 @@ def stop_on_signals() -> threading.Event:
 
 
 @app.command("sync")
+@takes_settings
 def sync_command(
+    settings: Settings,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; write nothing.")] = False,
     every: Annotated[Optional[float], typer.Option(
         "--every", envvar="DOCKER_REGISTER_EVERY", min=1, max=MAX_TTL, show_default=False,
@@ -3045,53 +3050,20 @@ def sync_command(
         "--events", envvar="DOCKER_REGISTER_EVENTS",
         help="With --every: also run a pass as soon as Docker reports a container change, and take a "
              "container out as soon as it is being stopped.")] = False,
-    etcd: EtcdOption = DEFAULT_ETCD,
-    host_ip: HostIpOption = None,
-    layout: LayoutOption = LayoutName.discover,
-    prefix: PrefixOption = None,
-    domain: DomainOption = DEFAULT_DOMAIN,
-    internal: InternalOption = False,
-    network: NetworkOption = None,
-    ttl: Annotated[int, typer.Option("--ttl", envvar="DOCKER_REGISTER_TTL", min=MIN_TTL, max=MAX_TTL,
-                                     help="Lease TTL in seconds; longer than the run interval.")] = DEFAULT_TTL,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
-    output: OutputOption = Output.text,
-    lock_file: LockFileOption = DEFAULT_LOCK_FILE,
-    cacert: CacertOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    user: UserOption = None,
-    password: PasswordOption = None,
-    backend: BackendOption = BackendName.etcd,
-    zookeeper: ZooKeeperOption = DEFAULT_ZOOKEEPER,
-    zookeeper_state: ZooKeeperStateOption = None,
-    zookeeper_user: ZooKeeperUserOption = None,
-    zookeeper_password: ZooKeeperPasswordOption = None,
-    zookeeper_cacert: ZooKeeperCacertOption = None,
-    zookeeper_cert: ZooKeeperCertOption = None,
-    zookeeper_key: ZooKeeperKeyOption = None,
-    redis: RedisOption = DEFAULT_REDIS,
-    redis_password: RedisPasswordOption = None,
-    redis_cacert: RedisCacertOption = None,
-    redis_cert: RedisCertOption = None,
-    redis_key: RedisKeyOption = None,
 ) -> None:
     """Bring this host's keys in the store in line with its running containers."""
-    flags = EtcdFlags(etcd, cacert, cert, key, user, password)
-    stores = BackendFlags(backend.value, zookeeper, zookeeper_state, zookeeper_user, zookeeper_password,
-                          zookeeper_cacert, zookeeper_cert, zookeeper_key, redis, redis_password, redis_cacert,
-                          redis_cert, redis_key)
+    output = settings.output.value
     try:
-        config = build_config(flags, host_ip, KeyFlags(layout.value, prefix, domain, internal, network), ttl, timeout,
-                              lock_file if lock_file != DEFAULT_LOCK_FILE else None, stores)
+        config = build_config(settings)
         if events and every is None:
             raise UsageError("--events needs --every (the periodic pass that repairs missed events)")
         if every is not None:
             if dry_run:
                 raise UsageError("--every and --dry-run do not go together")
-            if ttl <= every:
-                raise UsageError(f"--ttl ({ttl}) must be longer than --every ({every:g}), or keys expire between runs")
-            report = functools.partial(print_outcome, output=output.value)
+            if config.ttl <= every:
+                raise UsageError(f"--ttl ({config.ttl}) must be longer than --every ({every:g}), "
+                                 "or keys expire between runs")
+            report = functools.partial(print_outcome, output=output)
             stop = stop_on_signals()
             triggers = Triggers()
             if events:
@@ -3107,45 +3079,15 @@ def sync_command(
             adapters.close()
     except RegisterError as error:
         raise fail(error) from None
-    print_outcome(outcome, output.value)
+    print_outcome(outcome, output)
 
 
 @app.command("purge")
-def purge_command(
-    etcd: EtcdOption = DEFAULT_ETCD,
-    host_ip: HostIpOption = None,
-    layout: LayoutOption = LayoutName.discover,
-    prefix: PrefixOption = None,
-    timeout: TimeoutOption = DEFAULT_TIMEOUT,
-    output: OutputOption = Output.text,
-    cacert: CacertOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    user: UserOption = None,
-    password: PasswordOption = None,
-    lock_file: LockFileOption = DEFAULT_LOCK_FILE,
-    backend: BackendOption = BackendName.etcd,
-    zookeeper: ZooKeeperOption = DEFAULT_ZOOKEEPER,
-    zookeeper_state: ZooKeeperStateOption = None,
-    zookeeper_user: ZooKeeperUserOption = None,
-    zookeeper_password: ZooKeeperPasswordOption = None,
-    zookeeper_cacert: ZooKeeperCacertOption = None,
-    zookeeper_cert: ZooKeeperCertOption = None,
-    zookeeper_key: ZooKeeperKeyOption = None,
-    redis: RedisOption = DEFAULT_REDIS,
-    redis_password: RedisPasswordOption = None,
-    redis_cacert: RedisCacertOption = None,
-    redis_cert: RedisCertOption = None,
-    redis_key: RedisKeyOption = None,
-) -> None:
+@takes_settings
+def purge_command(settings: Settings) -> None:
     """Take this host out of service now: revoke its lease, deleting all its keys and no other host's."""
-    flags = EtcdFlags(etcd, cacert, cert, key, user, password)
-    stores = BackendFlags(backend.value, zookeeper, zookeeper_state, zookeeper_user, zookeeper_password,
-                          zookeeper_cacert, zookeeper_cert, zookeeper_key, redis, redis_password, redis_cacert,
-                          redis_cert, redis_key)
     try:
-        config = build_config(flags, host_ip, KeyFlags(layout.value, prefix), DEFAULT_TTL, timeout,
-                              lock_file if lock_file != DEFAULT_LOCK_FILE else None, stores)
+        config = build_config(settings)
         store, close = open_store(config, purging=True)
         try:
             purged = purge(config, store)
@@ -3153,7 +3095,7 @@ def purge_command(
             close()
     except RegisterError as error:
         raise fail(error) from None
-    print_purged(purged, output.value)
+    print_purged(purged, settings.output.value)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

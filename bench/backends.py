@@ -79,8 +79,9 @@ def backend_config(backend: str, servers: Servers, prefix: str, tag: str):
     """The Config a `sync --backend ...` run would have, for an in-process run."""
     import docker_register as dr
 
-    flags = dr.BackendFlags(backend, zookeeper=servers.zookeeper.endpoint, redis=servers.redis.url)
-    return make_config(servers.etcd.endpoint, HOST_IP, prefix, TTL, LAYOUT, flags,
+    settings = dr.Settings(backend=dr.BackendName(backend), zookeeper=servers.zookeeper.endpoint,
+                           redis=servers.redis.url)
+    return make_config(servers.etcd.endpoint, HOST_IP, prefix, TTL, LAYOUT, settings,
                        str(servers.root / f"sync{tag}.lock"))
 
 

@@ -478,7 +478,7 @@ class ListedContainers:
 
 def make_config(endpoints: str, host_ip: str, prefix: str, ttl: int = 30, layout: str = "discover",
                 backend=None, lock_file: str | None = None):
-    """A docker_register.Config for in-process runs; backend (a docker_register.BackendFlags) names another
+    """A docker_register.Config for in-process runs; backend (a docker_register.Settings) names another
     store than etcd, validated as the CLI does (lock_file places ZooKeeper's session file)."""
     import docker_register as dr
 
@@ -489,7 +489,7 @@ def make_config(endpoints: str, host_ip: str, prefix: str, ttl: int = 30, layout
     if backend.backend == "zookeeper":
         return dataclasses.replace(config, backend="zookeeper",
                                    zookeeper=dr.zookeeper_settings(backend, prefix, lock_file, host_ip))
-    return dataclasses.replace(config, backend=backend.backend, redis=dr.redis_settings(backend))
+    return dataclasses.replace(config, backend=backend.backend.value, redis=dr.redis_settings(backend))
 
 
 def synthetic_source(n: int, seed: int, labels: dict[str, str] | None = None) -> ListedContainers:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
+import typer.main
 
 import docker_register as dr
 from conftest import BINARY
+from fakes import FakeEtcd
 
 ENV_NAMES = ("ETCD_HOST", "HOST_IP", "DOCKER_REGISTER_PREFIX", "DOCKER_REGISTER_TTL", "DOCKER_REGISTER_TIMEOUT",
-             "DOCKER_REGISTER_OUTPUT")
+             "DOCKER_REGISTER_OUTPUT", "DOCKER_REGISTER_LOCK")
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +61,9 @@ BAD_FLAGS = [
     (["sync", "--layout", "skydns", "--domain", "not a domain"], "--domain"),
     (["sync", "--layout", "consul"], "--layout"),
     (["sync", "--events"], "--events"),
+    (["purge", "--ttl", "1"], "--ttl"),
+    (["purge", "--network", "front"], "--internal"),
+    (["purge", "--layout", "skydns", "--domain", "not a domain"], "--domain"),
     (["sync", "--no-such-flag"], "--no-such-flag"),
     (["frobnicate"], "frobnicate"),
 ]
@@ -115,3 +121,81 @@ def test_python_dash_m_runs_the_same_cli(tmp_path):
     assert usage.returncode == 2 and usage.stdout == "" and "Traceback" not in usage.stderr
     lines = usage.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("docker-register: error: ") and "--ttl" in lines[0], usage.stderr
+
+
+# --- one settings declaration for every command -------------------------------------------
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """The configs the commands open their store or adapters with; purge's store is an in-memory etcd."""
+    configs = []
+
+    def open_store(config, purging=False):
+        configs.append(config)
+        return FakeEtcd(config.prefix), lambda: None
+
+    def open_adapters(config):
+        configs.append(config)
+        raise dr.DockerError("not reached in these tests")
+
+    monkeypatch.setattr(dr, "open_store", open_store)
+    monkeypatch.setattr(dr, "open_adapters", open_adapters)
+    return configs
+
+
+def command_params(name):
+    return {param.name for param in typer.main.get_command(dr.app).commands[name].params}
+
+
+def test_sync_and_purge_take_every_shared_option():
+    shared = {item.name for item in dataclasses.fields(dr.Settings)}
+    assert command_params("purge") == shared
+    assert command_params("sync") == shared | {"dry_run", "every", "events"}
+
+
+@pytest.mark.parametrize("argv, env", [(["purge", "--ttl", "60"], {}), (["purge"], {"DOCKER_REGISTER_TTL": "60"})],
+                         ids=["flag", "environment"])
+def test_purge_judges_the_lease_by_the_ttl_given(capsys, monkeypatch, opened, argv, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = run_main(capsys, argv)
+    assert code == 0, err
+    assert [config.ttl for config in opened] == [60]
+
+
+def test_the_config_carries_the_ttl_of_the_settings():
+    assert dr.build_config(dr.Settings(host_ip="192.0.2.10", ttl=60)).ttl == 60
+    assert dr.build_config(dr.Settings(host_ip="192.0.2.10")).ttl == dr.DEFAULT_TTL
+
+
+def test_sync_and_purge_build_the_same_config_from_the_same_options(capsys, opened, tmp_path):
+    options = ["--ttl", "45", "--layout", "skydns", "--domain", "example.org", "--internal", "--network", "front",
+               "--lock-file", str(tmp_path / "sync.lock")]
+    assert run_main(capsys, ["sync", *options])[0] == 1
+    assert run_main(capsys, ["purge", *options])[0] == 0
+    synced, purged = opened
+    assert synced == purged and synced.ttl == 45 and synced.network == "front"
+
+
+def test_an_explicit_default_lock_file_is_the_default():
+    default = dr.build_config(dr.Settings(host_ip="192.0.2.10"))
+    for given in (dr.DEFAULT_LOCK_FILE, "/run/docker-register//sync.lock"):
+        assert dr.build_config(dr.Settings(host_ip="192.0.2.10", lock_file=given)) == default
+    assert default.lock_file is None  # the default may fall back to a per-user lock: see run_lock
+
+
+@pytest.mark.parametrize("argv, env", [(["purge", "--lock-file", dr.DEFAULT_LOCK_FILE], {}),
+                                       (["purge"], {"DOCKER_REGISTER_LOCK": dr.DEFAULT_LOCK_FILE})],
+                         ids=["flag", "environment"])
+def test_the_default_lock_file_given_on_the_command_line_is_not_a_chosen_one(capsys, monkeypatch, opened, argv,
+                                                                              env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert run_main(capsys, argv)[0] == 0
+    assert [config.lock_file for config in opened] == [None]
+
+
+def test_another_lock_file_is_kept_as_given(tmp_path):
+    chosen = str(tmp_path / "sync.lock")
+    assert dr.build_config(dr.Settings(host_ip="192.0.2.10", lock_file=chosen)).lock_file == chosen

@@ -95,8 +95,7 @@ def test_tls_files_need_a_rediss_url(monkeypatch, capsys, tmp_path):
 def test_an_etcd_run_imports_neither_backend_client():
     # The whole CLI up to the adapters of an etcd run, in a fresh interpreter: kazoo and redis stay out.
     code = ("import sys, docker_register as dr\n"
-            "config = dr.build_config(dr.EtcdFlags('127.0.0.1:2379', None, None, None, None, None), '192.0.2.10',"
-            " dr.KeyFlags('traefik', None), 30, 1.0)\n"
+            "config = dr.build_config(dr.Settings(host_ip='192.0.2.10', layout=dr.LayoutName.traefik, timeout=1.0))\n"
             "adapters = dr.open_adapters(config); adapters.close()\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kazoo', 'redis')))\n")
     env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
