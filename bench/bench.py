@@ -9,6 +9,8 @@
     .venv/bin/python bench/bench.py backends               # etcd, ZooKeeper, Redis side by side
     .venv/bin/python bench/bench.py events                 # --events next to the timer mode, ~5 min
     .venv/bin/python bench/bench.py rolling                # rolling restart through Traefik, ~3.5 min
+    .venv/bin/python bench/bench.py failover               # losing the host that wrote a router, 3 stores, ~2 min
+    .venv/bin/python bench/bench.py failover --backend etcd --module /tmp/before.py   # an older module
 
 host     one host with a private dockerd and etcd: what a run costs (run_cost.py), how fast a stopped
          container's key goes (deregister.py), first syncs of large synthetic lists (run_cost.py).
@@ -22,6 +24,8 @@ events   `sync --every 10 --events` next to the timer mode: latency of start, he
          the long-running process's CPU and memory at 50 containers (events.py).
 rolling  a rolling restart of two backends through a real Traefik: failed requests with --events and
          with the timer mode, at two providersThrottleDuration values (rolling.py).
+failover two hosts behind a real Traefik: failed requests when the host that wrote a service's router keys
+         purges or is killed, and what Traefik answers once the last host purges, per store (failover.py).
 
 Progress goes to stderr, figures to stdout.  The servers come from tests/harness.py (private socket,
 free loopback ports) and are stopped and removed at the end.  Exit 0 when every part ran (and, for
@@ -38,6 +42,7 @@ import time
 import backends
 import deregister
 import events
+import failover
 import fleet
 import layouts
 import rolling
@@ -60,6 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                            "latency and cost"))
     rolling.add_arguments(commands.add_parser("rolling", help="rolling restart through a real Traefik: "
                                                              "failed requests"))
+    failover.add_arguments(commands.add_parser("failover", help="losing or purging the host that wrote a "
+                                                               "service's router, through Traefik"))
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["host", *argv]
     return parser.parse_args(argv)
@@ -106,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         return with_servers(args, "docker-register sync --every --events: latency and cost", "dre", events.run)
     if args.command == "rolling":
         return with_servers(args, "docker-register rolling restart through Traefik", "drr", rolling.run)
+    if args.command == "failover":
+        check_environment()
+        print_machine("docker-register failover through Traefik: two hosts, etcd, ZooKeeper, Redis")
+        total = time.perf_counter()
+        with scratch("drf") as root:
+            code = failover.run(args, root)
+        print(f"benchmark took {time.perf_counter() - total:.0f} s; load at end {load()}")
+        return code
     if args.command == "layouts":
         print_machine("docker-register key layouts side by side", children=False)
         with scratch("drl") as root, cluster(root, 1) as (etcd,):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import Certs, Dockerd, Etcd, require  # noqa: E402
+from harness import Certs, Dockerd, Etcd, Redis, ZooKeeper, require  # noqa: E402
 
 #: Hypothesis examples per property: 300 in the full suite (scripts/test, what CI runs), 40 otherwise (the
 #: developer loop, scripts/test -m unit or a plain pytest run).
@@ -245,3 +245,19 @@ class World(Host):
                 expected[f"{self.prefix}/{service}/port"] = port
         return expected
 
+
+@pytest.fixture(scope="session")
+def zookeeper(servers_root):
+    """A private ZooKeeper for the run (sessions up to 20 s). tests/test_zookeeper.py has its own of this name,
+    which wins there."""
+    server = ZooKeeper(servers_root / "zookeeper-shared", max_session_timeout_ms=20000).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_root):
+    """A private redis-server for the run. tests/test_redis.py has its own of this name, which wins there."""
+    server = Redis(servers_root / "redis-shared").start()
+    yield server
+    server.stop()
