@@ -604,13 +604,20 @@ def result_rows(runs: list[FailoverResult]) -> list[tuple[str, list[str], str]]:
         ("  A's server gone from Traefik after", cells(lambda r: seconds(r.server_gone)),
          f"<= {SERVER_GONE_WITHIN:g} s"),
         ("  solo's router keys gone after", cells(lambda r: seconds(r.solo_gone)), f"<= {SOLO_GONE_WITHIN:g} s"),
-        ("3 last host purges: B's last answer after purge", cells(lambda r: seconds(r.last_b)),
+        ("3 last host purges: B's last answer after purge", cells(last_answer),
          f"<= {LAST_QUIET_WITHIN:g} s"),
         ("  Traefik answers instead", cells(lambda r: ", ".join(f"{k}: {n}" for k, n in r.after_b.items()) or "-"),
          ""),
         ("  keys left under the root", cells(lambda r: ", ".join(r.left) or "none"), ""),
         ("failed requests while setting up", cells(lambda r: str(r.setup_failures)), ""),
     ]
+
+
+def last_answer(r: FailoverResult) -> str:
+    """When B's container last answered after its purge: never, or still at the end of phase 3's watch."""
+    if r.last_b is not None and r.last_b > LAST_WATCH - 0.5:
+        return f"still at {LAST_WATCH:g} s"
+    return seconds(r.last_b)
 
 
 def target_lines(r: FailoverResult) -> list[str]:
@@ -626,5 +633,5 @@ def target_lines(r: FailoverResult) -> list[str]:
         line(r.solo_gone is not None and r.solo_gone <= SOLO_GONE_WITHIN,
              f"solo's router keys gone within {SOLO_GONE_WITHIN:g} s ({seconds(r.solo_gone)})"),
         line(r.last_b is None or r.last_b <= LAST_QUIET_WITHIN,
-             f"no answer from B's container {LAST_QUIET_WITHIN:g} s after its purge (last {seconds(r.last_b)})"),
+             f"no answer from B's container {LAST_QUIET_WITHIN:g} s after its purge (last: {last_answer(r)})"),
     ]
