@@ -160,6 +160,12 @@ ZOOKEEPER_HOSTS = "/docker-register/hosts"
 REDIS_INDEX = "docker-register:hosts:{lease:016x}"
 #: StoredKey.lease of a Redis key that carries an expiry but is not in this host's index: another host's.
 FOREIGN_LEASE = -1
+#: Where a ZooKeeper host claims the shared nodes it wrote (persistent nodes, which no session owns): one
+#: ephemeral node per shared key, one folder per root, outside the root. The claim says who may change the
+#: value; a writer that dies takes its claims along, and the next host wanting another value takes the key.
+ZOOKEEPER_CLAIMS = "/docker-register/claims"
+#: StoredKey.lease of a shared key that no live host claims (ZooKeeper, after its writer's session ended).
+UNCLAIMED = -2
 
 #: Base class of the CLI parser's usage errors (typer may vendor click, so take it from typer).
 CLI_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
@@ -294,6 +300,8 @@ class ChangeKind(str, enum.Enum):
     ADD = "add"
     UPDATE = "update"
     REMOVE = "remove"
+    #: Stop holding a shared key another host still uses: the key stays, kept alive by the hosts that want it.
+    RELEASE = "release"
 
 
 @dataclass(frozen=True)
@@ -305,8 +313,10 @@ class Change:
     value: Optional[str]
     old_value: Optional[str]
     expected_mod: int
-    #: Another host's lease to put the key on (a shared key handed to a host still using it); None: ours.
+    #: The lease to put the key on when it is not the host's: a shared key's own lease (etcd); None: the host's.
     lease: Optional[int] = None
+    #: Whether hosts share the key: it then lives on as long as any host wants it, not with its writer.
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -318,6 +328,10 @@ class Plan:
     changes: tuple[Change, ...]
     unchanged: int
     notes: tuple[str, ...] = ()
+    #: Shared keys this host wants that hold the value it wants, and the leases they are on: kept alive by it.
+    renewals: tuple[tuple[str, int], ...] = ()
+    #: Shared keys' own leases to grant before writing (etcd: those of the keys this plan puts on new leases).
+    grants: tuple[int, ...] = ()
 
     def count(self, kind: ChangeKind) -> int:
         """Number of changes of one kind."""
@@ -531,6 +545,20 @@ def zookeeper_hosts_folder(root: str) -> str:
     return f"{ZOOKEEPER_HOSTS}/{quote(root, safe='')}"
 
 
+def zookeeper_claims_folder(root: str) -> str:
+    """The folder of the claims on one root's shared nodes."""
+    from urllib.parse import quote
+
+    return f"{ZOOKEEPER_CLAIMS}/{quote(root, safe='')}"
+
+
+def zookeeper_claim(root: str, path: str) -> str:
+    """The node by which a host claims the shared node at path (below root): one flat name per key."""
+    from urllib.parse import quote
+
+    return f"{zookeeper_claims_folder(root)}/{quote(path[len(root) + 1:], safe='')}"
+
+
 def zookeeper_state_file(lock_file: Optional[str], host_ip: str, prefix: str) -> str:
     """Where the host's ZooKeeper session is kept: next to the lock file, one file per host IP and prefix."""
     folder = os.path.dirname(lock_file or DEFAULT_LOCK_FILE)
@@ -615,6 +643,13 @@ def default_route_interface(route_table: str) -> Optional[tuple[str, str]]:
 def lease_id_for(host_ip: str, prefix: str) -> int:
     """Derive this host's lease id: stable across runs, distinct across hosts and prefixes."""
     digest = hashlib.sha256(f"docker-register\0{host_ip}\0{prefix}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1 or 1
+
+
+def shared_lease_id(host_ip: str, key: str) -> int:
+    """Derive the lease of a shared key this host writes (etcd): any host that wants the key keeps it alive,
+    and the id tells the writer, who alone changes the value."""
+    digest = hashlib.sha256(f"docker-register-shared\0{host_ip}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1 or 1
 
 
@@ -880,6 +915,8 @@ class Layout:
     is_shared: Callable[[str, str], bool]
     #: (shared key, prefix, stored keys) -> folders where another host's own key keeps the shared key in use.
     holders: Callable[[str, str, Mapping[str, "StoredKey"]], frozenset[str]]
+    #: (own key, prefix) -> folders of the shared keys the own key may keep in use: read when the own key goes.
+    shared_folders: Callable[[str, str], frozenset[str]] = lambda key, prefix: frozenset()
 
 
 def instance_key(prefix: str, service: str, container_id: str) -> str:
@@ -933,6 +970,7 @@ DISCOVER = Layout(
     fits=lambda key, prefix: service_of(key, prefix) is not None,
     is_shared=lambda key, prefix: key.endswith("/" + PORT_KEY),
     holders=lambda key, prefix, stored: frozenset({parent_folder(key)}),
+    shared_folders=lambda key, prefix: frozenset({parent_folder(key)}),
 )
 
 
@@ -1174,11 +1212,23 @@ def traefik_names_middleware(key: str, value: str, middleware: str, prefix: str)
     return listed and middleware in traefik_reference(value).split(",")
 
 
+def traefik_shared_folders(key: str, prefix: str) -> frozenset[str]:
+    """Where the routers, middlewares and options a server may keep in use are: its protocol's routers and
+    middlewares, and its own service's folder."""
+    parts = traefik_parts(key, prefix)
+    if not parts or not traefik_is_server(parts):
+        return frozenset()
+    protocol, _, service = parts[:3]
+    return frozenset({f"{prefix}/{protocol}/routers/", f"{prefix}/{protocol}/middlewares/",
+                      f"{prefix}/{protocol}/services/{service}/"})
+
+
 TRAEFIK = Layout(
     name="traefik", default_prefix="traefik", absolute=False, desire=traefik_keys,
     fits=lambda key, prefix: traefik_parts(key, prefix) is not None,
     is_shared=lambda key, prefix: not traefik_is_server(traefik_parts(key, prefix) or ("", "")),
     holders=traefik_holders,
+    shared_folders=traefik_shared_folders,
 )
 
 #: The layouts by name, the first the default.
@@ -1203,11 +1253,40 @@ def stale_shared(desired: Desired, keys: Iterable[str], layout: Layout, prefix: 
     return [key for key in keys if layout.is_shared(key, prefix) and key not in desired.shared]
 
 
-def as_planned(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int) -> dict[str, StoredKey]:
+def gone_own(desired: Desired, keys: Iterable[str], layout: Layout, prefix: str) -> list[str]:
+    """This host's own (unshared) keys among keys that no container here gives any more."""
+    return [key for key in keys if layout.fits(key, prefix) and not layout.is_shared(key, prefix)
+            and key not in desired.own]
+
+
+def shared_reach(desired: Desired, lease_keys: Iterable[str], layout: Layout, prefix: str) -> tuple[str, ...]:
+    """Folders of the shared keys this host may stop using in this run: those its going keys kept in use."""
+    return tuple(sorted({folder for key in gone_own(desired, lease_keys, layout, prefix)
+                         for folder in layout.shared_folders(key, prefix)}))
+
+
+def outermost(folders: Iterable[str]) -> set[str]:
+    """The folders not inside another of them: reading those reads all."""
+    ordered = sorted(set(folders))
+    return {folder for index, folder in enumerate(ordered) if not any(
+        folder.startswith(outer) for outer in ordered[:index])}
+
+
+def ownership(lease_id: int, shared_lease: Optional[Callable[[str], int]]) -> Callable[[str, StoredKey], bool]:
+    """Whether a stored key is this host's: on its lease, or a shared key on the lease or claim it writes those
+    on (shared_lease(key); the host's lease when None)."""
+    if shared_lease is None:
+        return lambda key, kv: kv.lease == lease_id
+    return lambda key, kv: kv.lease == lease_id or kv.lease == shared_lease(key)
+
+
+def as_planned(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
+               ours: Optional[Callable[[str, StoredKey], bool]] = None) -> dict[str, StoredKey]:
     """The stored keys with this host's shared values written where it writes them: a router's service as it
     will be after the run decides which servers keep the router's middlewares in use."""
+    ours = ours or ownership(lease_id, None)
     written = {key: StoredKey(value, lease_id, 0) for key, value in desired.shared.items()
-               if key not in stored or stored[key].lease == lease_id}
+               if key not in stored or ours(key, stored[key]) or stored[key].lease == UNCLAIMED}
     return {**stored, **written}
 
 
@@ -1215,49 +1294,62 @@ def reads_for(desired: Desired, lease_keys: Iterable[str], prefix: str, limit: i
               layout: Layout = DISCOVER) -> Reads:
     """The least a plan needs to read, in one transaction of at most limit reads.
 
-    That is this host's desired keys and the keys on its lease, plus the folders where other hosts'
-    keys keep a shared key of this host in use (it goes only when none does), as far as the keys alone
-    tell them. Other hosts' keys are not otherwise read, so a run costs the same in a fleet of any
-    size. When that is too many reads, the folders of all those keys; when even that is too many, the
-    whole prefix.
+    That is this host's desired keys and the keys on its lease, the folders of the shared keys that its
+    going keys kept in use, plus the folders where other hosts' keys keep a shared key of this host in use
+    (it goes only when none does), as far as the keys alone tell them. Other hosts' keys are not otherwise
+    read, so a run costs the same in a fleet of any size. When that is too many reads, the folders of all
+    those keys; when even that is too many, the whole prefix.
     """
     own = {key for key in lease_keys if layout.fits(key, prefix)}
     wanted = {*desired.own, *desired.shared}
-    holder_folders = {folder for key in stale_shared(desired, own, layout, prefix)
-                      for folder in layout.holders(key, prefix, {})}
+    reach = set(shared_reach(desired, own, layout, prefix))
+    holder_folders = outermost(reach | {folder for key in stale_shared(desired, own, layout, prefix)
+                                        for folder in layout.holders(key, prefix, {})})
     keys = {key for key in wanted | own if not key.startswith(tuple(holder_folders))}
     if len(keys) + len(holder_folders) <= limit:
         return Reads(tuple(sorted(keys)), tuple(sorted(holder_folders)))
-    folders = {parent_folder(key) for key in wanted | own}
+    folders = {parent_folder(key) for key in wanted | own} | reach
     if len(folders) <= limit:
         return Reads(folders=tuple(sorted(folders)))
     return Reads(whole_prefix=True)
 
 
 def more_reads_for(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int, read: Reads, prefix: str,
-                   layout: Layout = DISCOVER, limit: int = MAX_TXN_OPS) -> Optional[Reads]:
+                   layout: Layout = DISCOVER, limit: int = MAX_TXN_OPS,
+                   shared_lease: Optional[Callable[[str], int]] = None) -> Optional[Reads]:
     """Holder folders that only the values just read name (a router's service), not read yet; None if none."""
     if read.whole_prefix:
         return None
-    ours = [key for key, kv in stored.items() if kv.lease == lease_id and layout.fits(key, prefix)]
-    planned = as_planned(desired, stored, lease_id)
-    folders = {folder for key in stale_shared(desired, ours, layout, prefix)
+    ours = ownership(lease_id, shared_lease)
+    mine = [key for key, kv in stored.items() if ours(key, kv) and layout.fits(key, prefix)]
+    planned = as_planned(desired, stored, lease_id, ours)
+    folders = {folder for key in stale_shared(desired, mine, layout, prefix)
                for folder in layout.holders(key, prefix, planned) if not folder.startswith(read.folders)}
     if not folders:
         return None
     return Reads(folders=tuple(sorted(folders))) if len(folders) <= limit else Reads(whole_prefix=True)
 
 
-def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
-                 lease_state: LeaseState, prefix: str, layout: Layout = DISCOVER, hand_over: bool = True) -> Plan:
-    """Compare desired keys with what etcd holds and list the writes that make them equal.
+def held_now(stored: Mapping[str, StoredKey], lease_id: int, lease_state: LeaseState) -> dict[str, StoredKey]:
+    """The stored keys as they count for a plan: keys of a lease that is gone or about to be replaced do not."""
+    alive = lease_state is LeaseState.ALIVE
+    return {key: kv for key, kv in stored.items() if alive or kv.lease != lease_id}
 
-    hand_over False is for stores that cannot put a key on another host's lease (ZooKeeper, Redis): a shared
-    key another host still uses then stays where it is, unchanged."""
-    lease_alive = lease_state is LeaseState.ALIVE
-    # Keys of a lease that is gone or about to be replaced do not count as present.
-    current = {key: kv for key, kv in stored.items() if lease_alive or kv.lease != lease_id}
-    changes, notes, unchanged = [], [], 0
+
+def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
+                 lease_state: LeaseState, prefix: str, layout: Layout = DISCOVER,
+                 shared_lease: Optional[Callable[[str], int]] = None, releases: bool = False) -> Plan:
+    """Compare desired keys with what the store holds and list the writes that make them equal.
+
+    A shared key does not live on the lease of the host that wrote it but on its own: shared_lease(key) is
+    the lease (etcd) this host puts it on, None when the store records shared keys against the host's lease
+    itself (Redis's index, ZooKeeper's claims). Its writer alone changes its value; every host that wants
+    the value it holds keeps it alive (the plan's renewals), so it goes only when no host wants it. releases:
+    letting go of a shared key that another host uses is a write (the store's record of the writer), not only
+    no longer renewing it."""
+    current = held_now(stored, lease_id, lease_state)
+    ours = ownership(lease_id, shared_lease)
+    changes, notes, renewals, unchanged = [], [], [], 0
 
     for key, value in sorted(desired.own.items()):
         kv = current.get(key)
@@ -1268,42 +1360,62 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
         else:
             unchanged += 1
 
+    def own_lease(key: str) -> Optional[int]:
+        lease = shared_lease(key) if shared_lease else lease_id
+        return None if lease == lease_id else lease
+
     for key, value in sorted(desired.shared.items()):
         kv = current.get(key)
         if kv is None:
-            changes.append(Change(ChangeKind.ADD, key, value, None, 0))
+            changes.append(Change(ChangeKind.ADD, key, value, None, 0, own_lease(key), shared=True))
+        elif kv.lease == lease_id and own_lease(key) is not None:  # written before shared keys had own leases
+            changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision, own_lease(key), True))
         elif kv.value == value:
             unchanged += 1
-        elif kv.lease == lease_id:
-            changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision))
+            if kv.lease not in (0, UNCLAIMED):
+                renewals.append((key, kv.lease))
+        elif ours(key, kv) or kv.lease == UNCLAIMED:
+            changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision, own_lease(key), True))
         else:
             notes.append(f"{key} is {kv.value!r}, set by another host; this host's containers use {value}")
             unchanged += 1
 
-    planned = as_planned(desired, current, lease_id)
-    others = sorted((key, kv.lease) for key, kv in current.items()
-                    if kv.lease != lease_id and layout.fits(key, prefix) and not layout.is_shared(key, prefix))
+    planned = as_planned(desired, current, lease_id, ours)
+    others = sorted(key for key, kv in current.items()  # other hosts' own keys (a key on no lease is no host's)
+                    if kv.lease not in (lease_id, 0) and layout.fits(key, prefix) and not layout.is_shared(key, prefix))
+    # Its keys going now, with the lease or one by one: the shared keys they kept in use may go with them.
+    reach = shared_reach(desired, [key for key, kv in stored.items() if kv.lease == lease_id], layout, prefix)
     for key, kv in sorted(current.items()):
-        if kv.lease != lease_id or key in desired.own or key in desired.shared:
+        claimable = kv.lease == UNCLAIMED  # its writer is gone: whoever sees it unused removes it
+        if not (ours(key, kv) or claimable) or key in desired.own or key in desired.shared:
             continue
         if not key.startswith(prefix + "/") or not layout.fits(key, prefix):
             continue  # Never touch anything outside the prefix or the layout, whatever lease it is on.
-        heir = layout.is_shared(key, prefix) and next(
-            (lease for folder in sorted(layout.holders(key, prefix, planned))
-             for other, lease in others if other.startswith(folder)), None)
-        if heir and not hand_over:
-            unchanged += 1  # kept on this host's lease while another host uses it; purge takes it along
+        if not layout.is_shared(key, prefix):
+            changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision))
             continue
-        if heir:
-            # Another host still serves it: hand the shared key to that host's lease, so it lives as long
-            # as a host uses it, not as long as the host that happened to write it first.
-            changes.append(Change(ChangeKind.UPDATE, key, kv.value, kv.value, kv.mod_revision, heir))
+        if kv.lease != lease_id and not key.startswith(reach):
+            continue  # none of its servers here goes now: no longer renewed, it expires unless a host wants it
+        used = any(other.startswith(folder) for folder in layout.holders(key, prefix, planned) for other in others)
+        if not used:
+            changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision, shared=True))
+        elif claimable:
             continue
-        changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision))
+        elif kv.lease == lease_id and own_lease(key) is not None:
+            # Written before shared keys had own leases: onto its own, so it outlives this host's lease.
+            changes.append(Change(ChangeKind.UPDATE, key, kv.value, kv.value, kv.mod_revision, own_lease(key), True))
+        elif releases:
+            changes.append(Change(ChangeKind.RELEASE, key, kv.value, kv.value, kv.mod_revision, shared=True))
+        else:
+            unchanged += 1  # another host uses it: left to the hosts that want it, which keep it alive
 
-    puts_on_lease = any(change.kind is not ChangeKind.REMOVE and change.lease is None for change in changes)
+    puts_on_lease = any(change.kind in (ChangeKind.ADD, ChangeKind.UPDATE) and change.lease is None
+                        for change in changes)
+    grants = sorted({change.lease for change in changes if change.lease is not None
+                     and (current.get(change.key) is None or current[change.key].lease != change.lease)})
     lease_action = lease_action_for(lease_state, puts_on_lease)
-    return Plan(lease_id, lease_action, tuple(changes), unchanged, desired.notes + tuple(notes))
+    return Plan(lease_id, lease_action, tuple(changes), unchanged, desired.notes + tuple(notes),
+                tuple(renewals), tuple(grants))
 
 
 def lease_action_for(lease_state: LeaseState, has_puts: bool) -> LeaseAction:
@@ -1425,13 +1537,16 @@ class Store(Protocol):
 
     #: Where the store is, for error lines ("etcd at http://…").
     where: str
-    #: Whether a key can be put on another host's lease (etcd); if not, a shared key stays where it is.
-    hands_over: bool
+    #: Whether letting go of a shared key another host uses is a write (Redis's index, ZooKeeper's claims).
+    releases: bool
     #: Whether keys are nodes of a tree (ZooKeeper), where a node of a session cannot have nodes below it.
     tree: bool
 
     def host_lease(self, config: Config) -> int:
         """This host's lease id: etcd and Redis derive it from the host IP and prefix, ZooKeeper's is its session."""
+
+    def shared_lease_of(self, config: Config) -> Optional[Callable[[str], int]]:
+        """The lease this host puts each shared key on (etcd); None where the host's lease records them."""
 
     def keep_alive(self, lease_id: int) -> bool:
         """Renew the lease; False when it no longer exists."""
@@ -1443,7 +1558,8 @@ class Store(Protocol):
         """The keys and folders named by reads, as the store holds them."""
 
     def apply(self, plan: Plan, ttl: int) -> None:
-        """Carry out the plan's lease action, then its changes in guarded transactions; Conflict if a key moved."""
+        """Carry out the plan's lease action, renew the shared keys it wants, then its changes in guarded
+        transactions; Conflict if a key moved."""
 
     def revoke(self, lease_id: int) -> None:
         """Revoke the lease (deleting its keys); nothing when it is already gone."""
@@ -1655,9 +1771,10 @@ class EtcdConnection:
 
 
 class EtcdStore:
-    """The Store on etcd v3: a lease per host, keys read in one transaction, plans written in guarded ones."""
+    """The Store on etcd v3: a lease per host, and one per shared key, kept alive by every host that wants the
+    key; keys read in one transaction, plans written in guarded ones."""
 
-    hands_over = True
+    releases = False  # a shared key's lease that this host stops renewing is let go
     tree = False
 
     def __init__(self, connection: EtcdConnection, prefix: str):
@@ -1668,6 +1785,10 @@ class EtcdStore:
     def host_lease(self, config: Config) -> int:
         """The lease id derived from the host IP and the prefix: no local state."""
         return config.lease_id
+
+    def shared_lease_of(self, config: Config) -> Callable[[str], int]:
+        """The lease ids of the shared keys this host writes, derived from the host IP and the key."""
+        return functools.partial(shared_lease_id, config.host_ip)
 
     @property
     def client(self):
@@ -1710,12 +1831,18 @@ class EtcdStore:
         return self.client.transaction(compare=[], success=ranges, failure=[])[1]
 
     def apply(self, plan: Plan, ttl: int) -> None:
-        """Carry out the plan's lease action, then write the changes in guarded transactions."""
+        """Carry out the plan's lease action, keep the shared keys' leases alive in one keepalive stream, grant
+        the new ones, then write the changes in guarded transactions."""
         if plan.lease_action.revokes:
             self.revoke(plan.lease_id)
         if plan.lease_action.grants:
             self.connection.call("grant lease", lambda: self._grant(plan.lease_id, ttl))
-        for batch in batches(plan.changes):
+        if plan.renewals:
+            leases = sorted({lease for _, lease in plan.renewals})
+            self.connection.call("keep shared keys alive", lambda: self._renew(leases))
+        for lease in plan.grants:
+            self.connection.call("grant lease", functools.partial(self._grant, lease, ttl))
+        for batch in batches([change for change in plan.changes if change.kind is not ChangeKind.RELEASE]):
             self.connection.call("write keys", lambda: self._transaction(plan.lease_id, batch))
 
     def revoke(self, lease_id: int) -> None:
@@ -1723,14 +1850,34 @@ class EtcdStore:
         self.connection.call("revoke lease", lambda: self._revoke(lease_id))
 
     def _grant(self, lease_id: int, ttl: int) -> None:
-        """Grant the lease; another run on this host may have granted it a moment ago."""
+        """Grant the lease; another run (or, for a shared key's, another host) may have granted it a moment ago.
+        (The client's own call turns etcd's FAILED_PRECONDITION into an exception without etcd's reason.)"""
         import grpc
+        from etcd3 import etcdrpc
 
+        client = self.client
         try:
-            self.client.lease(ttl, lease_id=lease_id)
+            client.leasestub.LeaseGrant(etcdrpc.LeaseGrantRequest(TTL=ttl, ID=lease_id), client.timeout,
+                                        credentials=client.call_credentials, metadata=client.metadata)
         except grpc.RpcError as error:
             if "lease already exists" not in (error.details() or ""):
-                raise
+                client._manage_grpc_errors(error)  # marks a failed endpoint and raises, as the client's calls do
+
+    def _renew(self, lease_ids: Sequence[int]) -> None:
+        """Renew leases in one LeaseKeepAlive stream (no write); Conflict when one ended since it was read."""
+        import grpc
+        from etcd3 import etcdrpc
+
+        client = self.client
+        requests = [etcdrpc.LeaseKeepAliveRequest(ID=lease_id) for lease_id in lease_ids]
+        try:
+            replies = list(client.leasestub.LeaseKeepAlive(
+                iter(requests), client.timeout, credentials=client.call_credentials, metadata=client.metadata))
+        except grpc.RpcError as error:
+            client._manage_grpc_errors(error)  # marks a failed endpoint, as the client's own calls do
+            raise
+        if len(replies) < len(requests) or any(reply.TTL <= 0 for reply in replies):
+            raise Conflict("a shared key's lease ended since it was read")
 
     def _revoke(self, lease_id: int) -> None:
         import grpc
@@ -1861,13 +2008,19 @@ class ZooKeeperStore:
     same session, which writes nothing. The lease id the planner sees is the session id, a key's lease its
     node's ephemeralOwner, its revision the node's version. Persistent parents are created and removed with
     the keys, in the same multi transaction, which also signals the root (see ZOOKEEPER_SIGNAL).
+
+    A shared key is a persistent node, which outlives its writer's session; the writer claims it with an
+    ephemeral node outside the root (ZOOKEEPER_CLAIMS), and its lease is that claim's session (UNCLAIMED when
+    none). The live hosts' leader deletes a shared node no live key uses and no host claims.
     """
 
-    hands_over = False  # a node belongs to the session that made it
+    releases = True  # letting go of a shared node deletes this session's claim on it
     tree = True
 
-    def __init__(self, settings: ZooKeeperSettings, prefix: str, ttl: Optional[int], timeout: float):
+    def __init__(self, settings: ZooKeeperSettings, prefix: str, ttl: Optional[int], timeout: float,
+                 layout: Layout = DISCOVER):
         self.settings = settings
+        self.layout = layout
         self.prefix = prefix
         self.root = zookeeper_path(prefix)
         #: The TTL the session must be granted; None (purge): the saved session's, unchecked.
@@ -1878,6 +2031,7 @@ class ZooKeeperStore:
         self._saved: Optional[SavedSession] = None
         self._granted_ms = 0
         self._owners: dict[str, int] = {}  # path -> ephemeralOwner, as the last read saw it
+        self._claims: dict[str, int] = {}  # path of a shared node -> the session claiming it, as last read
         self._emptied: dict[str, int] = {}  # path -> version of the emptied folders the last read saw
 
     # --- the session ------------------------------------------------------------------------
@@ -2045,6 +2199,10 @@ class ZooKeeperStore:
         """The session id (connecting, or re-attaching, on first use)."""
         return self.client.client_id[0]
 
+    def shared_lease_of(self, config: Config) -> None:
+        """None: the session's claims record the shared nodes it wrote."""
+        return None
+
     def keep_alive(self, lease_id: int) -> bool:
         """Re-attaching renewed it; False when the saved session was gone (or none was saved). A kept session
         also tends the hosts folder: its own presence there, and as the leader the folders of departed hosts."""
@@ -2084,7 +2242,22 @@ class ZooKeeperStore:
             level = [f"{path}/{child}" for path, pending in children
                      for child in self._wait_optional("read keys", pending) or []]
             record_all(level)
+        shared = [key for key, kv in found.items() if not kv.lease and self._shared(key)]
+        replaced = self.ttl is not None and self.kept and self._saved.ttl != self.ttl  # its claims go with it
+        for key, claim in self._claims_of([zookeeper_path(key) for key in shared]).items():
+            found[key] = replace(found[key], lease=UNCLAIMED if not claim or replaced else claim)
         return found
+
+    def _claims_of(self, paths: Sequence[str]) -> dict[str, int]:
+        """The session claiming each shared node (0: none), in one round of pipelined reads; kept for writes."""
+        pending = [(path, self.client.exists_async(zookeeper_claim(self.root, path))) for path in paths]
+        for path, answer in pending:
+            stat = self._wait("read claims", answer)
+            self._claims[path] = stat.ephemeralOwner if stat else 0
+        return {zookeeper_key(path, self.prefix): self._claims[path] for path, _ in pending}
+
+    def _shared(self, key: str) -> bool:
+        return self.layout.fits(key, self.prefix) and self.layout.is_shared(key, self.prefix)
 
     def apply(self, plan: Plan, ttl: int) -> None:
         """The lease action (a new session for another TTL), then each batch of changes in one multi."""
@@ -2123,9 +2296,12 @@ class ZooKeeperStore:
 
     def _multi(self, batch: Sequence[Change]) -> None:
         """One multi transaction: missing parents, the changes, parents they leave empty, and the root signal."""
-        client = self.client
-        put = {zookeeper_path(c.key): c for c in batch if c.kind is not ChangeKind.REMOVE and c.lease is None}
+        client, session = self.client, self.client.client_id[0]
+        put = {zookeeper_path(c.key): c for c in batch if c.kind in (ChangeKind.ADD, ChangeKind.UPDATE)}
         removed = {zookeeper_path(c.key): c for c in batch if c.kind is ChangeKind.REMOVE}
+        released = [zookeeper_path(c.key) for c in batch if c.kind is ChangeKind.RELEASE]
+        if any(change.shared for change in put.values()):
+            self._claims_folder()
         above_puts = {parent for path in put for parent in self._parents(path, include_root=True)}
         above_removed = {parent for path in removed for parent in self._parents(path)} - above_puts
         stats = {path: client.exists_async(path) for path in above_puts | above_removed}
@@ -2142,10 +2318,25 @@ class ZooKeeperStore:
         for parent in sorted(above_puts, key=lambda p: p.count("/")):
             if stats[parent] is None:
                 op("create", parent, b"")
+        def claim(path: str) -> None:
+            op("create", zookeeper_claim(self.root, path), b"", None, True)
+
+        def unclaim(path: str) -> None:
+            if self._claims.get(path) == session:
+                op("delete", zookeeper_claim(self.root, path))
+
         for path, change in sorted({**put, **removed}.items()):
             value = (change.value or "").encode()
             if change.kind is ChangeKind.REMOVE:
                 op("delete", path, version=change.expected_mod)
+                unclaim(path)
+            elif change.shared:  # a persistent node, claimed by its writer
+                if change.kind is ChangeKind.ADD:
+                    op("create", path, value)
+                else:
+                    op("set_data", path, value, version=change.expected_mod)
+                if change.kind is ChangeKind.ADD or self._claims.get(path) not in (session, None):
+                    claim(path)
             elif change.kind is ChangeKind.ADD:
                 if path in self._emptied:  # a departed host's emptied folder where this key goes
                     op("delete", path, version=self._emptied[path])
@@ -2155,6 +2346,8 @@ class ZooKeeperStore:
             else:  # another session's node, or a persistent one: it becomes this session's
                 op("delete", path, version=change.expected_mod)
                 op("create", path, value, ephemeral=True)
+        for path in released:
+            unclaim(path)
         gone = set(removed)
         for parent in sorted(above_removed, key=lambda p: -p.count("/")):
             stat = stats[parent]
@@ -2166,6 +2359,16 @@ class ZooKeeperStore:
             op(name, path, *args)
         results = self._wait("write keys", transaction.commit_async())
         self._check(results, ops)
+
+    def _claims_folder(self) -> None:
+        """Make the root's claims folder if it is missing (as the hosts folder: anyone may add to the two above)."""
+        from kazoo.security import make_acl
+
+        folder = zookeeper_claims_folder(self.root)
+        shared = [make_acl("world", "anyone", read=True, create=True)]
+        if self._wait("claim keys", self.client.exists_async(folder)) is None:
+            self._wait("claim keys", self.client.ensure_path_async(folder.rsplit("/", 1)[0], acl=shared))
+            self._wait("claim keys", self.client.ensure_path_async(folder))
 
     def _signal(self) -> list[tuple]:
         """The operations that create and delete a node under the root: its readers read the tree again."""
@@ -2206,9 +2409,10 @@ class ZooKeeperStore:
             self._save(replace(self._saved, watched=watched))  # only after the sweep: a failed one is tried again
 
     def _sweep(self, signal: bool) -> None:
-        """Delete the folders under the root that have no key below them any more (ZooKeeper keeps a parent when
-        its ephemeral children expire), deepest first, then signal the root so readers drop the departed keys.
-        (Traefik's keys always sit in a folder of their own, so a departed host always leaves one.)"""
+        """Delete the shared nodes that no live key uses and no host claims, and the folders under the root that
+        have no key below them any more (ZooKeeper keeps a parent when its ephemeral children expire), deepest
+        first, then signal the root so readers drop the departed keys. (Traefik's keys always sit in a folder
+        of their own, so a departed host always leaves one.)"""
         from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
 
         found, level = {}, [self.root]
@@ -2220,7 +2424,7 @@ class ZooKeeperStore:
                 if stat is not None:
                     found[path] = (stat, children)
                     level.extend(f"{path}/{child}" for child in children)
-        empty: set[str] = set()
+        empty = self._unused_shared(found)
         for path, (stat, children) in sorted(found.items(), key=lambda item: -item[0].count("/")):
             if path != self.root and was_folder(stat) and all(f"{path}/{child}" in empty for child in children):
                 empty.add(path)
@@ -2244,6 +2448,21 @@ class ZooKeeperStore:
             self._check(self._wait("signal the root", transaction.commit_async()), [path for _, path, *_ in ops])
         except Conflict as conflict:
             raise ZooKeeperError(f"{self.where}: signal the root: {conflict}") from None
+
+    def _unused_shared(self, found: Mapping[str, tuple]) -> set[str]:
+        """The paths of the shared nodes in a walked tree that no live host's key uses and no host claims."""
+        leaves = [path for path, (stat, children) in found.items() if path != self.root and not children
+                  and not stat.ephemeralOwner and not was_folder(stat) and self._shared(zookeeper_key(path, self.prefix))]
+        pending = [(path, self.client.get_async(path)) for path in leaves]
+        values = {}
+        for path, answer in pending:
+            if (node := self._wait_optional("read the tree", answer)) is not None:
+                values[zookeeper_key(path, self.prefix)] = StoredKey((node[0] or b"").decode("utf-8", "replace"), 0,
+                                                                     node[1].version)
+        claimed = self._claims_of([zookeeper_path(key) for key in values])
+        live = [zookeeper_key(path, self.prefix) for path, (stat, _) in found.items() if stat.ephemeralOwner]
+        return {zookeeper_path(key) for key in values if not claimed[key] and not any(
+            other.startswith(folder) for folder in self.layout.holders(key, self.prefix, values) for other in live)}
 
     def _parents(self, path: str, include_root: bool = False) -> list[str]:
         """The nodes above a path, below the root (and the root and above it when include_root)."""
@@ -2288,18 +2507,22 @@ class RedisStore:
     (a set of the host's keys, with the same expiry, outside every prefix) records which keys are the host's.
 
     A run renews the expiry of the index and of each key it lists in one pipelined round trip (PEXPIRE, values
-    untouched); changes go in MULTI transactions that update the index with the keys, guarded by WATCH.
+    untouched); changes go in MULTI transactions that update the index with the keys, guarded by WATCH. A shared
+    key is in its writer's index too (the writer alone changes it), and every host that wants its value renews
+    its expiry, so it outlives its writer; purge leaves it to them.
     """
 
-    hands_over = False  # another host's index is not ours to write
+    releases = True  # a shared key another host uses leaves this host's index, and its renewals
     tree = False
 
-    def __init__(self, settings: RedisSettings, prefix: str, ttl: int, timeout: float, lease_id: int):
+    def __init__(self, settings: RedisSettings, prefix: str, ttl: int, timeout: float, lease_id: int,
+                 layout: Layout = DISCOVER):
         redis = backend_module("redis")
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self.prefix = prefix
+        self.layout = layout
         self.ttl = ttl
         self.lease_id = lease_id
         self.index = redis_index_key(lease_id)
@@ -2324,6 +2547,10 @@ class RedisStore:
     def host_lease(self, config: Config) -> int:
         """The lease id derived from the host IP and the prefix, as etcd's: it names the index."""
         return self.lease_id
+
+    def shared_lease_of(self, config: Config) -> None:
+        """None: the index records the shared keys this host wrote."""
+        return None
 
     def keep_alive(self, lease_id: int) -> bool:
         """Renew the expiry of the index and of every key it lists (one pipelined round trip after reading it);
@@ -2388,12 +2615,24 @@ class RedisStore:
         return found
 
     def apply(self, plan: Plan, ttl: int) -> None:
-        """Each batch of changes in one MULTI with the index, after checking under WATCH that the keys still hold
-        what the plan was made from."""
+        """Renew the expiry of the shared keys the plan wants that the index does not list (one pipelined
+        round trip), then each batch of changes in one MULTI with the index, after checking under WATCH that
+        the keys still hold what the plan was made from."""
         if plan.lease_action.revokes:
             self.revoke(plan.lease_id)
-        for batch in batches([change for change in plan.changes if change.lease is None]):
+        others = sorted(key for key, _ in plan.renewals if key not in (self._members or ()))
+        if others:
+            self._call("renew expiry", lambda: self._renew(others))
+        for batch in batches(plan.changes):
             self._call("write keys", lambda: self._transaction(batch))
+
+    def _renew(self, keys: Sequence[str]) -> None:
+        """PEXPIRE each key; Conflict when one has gone since it was read."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.pexpire(key, self.ttl * 1000)
+        if not all(pipe.execute()):
+            raise Conflict("a shared key expired since it was read")
 
     def _transaction(self, batch: Sequence[Change]) -> None:
         keys, ms = [change.key for change in batch], self.ttl * 1000
@@ -2403,11 +2642,13 @@ class RedisStore:
             mine = pipe.smismember(self.index, keys)
             for change, value, listed in zip(batch, values, mine):
                 if (value.decode("utf-8", "replace") if value is not None else None) != change.old_value or (
-                        change.kind is ChangeKind.REMOVE and not listed):
+                        change.kind in (ChangeKind.REMOVE, ChangeKind.RELEASE) and not listed):
                     raise Conflict(f"{change.key} changed since it was read")
             pipe.multi()
             for change in batch:
-                if change.kind is ChangeKind.REMOVE:
+                if change.kind is ChangeKind.RELEASE:
+                    pipe.srem(self.index, change.key)
+                elif change.kind is ChangeKind.REMOVE:
                     pipe.delete(change.key)
                     pipe.srem(self.index, change.key)
                 else:
@@ -2417,13 +2658,15 @@ class RedisStore:
             pipe.execute()
 
     def revoke(self, lease_id: int) -> None:
-        """Delete the keys the index lists, and the index, in one MULTI (purge)."""
+        """Delete the host's own keys the index lists, and the index, in one MULTI (purge); the shared keys it
+        lists stay, renewed by the hosts that want them, and expire when none does."""
         def delete():
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.watch(self.index)
-                members = pipe.smembers(self.index)
+                own = [member for member in pipe.smembers(self.index)
+                       if not self._shared(member.decode("utf-8", "replace"))]
                 pipe.multi()
-                pipe.delete(self.index, *members)
+                pipe.delete(self.index, *own)
                 pipe.execute()
 
         for attempt in range(MAX_ATTEMPTS):
@@ -2434,6 +2677,9 @@ class RedisStore:
                 if attempt == MAX_ATTEMPTS - 1:
                     raise RedisError(f"{self.where}: delete keys: the index kept changing") from None
         self._members = set()
+
+    def _shared(self, key: str) -> bool:
+        return self.layout.fits(key, self.prefix) and self.layout.is_shared(key, self.prefix)
 
     def close(self) -> None:
         """Close the connections."""
@@ -2499,13 +2745,14 @@ def plan_against(store: Store, desired: Desired, config: Config, lease_state: Le
     """Read what a plan needs besides the lease (a second read only when a value names more), and plan."""
     if store.tree:
         desired = leaves_only(desired)
-    lease_id = store.host_lease(config)
+    lease_id, shared_lease = store.host_lease(config), store.shared_lease_of(config)
     reads = reads_for(desired, lease_keys, config.prefix, layout=config.layout)
     stored = store.read(reads)
-    more = more_reads_for(desired, stored, lease_id, reads, config.prefix, config.layout)
+    more = more_reads_for(desired, stored, lease_id, reads, config.prefix, config.layout, shared_lease=shared_lease)
     if more is not None:  # only when a shared key may go, and its holders are named by a value just read
         stored.update(store.read(more))
-    return plan_changes(desired, stored, lease_id, lease_state, config.prefix, config.layout, store.hands_over)
+    return plan_changes(desired, stored, lease_id, lease_state, config.prefix, config.layout, shared_lease,
+                        store.releases)
 
 
 def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool,
@@ -2540,23 +2787,28 @@ def locked_reconcile(config: Config, docker: ContainerSource, store: Store, dry_
 def purge(config: Config, store: Store) -> Purged:
     """Delete this host's keys by revoking its lease, which removes them all at once and no other host's.
 
-    Shared keys another host still uses are handed to that host's lease first, so they stay.
+    Shared keys live on their own leases (or claims): the hosts that still want them keep them alive, and
+    those no host wants expire within a TTL, so a consumer first sees this host's servers go, never an empty
+    root. Shared keys written on the host's lease before they had leases of their own are moved onto one.
     """
     started = time.monotonic()
     lease_state, lease_keys = current_lease(store, config, renew=False)
     lease_id = store.host_lease(config)
     if lease_state is LeaseState.MISSING:
         return Purged(lease_id, (), time.monotonic() - started)
-    plan = plan_against(store, Desired({}, {}), config, lease_state, lease_keys)
-    handed = tuple(change for change in plan.changes if change.lease is not None)
-    if handed:
+    # The lease exists, whatever TTL it was granted with: what it holds counts (purge needs no TTL).
+    plan = plan_against(store, Desired({}, {}), config, LeaseState.ALIVE, lease_keys)
+    moved = tuple(change for change in plan.changes if change.kind is ChangeKind.UPDATE)
+    if moved:
         try:
-            store.apply(Plan(plan.lease_id, LeaseAction.KEEP, handed, 0), config.ttl)
-            lease_keys = set(lease_keys) - {change.key for change in handed}
+            store.apply(Plan(plan.lease_id, LeaseAction.KEEP, moved, 0, grants=plan.grants), config.ttl)
         except Conflict:
-            pass  # a key moved meanwhile: the next runs of the hosts using it put it back
+            moved = ()  # a key moved meanwhile: it goes with the lease, and the hosts using it put it back
+    layout, prefix = config.layout, config.prefix
+    kept = {change.key for change in moved} | {key for key in lease_keys if store.releases and layout.fits(
+        key, prefix) and layout.is_shared(key, prefix)}  # a store that records shared keys keeps them on revoke
     store.revoke(lease_id)
-    return Purged(lease_id, tuple(sorted(lease_keys)), time.monotonic() - started)
+    return Purged(lease_id, tuple(sorted(set(lease_keys) - kept)), time.monotonic() - started)
 
 
 @dataclass
@@ -3012,10 +3264,11 @@ def open_store(config: Config, purging: bool = False) -> tuple[Store, Callable[[
     """The store a config names, and how to close it; opening it connects to nothing yet."""
     if config.backend == "zookeeper":
         # purge takes the saved session whatever its TTL: it only ends it
-        store = ZooKeeperStore(config.zookeeper, config.prefix, None if purging else config.ttl, config.timeout)
+        store = ZooKeeperStore(config.zookeeper, config.prefix, None if purging else config.ttl, config.timeout,
+                               config.layout)
         return store, store.close
     if config.backend == "redis":
-        store = RedisStore(config.redis, config.prefix, config.ttl, config.timeout, config.lease_id)
+        store = RedisStore(config.redis, config.prefix, config.ttl, config.timeout, config.lease_id, config.layout)
         return store, store.close
     connection = etcd_connection(config)
     return EtcdStore(connection, config.prefix), connection.close

@@ -248,16 +248,15 @@ class World(Host):
 
 @pytest.fixture(scope="session")
 def zookeeper(servers_root):
-    """A private ZooKeeper for the run (sessions up to 20 s). tests/test_zookeeper.py has its own of this name,
-    which wins there."""
-    server = ZooKeeper(servers_root / "zookeeper-shared", max_session_timeout_ms=20000).start()
+    """A private ZooKeeper for the run (sessions up to 20 s), shared by the ZooKeeper and failover tests."""
+    server = ZooKeeper(servers_root / "zookeeper", max_session_timeout_ms=20000).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_server(servers_root):
-    """A private redis-server for the run. tests/test_redis.py has its own of this name, which wins there."""
-    server = Redis(servers_root / "redis-shared").start()
+    """A private redis-server for the run, shared by the Redis and failover tests."""
+    server = Redis(servers_root / "redis").start()
     yield server
     server.stop()

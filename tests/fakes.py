@@ -11,6 +11,7 @@ Both count what they are asked, so a test can say "this run wrote nothing". The 
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -178,7 +179,7 @@ class FakeEtcd:
     """
 
     where = "etcd at fake"
-    hands_over = True
+    releases = False
     tree = False
 
     def __init__(self, prefix: str = dr.DEFAULT_PREFIX):
@@ -242,6 +243,10 @@ class FakeEtcd:
         """The lease id EtcdStore uses: derived from the host IP and the prefix (no request)."""
         return config.lease_id
 
+    def shared_lease_of(self, config: dr.Config):
+        """The shared keys' lease ids EtcdStore uses: derived from the host IP and the key (no request)."""
+        return functools.partial(dr.shared_lease_id, config.host_ip)
+
     def keep_alive(self, lease_id: int) -> bool:
         """LeaseKeepAlive: renews a live lease; writes nothing and moves no revision."""
         self.calls["keep_alive"] += 1
@@ -277,18 +282,23 @@ class FakeEtcd:
                 for key in sorted(found)}
 
     def apply(self, plan: dr.Plan, ttl: int) -> None:
-        """The lease action, then the changes in guarded transactions, as EtcdStore.apply does."""
+        """The lease action, the shared keys' leases renewed in one stream and granted, then the changes in
+        guarded transactions, as EtcdStore.apply does."""
         self.calls["apply"] += 1
         if plan.lease_action.revokes:
             self._revoke(plan.lease_id)
         if plan.lease_action.grants:
-            self.rpcs["grant"] += 1
-            try:
-                self.grant(plan.lease_id, ttl)
-                self.writes["grant"] += 1
-            except LeaseExists:
-                pass  # Another run on this host granted it a moment ago: EtcdStore tolerates this.
-        for batch in dr.batches(plan.changes):
+            self._grant_counted(plan.lease_id, ttl)
+        if plan.renewals:
+            self.rpcs["keepalive"] += 1  # one stream for all of them
+            leases = {lease for _, lease in plan.renewals}
+            for lease in leases & set(self.leases):
+                self.leases[lease].renewals += 1
+            if not leases <= set(self.leases):
+                raise dr.Conflict("a shared key's lease ended since it was read")
+        for lease in plan.grants:
+            self._grant_counted(lease, ttl)
+        for batch in dr.batches([change for change in plan.changes if change.kind is not dr.ChangeKind.RELEASE]):
             self._transaction(plan.lease_id, batch)
 
     def revoke(self, lease_id: int) -> None:
@@ -297,6 +307,14 @@ class FakeEtcd:
         self._revoke(lease_id)
 
     # --- etcd's behaviour -------------------------------------------------------------
+
+    def _grant_counted(self, lease_id: int, ttl: int) -> None:
+        self.rpcs["grant"] += 1
+        try:
+            self.grant(lease_id, ttl)
+            self.writes["grant"] += 1
+        except LeaseExists:
+            pass  # Another run granted it a moment ago: EtcdStore tolerates this.
 
     def _revoke(self, lease_id: int) -> None:
         self.rpcs["revoke"] += 1

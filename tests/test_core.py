@@ -284,11 +284,14 @@ def test_plan_should_never_remove_a_key_outside_the_prefix_even_on_its_lease():
     assert [(c.kind, c.key) for c in p.changes] == [("remove", "/backends/a/b")]
 
 
-def test_plan_should_hand_its_port_key_to_a_host_still_serving_the_service():
+def test_plan_should_leave_its_port_key_to_a_host_still_serving_the_service():
     have = {"/backends/web/port": stored("80"), "/backends/web/bbb": stored("o:1", lease=OTHER_LEASE)}
     p = plan(desired(), have)
-    assert p.changes == (dr.Change("update", "/backends/web/port", "80", "80", 5, lease=OTHER_LEASE),)
-    assert p.lease_action is dr.LeaseAction.KEEP  # nothing goes on this host's lease
+    assert p.changes == () and p.unchanged == 1  # not renewed by this host any more: the other keeps it alive
+    assert p.renewals == () and p.lease_action is dr.LeaseAction.KEEP
+    # A store that records its shared keys (Redis's index, ZooKeeper's claims) drops that record.
+    released = dr.plan_changes(desired(), have, LEASE, ALIVE, PREFIX, releases=True)
+    assert released.changes == (dr.Change("release", "/backends/web/port", "80", "80", 5, shared=True),)
 
 
 def test_plan_should_move_keys_of_its_containers_onto_its_lease():

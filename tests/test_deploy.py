@@ -136,8 +136,8 @@ def test_watch_service_runs_for_real_and_purges_only_when_stopped_on_purpose(wor
         assert ran.returncode == 0 and ran.stdout == "" and len(world.keys()) == 2, (result, ran.stderr)
     ran = subprocess.run(["sh", "-c", script], env={**world.env(), "SERVICE_RESULT": "success"},
                          capture_output=True, text=True, timeout=30)
-    assert ran.returncode == 0 and ran.stdout.startswith("removed 2 keys"), ran.stdout + ran.stderr
-    assert world.keys() == {}
+    assert ran.returncode == 0 and ran.stdout.startswith("removed 1 keys"), ran.stdout + ran.stderr
+    assert world.keys() == {f"{world.prefix}/web/port": "80"}  # shared, on its own lease: it runs out by itself
 
 
 def exposure(root: Path, unit: str) -> str:
@@ -251,12 +251,13 @@ def test_purge_removes_this_hosts_keys_at_once_and_no_other_hosts(world):
     assert result.returncode == 0, result.stderr
     assert re.match(r"removed \d+ keys of lease [0-9a-f]+ in ", result.stdout)
     after = world.etcd.get_prefix(world.prefix + "/")
-    # The other host still serves web, so web's shared port key is handed to its lease, not deleted.
-    handed = after.pop(f"{world.prefix}/web/port")
-    assert (handed["value"], handed["lease"]) == ("80", theirs_lease)
+    # The shared port keys are on leases of their own, not the host's: they stay, untouched, kept alive by
+    # the hosts still serving their service (the other host serves web), and expire when no host does.
     assert after == other_keys
+    assert {key for key, kv in after.items() if kv["lease"] == dr.shared_lease_id(world.host_ip, key)} == {
+        f"{world.prefix}/web/port", f"{world.prefix}/api/port"}
     assert not any(kv["lease"] == dr.lease_id_for(world.host_ip, world.prefix) for kv in after.values())
-    assert result.stdout.startswith("removed 3 keys")
+    assert result.stdout.startswith("removed 2 keys")
     assert world.run("purge").stdout.startswith("removed 0 keys")
 
 
@@ -264,8 +265,8 @@ def test_purge_then_sync_registers_again(world):
     world.docker_run("-P", "local/web")
     world.sync()
     assert world.run("purge", "--output", "json").returncode == 0
-    assert world.keys() == {}
-    assert world.sync().stdout.startswith("added 2")
+    assert world.keys() == {f"{world.prefix}/web/port": "80"}
+    assert world.sync().stdout.startswith("added 1, updated 0, removed 0, unchanged 1")
 
 
 def test_purge_with_etcd_down_exits_1_with_one_line(world):

@@ -339,7 +339,7 @@ def test_traefik_plan_fixes_a_router_key_on_its_own_lease():
     have = {server("web"): stored("http://10.0.0.5:32768"), router("web", "rule"): stored("Host(`old.example`)", mod=9),
             router("web", "service"): stored("web")}
     assert plan(want, have).changes == (dr.Change("update", router("web", "rule"), "Host(`web.example`)",
-                                                  "Host(`old.example`)", 9),)
+                                                  "Host(`old.example`)", 9, shared=True),)
 
 
 def gone_router_state(other_server: bool) -> dict:
@@ -362,25 +362,26 @@ def reads_then_plan(want, have):
     return first, second, plan(want, view)
 
 
-def test_traefik_stale_router_is_handed_to_the_host_still_serving_its_service():
+def test_traefik_stale_router_is_left_to_the_host_still_serving_its_service():
     want = dr.Desired({}, {})
     first, second, p = reads_then_plan(want, gone_router_state(other_server=True))
-    # The router's own folder is read whole: its service key may be another host's.
-    assert first == dr.Reads(keys=(server("web"),), folders=("traefik/http/routers/web/",))
-    # Only the router's service value names the folder to look in: the second read.
-    assert second == dr.Reads(folders=("traefik/http/services/web/loadbalancer/servers/",))
-    # The router stays, unchanged, handed to the lease of the host still serving web; our server goes.
-    assert p.changes == (
-        dr.Change("update", router("web", "rule"), "Host(`web.example`)", "Host(`web.example`)", 5, OTHER_LEASE),
-        dr.Change("update", router("web", "service"), "Web", "Web", 5, OTHER_LEASE),
-        dr.Change("remove", server("web"), None, "http://10.0.0.5:32768", 5))
+    # Our server goes: the routers, middlewares and its service's folder are read, where the shared keys it
+    # kept in use are, and the servers that keep them in use; no second read.
+    assert first == dr.Reads(folders=("traefik/http/middlewares/", "traefik/http/routers/",
+                                      "traefik/http/services/web/"))
+    assert second is None
+    # The router stays, unchanged, for the host still serving web; our server goes.
+    assert p.changes == (dr.Change("remove", server("web"), None, "http://10.0.0.5:32768", 5),)
     assert p == plan(want, gone_router_state(other_server=True))
+    released = dr.plan_changes(want, gone_router_state(True), LEASE, ALIVE, "traefik", dr.TRAEFIK, releases=True)
+    assert actions(released) == [("release", router("web", "rule"), "Host(`web.example`)"),
+                                 ("release", router("web", "service"), "Web"), ("remove", server("web"), None)]
 
 
 def test_traefik_stale_router_goes_when_no_host_serves_its_service_any_more():
     want = dr.Desired({}, {})
     _, second, p = reads_then_plan(want, gone_router_state(other_server=False))
-    assert second == dr.Reads(folders=("traefik/http/services/web/loadbalancer/servers/",))
+    assert second is None
     assert actions(p) == [("remove", router("web", "rule"), None), ("remove", router("web", "service"), None),
                           ("remove", server("web"), None)]
 
@@ -389,9 +390,9 @@ def test_traefik_stale_router_rule_stays_when_another_host_wrote_its_service_key
     # Whoever wrote first holds each key: the rule can be ours while the service key is another host's.
     have = {router("web", "rule"): stored("Host(`web.example`)"), router("web", "service"): stored("web", OTHER_LEASE),
             server("web", B): stored("http://10.0.0.6:1", OTHER_LEASE)}
-    _, _, p = reads_then_plan(dr.Desired({}, {}), have)
-    assert p.changes == (dr.Change("update", router("web", "rule"), "Host(`web.example`)", "Host(`web.example`)", 5,
-                                   OTHER_LEASE),)
+    first, second, p = reads_then_plan(dr.Desired({}, {}), have)
+    assert second == dr.Reads(folders=("traefik/http/services/web/loadbalancer/servers/",))  # named by a value
+    assert p.changes == () and p.unchanged == 1  # the rule stays, left to the host serving web
 
 
 def test_traefik_reads_need_no_second_read_when_nothing_shared_may_go():
@@ -401,12 +402,12 @@ def test_traefik_reads_need_no_second_read_when_nothing_shared_may_go():
     assert first.folders == () and second is None and p.changes == ()
 
 
-def test_traefik_stale_service_option_is_handed_to_the_host_still_serving_the_service():
+def test_traefik_stale_service_option_is_left_to_the_host_still_serving_the_service():
     key = "traefik/http/services/web/loadbalancer/passhostheader"
     have = {key: stored("false"), server("web", B): stored("http://10.0.0.6:1", OTHER_LEASE)}
     first, second, p = reads_then_plan(dr.Desired({}, {}), have)
     assert first.folders == ("traefik/http/services/web/loadbalancer/servers/",) and second is None
-    assert p.changes == (dr.Change("update", key, "false", "false", 5, OTHER_LEASE),)
+    assert p.changes == () and p.unchanged == 1
     assert actions(plan(dr.Desired({}, {}), {key: stored("false")})) == [("remove", key, None)]
 
 
@@ -454,8 +455,7 @@ def test_traefik_middleware_stays_when_this_run_points_the_router_at_a_service_a
             MIDDLEWARE: stored("/a"), server("web", B): stored("http://10.0.0.6:1", OTHER_LEASE)}
     _, _, p = reads_then_plan(want, have)
     assert p == plan(want, have)
-    assert actions(p) == [("update", router("web", "service"), "web"), ("update", MIDDLEWARE, "/a")]
-    assert p.changes[-1].lease == OTHER_LEASE
+    assert actions(p) == [("update", router("web", "service"), "web")]  # the middleware stays
 
 
 # --- SkyDNS -------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ LEASE = dr.lease_id_for(HOST, PREFIX)
 OTHER_LEASE = dr.lease_id_for("10.0.0.6", PREFIX)
 WEB = "/backends/web/aaaaaaaaaaaa"
 WEB_PORT = "/backends/web/port"
+#: The port key's own lease, as this host writes it: any host serving web keeps it alive.
+PORT_LEASE = dr.shared_lease_id(HOST, WEB_PORT)
 #: Bound on any wait for a sync_every thread; the passes themselves take milliseconds.
 JOIN_SECONDS = 5.0
 
@@ -42,14 +44,14 @@ def test_first_run_grants_the_lease_and_adds_every_key_in_one_transaction(tmp_pa
     assert outcome.plan.lease_action is dr.LeaseAction.GRANT
     assert changes(outcome) == [("add", WEB), ("add", WEB_PORT)]
     assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
-    assert leases_of(store) == {WEB: LEASE, WEB_PORT: LEASE}
-    assert store.leases[LEASE].granted_ttl == 30
-    assert store.writes == Counter(grant=1, txn=1, put=2)
+    assert leases_of(store) == {WEB: LEASE, WEB_PORT: PORT_LEASE}  # the shared key on a lease of its own
+    assert store.leases[LEASE].granted_ttl == store.leases[PORT_LEASE].granted_ttl == 30
+    assert store.writes == Counter(grant=2, txn=1, put=2)
     assert store.revision == 2  # one revision for the whole transaction; the grant moves none
     assert docker.calls == 1
 
 
-def test_a_run_with_nothing_changed_writes_nothing_and_only_keeps_the_lease_alive(tmp_path):
+def test_a_run_with_nothing_changed_writes_nothing_and_only_keeps_the_leases_alive(tmp_path):
     docker, store = FakeDocker([container()]), FakeEtcd()
     sync(config(tmp_path), docker, store)
     revision, writes, rpcs = store.revision, Counter(store.writes), Counter(store.rpcs)
@@ -61,8 +63,9 @@ def test_a_run_with_nothing_changed_writes_nothing_and_only_keeps_the_lease_aliv
     assert outcome.plan.unchanged == 2
     assert store.writes == writes
     assert store.revision == revision
-    assert store.rpcs - rpcs == Counter(keepalive=1, lease_ttl=1, range=1)
-    assert store.leases[LEASE].renewals == 1
+    # The host's lease, then the shared keys' leases in one more keepalive stream: no write either.
+    assert store.rpcs - rpcs == Counter(keepalive=2, lease_ttl=1, range=1)
+    assert store.leases[LEASE].renewals == store.leases[PORT_LEASE].renewals == 1
 
 
 def test_a_changed_ttl_replaces_the_lease_and_rewrites_the_keys(tmp_path):
@@ -73,10 +76,10 @@ def test_a_changed_ttl_replaces_the_lease_and_rewrites_the_keys(tmp_path):
     outcome = sync(config(tmp_path, ttl=60), docker, store)
 
     assert outcome.plan.lease_action is dr.LeaseAction.REPLACE
-    assert changes(outcome) == [("add", WEB), ("add", WEB_PORT)]
-    assert store.writes - writes == Counter(revoke=1, grant=1, txn=1, put=2)
+    assert changes(outcome) == [("add", WEB)]  # the shared port key, on its own lease, never went
+    assert store.writes - writes == Counter(revoke=1, grant=1, txn=1, put=1)
     assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
-    assert leases_of(store) == {WEB: LEASE, WEB_PORT: LEASE}
+    assert leases_of(store) == {WEB: LEASE, WEB_PORT: PORT_LEASE}
     assert store.leases[LEASE].granted_ttl == 60
     assert store.revision == revision + 2  # the revoke's deletions, then the transaction
 
@@ -90,10 +93,10 @@ def test_a_changed_ttl_with_nothing_left_to_register_only_revokes_the_lease(tmp_
     outcome = sync(config(tmp_path, ttl=60), docker, store)
 
     assert outcome.plan.lease_action is dr.LeaseAction.REVOKE
-    assert outcome.plan.changes == ()
-    assert store.writes - writes == Counter(revoke=1)
+    assert changes(outcome) == [("remove", WEB_PORT)]  # no host serves web any more
+    assert store.writes - writes == Counter(revoke=1, txn=1, delete=1)
     assert store.values() == {}
-    assert store.leases == {}
+    assert set(store.leases) == {PORT_LEASE}  # empty, no longer renewed: it runs out
 
 
 def test_a_host_with_nothing_to_register_grants_no_lease_and_sends_only_a_keepalive(tmp_path):
@@ -110,16 +113,16 @@ def test_a_lease_that_expired_between_runs_is_granted_again_and_its_keys_rewritt
     docker, store = FakeDocker([container()]), FakeEtcd()
     sync(config(tmp_path), docker, store)
     store.expire(LEASE)
-    assert store.values() == {}
+    assert store.values() == {WEB_PORT: "80"}  # the shared key does not go with the host's lease
     writes = Counter(store.writes)
 
     outcome = sync(config(tmp_path), docker, store)
 
     assert outcome.plan.lease_action is dr.LeaseAction.GRANT
-    assert changes(outcome) == [("add", WEB), ("add", WEB_PORT)]
-    assert store.writes - writes == Counter(grant=1, txn=1, put=2)
+    assert changes(outcome) == [("add", WEB)]
+    assert store.writes - writes == Counter(grant=1, txn=1, put=1)
     assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
-    assert leases_of(store) == {WEB: LEASE, WEB_PORT: LEASE}
+    assert leases_of(store) == {WEB: LEASE, WEB_PORT: PORT_LEASE}
 
 
 def test_a_lease_that_expires_between_grant_and_write_is_granted_again_on_the_next_attempt(tmp_path):
@@ -130,9 +133,9 @@ def test_a_lease_that_expires_between_grant_and_write_is_granted_again_on_the_ne
 
     assert store.conflicts == 1
     assert outcome.plan.lease_action is dr.LeaseAction.GRANT
-    assert store.writes == Counter(grant=2, txn=1, put=2)
+    assert store.writes == Counter(grant=3, txn=1, put=2)  # the port key's lease lived on: granted once
     assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
-    assert leases_of(store) == {WEB: LEASE, WEB_PORT: LEASE}
+    assert leases_of(store) == {WEB: LEASE, WEB_PORT: PORT_LEASE}
 
 
 # --- other writers --------------------------------------------------------------------------
@@ -234,7 +237,7 @@ def test_a_detected_host_ip_on_a_docker_network_is_refused_before_the_store_is_a
 # --- containers coming and going ------------------------------------------------------------
 
 
-def test_a_stopped_container_loses_its_key_and_the_port_key_is_handed_to_the_host_still_serving_it(tmp_path):
+def test_a_stopped_container_loses_its_key_and_the_port_key_is_left_to_the_host_still_serving_it(tmp_path):
     docker, store = FakeDocker([web(1), web(2)]), FakeEtcd()
     store.grant(OTHER_LEASE, 30)
     store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
@@ -247,13 +250,15 @@ def test_a_stopped_container_loses_its_key_and_the_port_key_is_handed_to_the_hos
     docker.stop(f"{2:012x}")
     web_mod, port_mod = store.kv[web_key(2)].mod_revision, store.kv[WEB_PORT].mod_revision
     outcome = sync(config(tmp_path), docker, store)
-    assert outcome.plan.changes == (
-        dr.Change(dr.ChangeKind.REMOVE, web_key(2), None, "10.0.0.5:32768", web_mod),
-        dr.Change(dr.ChangeKind.UPDATE, WEB_PORT, "80", "80", port_mod, lease=OTHER_LEASE))
+    # The port key is another host's to keep alive now: it stays, on its own lease, which this host no
+    # longer renews.
+    assert outcome.plan.changes == (dr.Change(dr.ChangeKind.REMOVE, web_key(2), None, "10.0.0.5:32768", web_mod),)
+    assert outcome.plan.renewals == ()
     assert outcome.plan.lease_action is dr.LeaseAction.KEEP
 
     assert store.values() == {web_key(3): "10.0.0.6:32768", WEB_PORT: "80"}
-    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: OTHER_LEASE}
+    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: PORT_LEASE}
+    assert store.kv[WEB_PORT].mod_revision == port_mod
 
 
 def test_the_port_key_goes_once_no_host_serves_the_service(tmp_path):
@@ -262,10 +267,11 @@ def test_the_port_key_goes_once_no_host_serves_the_service(tmp_path):
     store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
     sync(config(tmp_path), docker, store)
     docker.stop(f"{1:012x}")
-    assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(1)), ("update", WEB_PORT)]
-    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: OTHER_LEASE}  # handed over, kept
+    assert changes(sync(config(tmp_path), docker, store)) == [("remove", web_key(1))]
+    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: PORT_LEASE}  # left to the other host
 
-    store.expire(OTHER_LEASE)  # the last host serving it goes: the port key goes with its lease
+    store.expire(OTHER_LEASE)  # the last host serving it goes; no host renews the port key's lease any more
+    store.expire(PORT_LEASE)
     assert store.values() == {}
     store.put(WEB_PORT, "80", lease=LEASE)  # a port key left on this host's lease, no host serving it
     writes = Counter(store.writes)
@@ -277,9 +283,9 @@ def test_the_port_key_goes_once_no_host_serves_the_service(tmp_path):
     assert store.values() == {}
 
 
-def test_a_router_whose_service_another_host_serves_is_read_for_in_a_second_read_and_handed_to_that_host(tmp_path):
-    # Traefik layout: the router's keys are shared; which servers keep them in use is named only by the
-    # value of its service key, so the run reads that folder once it has read the value.
+def test_a_router_whose_service_another_host_serves_stays_when_this_host_stops_serving_it(tmp_path):
+    # Traefik layout: the router's keys are shared, each on its own lease; the run that takes this host's
+    # server out reads the routers and the service's folder, sees the other host's server, and leaves them.
     cfg = config(tmp_path, prefix="traefik", layout_name="traefik")
     other_lease = dr.lease_id_for("10.0.0.6", "traefik")
     servers = "traefik/http/services/web/loadbalancer/servers/"
@@ -298,16 +304,17 @@ def test_a_router_whose_service_another_host_serves_is_read_for_in_a_second_read
     outcome = sync(cfg, docker, store)
 
     assert outcome.plan.changes == (
-        *(dr.Change(dr.ChangeKind.UPDATE, key, value, value, mods[key], lease=other_lease)
-          for key, value in sorted(router.items())),
         dr.Change(dr.ChangeKind.REMOVE, servers + "aaaaaaaaaaaa/url", None, "http://10.0.0.5:32768",
-                  mods[servers + "aaaaaaaaaaaa/url"]))
+                  mods[servers + "aaaaaaaaaaaa/url"]),)
     assert outcome.plan.lease_action is dr.LeaseAction.KEEP
-    assert store.rpcs - rpcs == Counter(keepalive=1, lease_ttl=1, range=2, txn=1)  # two reads, one write
+    assert store.rpcs - rpcs == Counter(keepalive=1, lease_ttl=1, range=1, txn=1)  # one read, one write
     assert store.values() == {**router, servers + "bbbbbbbbbbbb/url": "http://10.0.0.6:32768"}
-    assert {key: store.lease_of(key) for key in router} == dict.fromkeys(router, other_lease)
+    own_leases = {key: dr.shared_lease_id(HOST, key) for key in router}
+    assert {key: store.lease_of(key) for key in router} == own_leases
 
-    store.expire(other_lease)  # the last host serving it goes: the router goes with its lease
+    store.expire(other_lease)  # the last host serving it goes; no host renews the router's leases
+    for lease in own_leases.values():
+        store.expire(lease)
     assert store.values() == {}
     assert changes(sync(cfg, docker, store)) == []
 
@@ -322,7 +329,7 @@ def test_more_than_128_changes_go_in_several_transactions_of_at_most_128(tmp_pat
     assert store.txn_sizes == [128, count + 1 - 128]
     assert store.revision == 1 + 2
     assert store.values() == {**{web_key(n): f"10.0.0.5:{30000 + n}" for n in range(1, count + 1)}, WEB_PORT: "80"}
-    assert set(leases_of(store).values()) == {LEASE}
+    assert set(leases_of(store).values()) == {LEASE, PORT_LEASE}
 
     writes = Counter(store.writes)
     assert sync(config(tmp_path), docker, store).plan.changes == ()  # reads folders now: too many keys
@@ -346,7 +353,62 @@ def test_a_transaction_over_etcds_limit_fails_the_run_in_one_line_and_writes_not
     assert str(raised.value) == ("etcd at fake: write keys: invalid argument "
                                  "(etcdserver: too many operations in txn request)")
     assert store.values() == {}
-    assert store.writes == Counter(grant=1)
+    assert store.writes == Counter(grant=2)  # the host's lease and the port key's
+
+
+# --- shared keys outlive their writer ------------------------------------------------------
+
+
+def test_a_shared_key_outlives_the_host_that_wrote_it_kept_alive_by_every_host_that_wants_it(tmp_path):
+    docker, store = FakeDocker([web(1)]), FakeEtcd()
+    other_config = config(tmp_path, host_ip="10.0.0.6")
+    sync(config(tmp_path), docker, store)  # this host writes the port key, on a lease of its own
+    outcome = sync(other_config, FakeDocker([web(3)]), store)  # another host serving web wants the same
+    assert changes(outcome) == [("add", web_key(3))]
+    assert outcome.plan.renewals == ((WEB_PORT, PORT_LEASE),)
+    assert store.leases[PORT_LEASE].renewals == 1  # renewed by the other host, which did not write it
+
+    store.expire(LEASE)  # the writer dies: its instance key goes, the port key stays
+    assert store.values() == {web_key(3): "10.0.0.6:32768", WEB_PORT: "80"}
+    sync(other_config, FakeDocker([web(3)]), store)
+    assert store.leases[PORT_LEASE].renewals == 2 and store.lease_of(WEB_PORT) == PORT_LEASE
+
+
+def test_a_host_wanting_another_value_neither_changes_nor_renews_a_shared_key(tmp_path):
+    store = FakeEtcd()
+    sync(config(tmp_path), FakeDocker([web(1)]), store)
+    other = container(cid=f"{3:012x}" + "e" * 52, ports=[port(8080, 32770)], labels={"SERVICE_NAME": "web"})
+    outcome = sync(config(tmp_path, host_ip="10.0.0.6"), FakeDocker([other]), store)
+    assert store.values()[WEB_PORT] == "80" and outcome.plan.renewals == ()
+    assert any("set by another host" in note for note in outcome.plan.notes)
+    store.expire(LEASE)
+    store.expire(PORT_LEASE)  # no host wants "80" any more: nobody renewed it, it ran out
+    outcome = sync(config(tmp_path, host_ip="10.0.0.6"), FakeDocker([other]), store)
+    assert changes(outcome) == [("add", WEB_PORT)] and store.values()[WEB_PORT] == "8080"
+
+
+def test_purge_gives_the_same_result_whatever_ttl_it_is_given(tmp_path):
+    results = []
+    for purge_ttl in (30, 12, 60):
+        docker, store = FakeDocker([web(1)]), FakeEtcd()
+        sync(config(tmp_path, ttl=30), docker, store)
+        store.grant(OTHER_LEASE, 30)
+        store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
+        purged = dr.purge(config(tmp_path, ttl=purge_ttl), store)
+        results.append((purged.keys, store.values(), leases_of(store)))
+    assert results[0] == results[1] == results[2]
+    assert results[0][0] == (web_key(1),) and results[0][2] == {web_key(3): OTHER_LEASE, WEB_PORT: PORT_LEASE}
+
+
+def test_purge_moves_a_shared_key_written_on_the_host_lease_onto_its_own_lease(tmp_path):
+    docker, store = FakeDocker([web(1)]), FakeEtcd()
+    sync(config(tmp_path), docker, store)
+    store.put(WEB_PORT, "80", lease=LEASE)  # as an older version wrote it
+    store.grant(OTHER_LEASE, 30)
+    store.put(web_key(3), "10.0.0.6:32768", lease=OTHER_LEASE)
+    purged = dr.purge(config(tmp_path, ttl=60), store)
+    assert purged.keys == (web_key(1),)
+    assert leases_of(store) == {web_key(3): OTHER_LEASE, WEB_PORT: PORT_LEASE}
 
 
 # --- purge ----------------------------------------------------------------------------------
@@ -363,19 +425,19 @@ def test_purge_removes_exactly_this_hosts_keys_and_a_second_purge_removes_nothin
     purged = dr.purge(config(tmp_path), store)
 
     assert purged.lease_id == LEASE
-    assert purged.keys == (WEB,)  # the port key another host still serves was handed over first, then kept
+    assert purged.keys == (WEB,)  # the port key is on its own lease: the other host serving web keeps it
     assert store.values() == {"/backends/static/manual": "10.0.0.9:80", web_key(3): "10.0.0.6:32768",
                               WEB_PORT: "80"}
-    assert leases_of(store) == {"/backends/static/manual": 0, web_key(3): OTHER_LEASE, WEB_PORT: OTHER_LEASE}
-    assert store.writes - writes == Counter(txn=1, put=1, revoke=1)
-    assert store.revision == revision + 2  # one handover transaction, then the lease's keys go in one revision
+    assert leases_of(store) == {"/backends/static/manual": 0, web_key(3): OTHER_LEASE, WEB_PORT: PORT_LEASE}
+    assert store.writes - writes == Counter(revoke=1)
+    assert store.revision == revision + 1  # the lease's keys go in one revision
     assert LEASE not in store.leases
 
     rpcs = Counter(store.rpcs)
     again = dr.purge(config(tmp_path), store)
     assert again.keys == ()
     assert store.rpcs - rpcs == Counter(lease_ttl=1)
-    assert store.writes - writes == Counter(txn=1, put=1, revoke=1)
+    assert store.writes - writes == Counter(revoke=1)
 
 
 # --- sync_every -----------------------------------------------------------------------------
@@ -412,8 +474,8 @@ def test_sync_every_repeats_the_pass_on_the_same_adapters_until_stopped(tmp_path
     assert result == {"code": 0}
     assert [(o.plan.count(dr.ChangeKind.ADD), o.plan.unchanged) for o in outcomes] == [(2, 0), (0, 2), (0, 2)]
     assert (connect.connects, connect.closes, connect.docker.calls) == (1, 1, 3)
-    assert connect.store.writes == Counter(grant=1, txn=1, put=2)
-    assert connect.store.leases[LEASE].renewals == 2
+    assert connect.store.writes == Counter(grant=2, txn=1, put=2)  # the host's lease and the port key's
+    assert connect.store.leases[LEASE].renewals == connect.store.leases[PORT_LEASE].renewals == 2
 
 
 def test_sync_every_reports_a_failed_pass_and_opens_the_adapters_again(tmp_path, capsys):

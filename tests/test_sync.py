@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+import docker_register as dr
 from conftest import LAYOUT_KEYS
 from harness import free_port, silent_endpoint, wait_until
 
@@ -31,14 +32,19 @@ def test_single_port_container_is_registered_with_port_key(world):
     assert len(result.stdout.splitlines()) == 1
 
 
-def test_all_keys_live_on_one_lease_with_the_configured_ttl(world):
-    world.docker_run("-P", "local/web")
-    world.docker_run("-P", "-l", "SERVICE_NAME=api", "local/web")
+def test_a_hosts_keys_live_on_one_lease_and_each_shared_key_on_its_own_with_the_configured_ttl(world):
+    web = world.docker_run("-P", "local/web")
+    api = world.docker_run("-P", "-l", "SERVICE_NAME=api", "local/web")
     world.sync("--ttl", "20")
-    leases = {kv["lease"] for kv in world.etcd.get_prefix(world.prefix + "/").values()}
-    assert len(leases) == 1 and 0 not in leases
-    info = world.etcd.etcdctl("lease", "timetolive", f"{leases.pop():x}", "--keys").stdout
-    assert "granted with TTL(20s)" in info and "attached keys" in info
+    held = world.etcd.get_prefix(world.prefix + "/")
+    own = {held[f"{world.prefix}/{service}/{cid[:12]}"]["lease"] for service, cid in (("web", web), ("api", api))}
+    assert own == {dr.lease_id_for(world.host_ip, world.prefix)}
+    for service in ("web", "api"):  # the shared port keys outlive the host that wrote them
+        key = f"{world.prefix}/{service}/port"
+        assert held[key]["lease"] == dr.shared_lease_id(world.host_ip, key)
+    for lease in own | {held[f"{world.prefix}/web/port"]["lease"]}:
+        info = world.etcd.etcdctl("lease", "timetolive", f"{lease:x}", "--keys").stdout
+        assert "granted with TTL(20s)" in info and "attached keys" in info
 
 
 def test_several_ports_service_labels_and_udp(world):
@@ -172,8 +178,9 @@ def test_a_no_change_run_makes_zero_puts_and_zero_deletes(world):
     result = world.sync()
     after, rpcs_after, docker_after = world.etcd.metrics(), world.etcd.rpcs(), world.engine.api_requests()
     calls = {m: n - rpcs_before.get(m, 0) for m, n in rpcs_after.items() if n != rpcs_before.get(m, 0)}
-    # Keepalive, the keys on the lease, then one read-only transaction over the service folders.
-    assert calls == {"LeaseKeepAlive": 1, "LeaseTimeToLive": 1, "Txn": 1}
+    # Keepalive, the keys on the lease, one read-only transaction over the service folders, then the shared
+    # port keys' leases renewed in one more keepalive stream.
+    assert calls == {"LeaseKeepAlive": 2, "LeaseTimeToLive": 1, "Txn": 1}
     docker_calls = docker_after[len(docker_before):]
     assert len(docker_calls) == 1 and docker_calls[0].startswith("GET /containers/json?"), docker_calls
     assert after["etcd_mvcc_put_total"] - before["etcd_mvcc_put_total"] == 0
@@ -217,18 +224,21 @@ def test_lost_lease_is_granted_again_and_every_key_rewritten(world):
     world.sync()
     lease = next(iter(world.etcd.get_prefix(world.prefix + "/").values()))["lease"]
     world.etcd.etcdctl("lease", "revoke", f"{lease:x}")
-    assert world.keys() == {}
+    assert world.keys() == {f"{world.prefix}/web/port": "80"}  # the shared key, on its own lease, stays
     result = world.sync()
-    assert len(world.keys()) == 2 and result.stdout.startswith("added 2")
+    assert len(world.keys()) == 2 and result.stdout.startswith("added 1, updated 0, removed 0, unchanged 1")
 
 
 def test_changing_the_ttl_moves_keys_to_a_lease_with_the_new_ttl(world):
-    world.docker_run("-P", "local/web")
+    cid = world.docker_run("-P", "local/web")
     world.sync("--ttl", "30")
     world.sync("--ttl", "40")
-    leases = {kv["lease"] for kv in world.etcd.get_prefix(world.prefix + "/").values()}
-    assert len(leases) == 1 and len(world.keys()) == 2
-    assert "granted with TTL(40s)" in world.etcd.etcdctl("lease", "timetolive", f"{leases.pop():x}").stdout
+    held = world.etcd.get_prefix(world.prefix + "/")
+    lease = held[f"{world.prefix}/web/{cid[:12]}"]["lease"]
+    assert lease == dr.lease_id_for(world.host_ip, world.prefix) and len(world.keys()) == 2
+    assert "granted with TTL(40s)" in world.etcd.etcdctl("lease", "timetolive", f"{lease:x}").stdout
+    # The shared port key kept its own lease throughout: it never went, so no reader saw it go.
+    assert held[f"{world.prefix}/web/port"]["lease"] == dr.shared_lease_id(world.host_ip, f"{world.prefix}/web/port")
 
 
 def test_dry_run_shows_the_plan_and_writes_nothing(world):
@@ -263,7 +273,10 @@ def test_dry_run_json_output_and_purge_work_in_every_layout(world, layout):
     done = json.loads(world.sync("--output", "json", **env).stdout)
     assert done["added"] == plan["added"] and key in world.etcd.values(prefix)
     purged = json.loads(world.run("purge", "--output", "json", **env).stdout)
-    assert key in purged["keys"] and world.etcd.values(prefix) == {}
+    # Only shared keys stay, on leases of their own (expiring unless a host still wants them).
+    left = world.etcd.get_prefix(prefix + "/")
+    assert key in purged["keys"] and set(left) == ({f"{prefix}/web/port"} if layout == "discover" else set())
+    assert all(kv["lease"] == dr.shared_lease_id(world.host_ip, shared) for shared, kv in left.items())
 
 
 def test_docker_down_exits_1_with_one_line_and_leaves_etcd_untouched(world, tmp_path):
@@ -360,8 +373,9 @@ def test_a_run_reads_its_own_keys_not_the_fleets(world):
 
     world.engine.remove_all_containers()
     result = world.sync()
-    # The other host still serves web: the port key stays, handed to that host's lease (the update).
-    assert result.stdout.startswith("added 0, updated 1, removed 1, unchanged 0")
+    # The other host still serves web: the port key stays, on its own lease, for the hosts that want it.
+    assert result.stdout.startswith("added 0, updated 0, removed 1, unchanged 1")
     after = world.etcd.get_prefix(world.prefix + "/")
-    assert after[f"{world.prefix}/web/port"]["value"] == "80" and after[f"{world.prefix}/web/port"]["lease"] == other.id
+    port = f"{world.prefix}/web/port"
+    assert after[port]["value"] == "80" and after[port]["lease"] == dr.shared_lease_id(world.host_ip, port)
     assert len(after) == len(keys) + 1

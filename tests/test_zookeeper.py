@@ -128,16 +128,16 @@ def test_keys_with_keys_below_them_are_left_out_for_a_tree_store_with_a_note():
     assert dr.leaves_only(plain) is plain
 
 
-def test_a_store_that_cannot_hand_over_keeps_a_shared_key_another_host_uses():
-    # What the planner does for ZooKeeper and Redis: the port key stays on this host while another serves.
+def test_a_store_that_records_its_shared_keys_releases_one_another_host_uses():
+    # What the planner does for ZooKeeper and Redis: the port key stays, and this host's claim on it goes.
     lease, other = 11, 22
     stored = {"/b/web/port": dr.StoredKey("80", lease, 5), "/b/web/bbbbbbbbbbbb": dr.StoredKey("10.0.0.6:1", other, 6)}
-    handing = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b")
-    assert [(c.kind, c.key, c.lease) for c in handing.changes] == [(dr.ChangeKind.UPDATE, "/b/web/port", other)]
-    keeping = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", hand_over=False)
-    assert keeping.changes == () and keeping.unchanged == 1
+    leaving = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b")
+    assert leaving.changes == () and leaving.unchanged == 1  # etcd: its own lease is no longer renewed here
+    releasing = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", releases=True)
+    assert [(c.kind, c.key) for c in releasing.changes] == [(dr.ChangeKind.RELEASE, "/b/web/port")]
     del stored["/b/web/bbbbbbbbbbbb"]  # nobody uses it any more: it goes, whatever the store
-    alone = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", hand_over=False)
+    alone = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", releases=True)
     assert [(c.kind, c.key) for c in alone.changes] == [(dr.ChangeKind.REMOVE, "/b/web/port")]
 
 
@@ -169,13 +169,6 @@ def test_bad_zookeeper_flags_exit_2_with_one_line(monkeypatch, capsys, flags, me
 
 
 # --- a private ZooKeeper and a world per test -------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def zookeeper(servers_root):
-    server = ZooKeeper(servers_root / "zookeeper", max_session_timeout_ms=MAX_SESSION_SECONDS * 1000).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -239,6 +232,12 @@ class ZkWorld(Host):
         return {path: data for path, (data, owner) in nodes.items()
                 if data or owner or not any(other.startswith(path + "/") for other in nodes)}
 
+    def holder(self, path: str) -> int:
+        """The session holding a node: its owner if ephemeral, else the session claiming it (0: none)."""
+        owner = self.look.exists(path).ephemeralOwner
+        claim = self.look.exists(dr.zookeeper_claim(dr.zookeeper_path(self.prefix), path))
+        return owner or (claim.ephemeralOwner if claim else 0)
+
     def session(self) -> int:
         """This host's session, from its state file."""
         return int(json.loads(self.state_file.read_text())["session"], 16)
@@ -273,7 +272,9 @@ def test_register_then_a_run_with_nothing_changed_writes_nothing(zk):
     assert "added 3, updated 0, removed 0, unchanged 0" in result.stdout
     assert zk.keys() == zk.web_keys(first, second)
     session = zk.session()
-    assert {owner for path, (data, owner) in zk.nodes().items() if data} == {session}  # ephemeral, this session's
+    port = f"{zk.prefix}/web/port"
+    assert {owner for path, (data, owner) in zk.nodes().items() if data and path != port} == {session}  # ephemeral
+    assert zk.nodes()[port] == ("80", 0) and zk.holder(port) == session  # shared: persistent, claimed by it
     assert stat.S_IMODE(zk.state_file.stat().st_mode) == 0o600
     assert f"0x{session:x}" in zk.server.four_letter("dump")  # the run exited; its session lives on
 
@@ -323,10 +324,12 @@ def test_a_dead_hosts_nodes_go_after_the_ttl(zk):
     # The run exited without closing its session (as a killed run, or a dead host): nothing renews it now.
     wait_until(lambda: not any(owner for data, owner in zk.nodes().values()), 2 + 5,
                "the session to expire and its nodes to go")
-    # What stays is the persistent folder, empty (a KV reader lists it as a key with no value).
-    assert zk.nodes() == {f"{zk.prefix}/web": ("", 0)}
-    result = zk.sync("--ttl", "2")  # the saved session is gone: a new one, everything added again
-    assert "added 2" in result.stdout
+    # What stays is the persistent folder and the shared port node, no longer claimed: with no live host left,
+    # nothing removes it; the first host back (the leader at its first look) sweeps it when nothing uses it.
+    port = f"{zk.prefix}/web/port"
+    assert zk.nodes() == {f"{zk.prefix}/web": ("", 0), port: ("80", 0)} and zk.holder(port) == 0
+    result = zk.sync("--ttl", "2")  # the saved session is gone: a new one, the instance added again
+    assert "added 1, updated 0, removed 0, unchanged 1" in result.stdout
 
 
 def test_purge_deletes_this_hosts_nodes_and_folders_and_ends_the_session(zk):
@@ -336,8 +339,12 @@ def test_purge_deletes_this_hosts_nodes_and_folders_and_ends_the_session(zk):
     zk.sync()
     session = zk.session()
     result = zk.run("purge")
-    assert result.returncode == 0 and "removed 2 keys" in result.stdout, result.stderr
-    assert set(zk.nodes()) == {f"{zk.prefix}/api", f"{zk.prefix}/api/bbbbbbbbbbbb"}
+    assert result.returncode == 0 and "removed 1 keys" in result.stdout, result.stderr
+    # The shared port node stays, unclaimed, for the hosts that use it (the leader's sweep removes it when
+    # none does).
+    port = f"{zk.prefix}/web/port"
+    assert set(zk.nodes()) == {f"{zk.prefix}/api", f"{zk.prefix}/api/bbbbbbbbbbbb", f"{zk.prefix}/web", port}
+    assert zk.holder(port) == 0
     assert not zk.state_file.exists()
     assert f"0x{session:x}" not in zk.server.four_letter("dump")  # the session is closed, not left to expire
     again = zk.run("purge")
@@ -366,7 +373,7 @@ def test_every_layout_registers_dry_runs_and_purges(zk, layout):
     assert zk.nodes(root)[dr.zookeeper_path(key)][1] != 0, "an ephemeral node of the host's session"
     result = zk.run("purge", **env)
     assert result.returncode == 0, result.stderr
-    assert zk.nodes(root) == {}
+    assert set(zk.keys(root)) == ({f"{root}/web/port"} if layout == "discover" else set())  # shared: it stays
 
 
 def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_between(zk):
@@ -419,7 +426,9 @@ def test_a_changed_ttl_replaces_the_session_as_a_changed_ttl_replaces_an_etcd_le
     new = zk.session()
     assert new != old and json.loads(zk.state_file.read_text())["ttl"] == 5
     assert zk.keys() == zk.web_keys(cid)
-    assert {owner for data, owner in zk.nodes().values() if data} == {new}
+    port = f"{zk.prefix}/web/port"
+    assert {owner for path, (data, owner) in zk.nodes().items() if data and path != port} == {new}
+    assert zk.nodes()[port] == ("80", 0)  # shared: persistent, it never went, and no session claims it now
     assert f"0x{old:x}" not in zk.server.four_letter("dump")  # closed, not left to expire
 
 
@@ -445,7 +454,7 @@ def test_a_lost_state_file_converges_without_touching_another_hosts_nodes(zk):
     zk.sync()
     expected = {**zk.web_keys(staying), theirs: "10.9.9.9:80"}
     assert zk.keys() == expected
-    assert zk.nodes()[f"{zk.prefix}/web/port"][1] == new
+    assert zk.nodes()[f"{zk.prefix}/web/port"] == ("80", 0)  # shared: it stays, its old claim gone
 
 
 # --- digest users and TLS ------------------------------------------------------------------------
@@ -579,7 +588,7 @@ def test_over_tls_a_run_with_the_ca_and_a_client_certificate_registers(zk_tls, c
     result = zk.sync(*trusted, "--zookeeper-cert", str(cert), "--zookeeper-key", str(key))
     assert "added 2, updated 0, removed 0, unchanged 0" in result.stdout
     assert zk.keys() == zk.web_keys(cid)
-    assert {owner for data, owner in zk.nodes().values() if data} == {zk.session()}
+    assert {zk.holder(path) for path, (data, owner) in zk.nodes().items() if data} == {zk.session()}
     zxid = zk.server.zxid()
     result = zk.sync(ZOOKEEPER_HOSTS=secure, ZOOKEEPER_CACERT=str(certs.ca), ZOOKEEPER_CERT=str(cert),
                      ZOOKEEPER_KEY=str(key))  # the environment twins; the session re-attached over TLS
