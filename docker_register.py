@@ -1260,9 +1260,11 @@ def gone_own(desired: Desired, keys: Iterable[str], layout: Layout, prefix: str)
 
 
 def shared_reach(desired: Desired, lease_keys: Iterable[str], layout: Layout, prefix: str) -> tuple[str, ...]:
-    """Folders of the shared keys this host may stop using in this run: those its going keys kept in use."""
+    """Folders of the shared keys this host may stop using in this run: those its going keys kept in use, when
+    none of its staying keys keeps the same ones (the last of its servers of a service goes)."""
+    staying = {layout.shared_folders(key, prefix) for key in desired.own}
     return tuple(sorted({folder for key in gone_own(desired, lease_keys, layout, prefix)
-                         for folder in layout.shared_folders(key, prefix)}))
+                         if (folders := layout.shared_folders(key, prefix)) not in staying for folder in folders}))
 
 
 def outermost(folders: Iterable[str]) -> set[str]:
@@ -1336,6 +1338,16 @@ def held_now(stored: Mapping[str, StoredKey], lease_id: int, lease_state: LeaseS
     return {key: kv for key, kv in stored.items() if alive or kv.lease != lease_id}
 
 
+@dataclass
+class Tally:
+    """What a plan collects as it goes through the keys."""
+
+    changes: list[Change] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    renewals: list[tuple[str, int]] = field(default_factory=list)
+    unchanged: int = 0
+
+
 def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
                  lease_state: LeaseState, prefix: str, layout: Layout = DISCOVER,
                  shared_lease: Optional[Callable[[str], int]] = None, releases: bool = False) -> Plan:
@@ -1348,43 +1360,71 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
     letting go of a shared key that another host uses is a write (the store's record of the writer), not only
     no longer renewing it."""
     current = held_now(stored, lease_id, lease_state)
-    ours = ownership(lease_id, shared_lease)
-    changes, notes, renewals, unchanged = [], [], [], 0
-
-    for key, value in sorted(desired.own.items()):
-        kv = current.get(key)
-        if kv is None:
-            changes.append(Change(ChangeKind.ADD, key, value, None, 0))
-        elif kv.value != value or kv.lease != lease_id:
-            changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision))
-        else:
-            unchanged += 1
 
     def own_lease(key: str) -> Optional[int]:
         lease = shared_lease(key) if shared_lease else lease_id
         return None if lease == lease_id else lease
 
+    tally = Tally()
+    plan_own(desired, current, lease_id, tally)
+    plan_shared(desired, current, lease_id, ownership(lease_id, shared_lease), own_lease, tally)
+    # Its keys going now, with the lease or one by one: the shared keys they kept in use may go with them.
+    reach = shared_reach(desired, [key for key, kv in stored.items() if kv.lease == lease_id], layout, prefix)
+    plan_leaving(desired, current, lease_id, ownership(lease_id, shared_lease), own_lease, reach, prefix, layout,
+                 releases, tally)
+
+    puts_on_lease = any(change.kind in (ChangeKind.ADD, ChangeKind.UPDATE) and change.lease is None
+                        for change in tally.changes)
+    grants = sorted({change.lease for change in tally.changes if change.lease is not None
+                     and (current.get(change.key) is None or current[change.key].lease != change.lease)})
+    return Plan(lease_id, lease_action_for(lease_state, puts_on_lease), tuple(tally.changes), tally.unchanged,
+                desired.notes + tuple(tally.notes), tuple(tally.renewals), tuple(grants))
+
+
+def plan_own(desired: Desired, current: Mapping[str, StoredKey], lease_id: int, tally: Tally) -> None:
+    """This host's own keys: added, or rewritten when their value or lease is not the wanted one."""
+    for key, value in sorted(desired.own.items()):
+        kv = current.get(key)
+        if kv is None:
+            tally.changes.append(Change(ChangeKind.ADD, key, value, None, 0))
+        elif kv.value != value or kv.lease != lease_id:
+            tally.changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision))
+        else:
+            tally.unchanged += 1
+
+
+def plan_shared(desired: Desired, current: Mapping[str, StoredKey], lease_id: int,
+                ours: Callable[[str, StoredKey], bool], own_lease: Callable[[str], Optional[int]],
+                tally: Tally) -> None:
+    """The shared keys this host wants: written when missing, changed only by their writer (or when no one
+    claims them), kept alive when they hold the wanted value, noted when another host wrote another."""
     for key, value in sorted(desired.shared.items()):
         kv = current.get(key)
         if kv is None:
-            changes.append(Change(ChangeKind.ADD, key, value, None, 0, own_lease(key), shared=True))
+            tally.changes.append(Change(ChangeKind.ADD, key, value, None, 0, own_lease(key), shared=True))
         elif kv.lease == lease_id and own_lease(key) is not None:  # written before shared keys had own leases
-            changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision, own_lease(key), True))
+            tally.changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision, own_lease(key),
+                                        True))
         elif kv.value == value:
-            unchanged += 1
+            tally.unchanged += 1
             if kv.lease not in (0, UNCLAIMED):
-                renewals.append((key, kv.lease))
+                tally.renewals.append((key, kv.lease))
         elif ours(key, kv) or kv.lease == UNCLAIMED:
-            changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision, own_lease(key), True))
+            tally.changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision, own_lease(key),
+                                        True))
         else:
-            notes.append(f"{key} is {kv.value!r}, set by another host; this host's containers use {value}")
-            unchanged += 1
+            tally.notes.append(f"{key} is {kv.value!r}, set by another host; this host's containers use {value}")
+            tally.unchanged += 1
 
+
+def plan_leaving(desired: Desired, current: Mapping[str, StoredKey], lease_id: int,
+                 ours: Callable[[str, StoredKey], bool], own_lease: Callable[[str], Optional[int]],
+                 reach: tuple[str, ...], prefix: str, layout: Layout, releases: bool, tally: Tally) -> None:
+    """The keys this host holds but no longer wants: its own go; a shared one within reach goes when no other
+    host's key uses it, else it is left to the hosts that want it (released where that is a write)."""
     planned = as_planned(desired, current, lease_id, ours)
     others = sorted(key for key, kv in current.items()  # other hosts' own keys (a key on no lease is no host's)
                     if kv.lease not in (lease_id, 0) and layout.fits(key, prefix) and not layout.is_shared(key, prefix))
-    # Its keys going now, with the lease or one by one: the shared keys they kept in use may go with them.
-    reach = shared_reach(desired, [key for key, kv in stored.items() if kv.lease == lease_id], layout, prefix)
     for key, kv in sorted(current.items()):
         claimable = kv.lease == UNCLAIMED  # its writer is gone: whoever sees it unused removes it
         if not (ours(key, kv) or claimable) or key in desired.own or key in desired.shared:
@@ -1392,30 +1432,23 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
         if not key.startswith(prefix + "/") or not layout.fits(key, prefix):
             continue  # Never touch anything outside the prefix or the layout, whatever lease it is on.
         if not layout.is_shared(key, prefix):
-            changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision))
+            tally.changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision))
             continue
         if kv.lease != lease_id and not key.startswith(reach):
             continue  # none of its servers here goes now: no longer renewed, it expires unless a host wants it
         used = any(other.startswith(folder) for folder in layout.holders(key, prefix, planned) for other in others)
         if not used:
-            changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision, shared=True))
+            tally.changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision, shared=True))
         elif claimable:
             continue
         elif kv.lease == lease_id and own_lease(key) is not None:
             # Written before shared keys had own leases: onto its own, so it outlives this host's lease.
-            changes.append(Change(ChangeKind.UPDATE, key, kv.value, kv.value, kv.mod_revision, own_lease(key), True))
+            tally.changes.append(Change(ChangeKind.UPDATE, key, kv.value, kv.value, kv.mod_revision, own_lease(key),
+                                        True))
         elif releases:
-            changes.append(Change(ChangeKind.RELEASE, key, kv.value, kv.value, kv.mod_revision, shared=True))
+            tally.changes.append(Change(ChangeKind.RELEASE, key, kv.value, kv.value, kv.mod_revision, shared=True))
         else:
-            unchanged += 1  # another host uses it: left to the hosts that want it, which keep it alive
-
-    puts_on_lease = any(change.kind in (ChangeKind.ADD, ChangeKind.UPDATE) and change.lease is None
-                        for change in changes)
-    grants = sorted({change.lease for change in changes if change.lease is not None
-                     and (current.get(change.key) is None or current[change.key].lease != change.lease)})
-    lease_action = lease_action_for(lease_state, puts_on_lease)
-    return Plan(lease_id, lease_action, tuple(changes), unchanged, desired.notes + tuple(notes),
-                tuple(renewals), tuple(grants))
+            tally.unchanged += 1  # another host uses it: left to the hosts that want it, which keep it alive
 
 
 def lease_action_for(lease_state: LeaseState, has_puts: bool) -> LeaseAction:

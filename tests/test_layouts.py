@@ -395,6 +395,16 @@ def test_traefik_stale_router_rule_stays_when_another_host_wrote_its_service_key
     assert p.changes == () and p.unchanged == 1  # the rule stays, left to the host serving web
 
 
+def test_a_run_reads_the_shared_keys_folders_only_when_the_last_server_of_a_service_here_goes():
+    # A fleet's service folder can hold thousands of servers: a run where one of two web servers here goes
+    # reads no folder, the run where the last one goes reads where web's shared keys are.
+    ours = {server("web"): stored("http://10.0.0.5:32768"), server("web", B): stored("http://10.0.0.5:32769")}
+    one_stays = dr.Desired({server("web", B): "http://10.0.0.5:32769"}, {})
+    assert dr.reads_for(one_stays, list(ours), "traefik", layout=dr.TRAEFIK).folders == ()
+    assert dr.reads_for(dr.Desired({}, {}), list(ours), "traefik", layout=dr.TRAEFIK).folders == (
+        "traefik/http/middlewares/", "traefik/http/routers/", "traefik/http/services/web/")
+
+
 def test_traefik_reads_need_no_second_read_when_nothing_shared_may_go():
     want = desired(container(labels=ROUTER))
     have = {key: stored(value) for key, value in {**want.own, **want.shared}.items()}
