@@ -332,6 +332,8 @@ class Plan:
     renewals: tuple[tuple[str, int], ...] = ()
     #: Shared keys' own leases to grant before writing (etcd: those of the keys this plan puts on new leases).
     grants: tuple[int, ...] = ()
+    #: Whether the host's lease, alive and kept, is renewed with the shared keys' (etcd: one keepalive stream).
+    renews_lease: bool = False
 
     def count(self, kind: ChangeKind) -> int:
         """Number of changes of one kind."""
@@ -1377,8 +1379,9 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
                         for change in tally.changes)
     grants = sorted({change.lease for change in tally.changes if change.lease is not None
                      and (current.get(change.key) is None or current[change.key].lease != change.lease)})
-    return Plan(lease_id, lease_action_for(lease_state, puts_on_lease), tuple(tally.changes), tally.unchanged,
-                desired.notes + tuple(tally.notes), tuple(tally.renewals), tuple(grants))
+    action = lease_action_for(lease_state, puts_on_lease)
+    return Plan(lease_id, action, tuple(tally.changes), tally.unchanged, desired.notes + tuple(tally.notes),
+                tuple(tally.renewals), tuple(grants), lease_state is LeaseState.ALIVE and action is LeaseAction.KEEP)
 
 
 def plan_own(desired: Desired, current: Mapping[str, StoredKey], lease_id: int, tally: Tally) -> None:
@@ -1582,7 +1585,8 @@ class Store(Protocol):
         """The lease this host puts each shared key on (etcd); None where the host's lease records them."""
 
     def keep_alive(self, lease_id: int) -> bool:
-        """Renew the lease; False when it no longer exists."""
+        """Renew the lease before planning, where the store does (etcd renews it with the plan); False when it
+        no longer exists."""
 
     def lease(self, lease_id: int) -> Optional[LeaseInfo]:
         """The lease's granted TTL and attached keys; None when it does not exist."""
@@ -1829,9 +1833,9 @@ class EtcdStore:
         return self.connection.client
 
     def keep_alive(self, lease_id: int) -> bool:
-        """One keepalive; its reply carries the granted TTL, 0 when the lease is gone."""
-        replies = self.connection.call("keep lease alive", lambda: list(self.client.refresh_lease(lease_id)))
-        return bool(replies) and replies[0].TTL > 0
+        """Nothing to send yet: apply renews the lease in the one keepalive stream that renews the shared keys'
+        (a stream costs more than its messages), and LeaseTimeToLive, next, tells whether the lease exists."""
+        return True
 
     def lease(self, lease_id: int) -> Optional[LeaseInfo]:
         """LeaseTimeToLive with keys: one RPC, no write."""
@@ -1870,9 +1874,9 @@ class EtcdStore:
             self.revoke(plan.lease_id)
         if plan.lease_action.grants:
             self.connection.call("grant lease", lambda: self._grant(plan.lease_id, ttl))
-        if plan.renewals:
-            leases = sorted({lease for _, lease in plan.renewals})
-            self.connection.call("keep shared keys alive", lambda: self._renew(leases))
+        leases = sorted({lease for _, lease in plan.renewals} | ({plan.lease_id} if plan.renews_lease else set()))
+        if leases:
+            self.connection.call("keep lease alive", lambda: self._renew(leases))
         for lease in plan.grants:
             self.connection.call("grant lease", functools.partial(self._grant, lease, ttl))
         for batch in batches([change for change in plan.changes if change.kind is not ChangeKind.RELEASE]):
@@ -1897,7 +1901,8 @@ class EtcdStore:
                 client._manage_grpc_errors(error)  # marks a failed endpoint and raises, as the client's calls do
 
     def _renew(self, lease_ids: Sequence[int]) -> None:
-        """Renew leases in one LeaseKeepAlive stream (no write); Conflict when one ended since it was read."""
+        """Renew leases in one LeaseKeepAlive stream (no write); Conflict when one ended since it was read (the
+        run then reads and plans again)."""
         import grpc
         from etcd3 import etcdrpc
 
@@ -1910,7 +1915,7 @@ class EtcdStore:
             client._manage_grpc_errors(error)  # marks a failed endpoint, as the client's own calls do
             raise
         if len(replies) < len(requests) or any(reply.TTL <= 0 for reply in replies):
-            raise Conflict("a shared key's lease ended since it was read")
+            raise Conflict("a lease ended since it was read")
 
     def _revoke(self, lease_id: int) -> None:
         import grpc

@@ -335,10 +335,10 @@ def channel():
     mark("etcd client + gRPC channel")
 nothing = lambda: None
 docker_source = Marked(adapters.docker, {"running_containers": (nothing, "GET /containers/json")})
-store = Marked(adapters.store, {"keep_alive": (channel, "etcd LeaseKeepAlive"),
+store = Marked(adapters.store, {"keep_alive": (channel, "(etcd: renewed with the plan)"),
                                 "lease": (nothing, "etcd LeaseTimeToLive"),
                                 "read": (nothing, "etcd read of the run's keys"),
-                                "apply": (lambda: mark("plan"), "apply (empty plan)")})
+                                "apply": (lambda: mark("plan"), "apply: one LeaseKeepAlive stream, no write")})
 outcome = dr.reconcile(config, docker_source, store, dry_run=False)
 adapters.close(); mark("close")
 assert not outcome.plan.changes, outcome.plan.changes

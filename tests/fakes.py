@@ -248,14 +248,14 @@ class FakeEtcd:
         return functools.partial(dr.shared_lease_id, config.host_ip)
 
     def keep_alive(self, lease_id: int) -> bool:
-        """LeaseKeepAlive: renews a live lease; writes nothing and moves no revision."""
+        """As EtcdStore: nothing sent, the lease is renewed with the plan's other leases in apply."""
         self.calls["keep_alive"] += 1
-        self.rpcs["keepalive"] += 1
-        lease = self.leases.get(lease_id)
-        if lease is None:
-            return False  # etcd answers TTL 0
-        lease.renewals += 1
         return True
+
+    def renew(self, lease_id: int) -> bool:
+        """One LeaseKeepAlive (a test's other host): renews a live lease; writes nothing, moves no revision."""
+        self.rpcs["keepalive"] += 1
+        return self._renew_one(lease_id)
 
     def lease(self, lease_id: int) -> Optional[dr.LeaseInfo]:
         """LeaseTimeToLive with keys."""
@@ -289,13 +289,11 @@ class FakeEtcd:
             self._revoke(plan.lease_id)
         if plan.lease_action.grants:
             self._grant_counted(plan.lease_id, ttl)
-        if plan.renewals:
+        leases = {lease for _, lease in plan.renewals} | ({plan.lease_id} if plan.renews_lease else set())
+        if leases:
             self.rpcs["keepalive"] += 1  # one stream for all of them
-            leases = {lease for _, lease in plan.renewals}
-            for lease in leases & set(self.leases):
-                self.leases[lease].renewals += 1
-            if not leases <= set(self.leases):
-                raise dr.Conflict("a shared key's lease ended since it was read")
+            if not all([self._renew_one(lease) for lease in sorted(leases)]):
+                raise dr.Conflict("a lease ended since it was read")
         for lease in plan.grants:
             self._grant_counted(lease, ttl)
         for batch in dr.batches([change for change in plan.changes if change.kind is not dr.ChangeKind.RELEASE]):
@@ -307,6 +305,13 @@ class FakeEtcd:
         self._revoke(lease_id)
 
     # --- etcd's behaviour -------------------------------------------------------------
+
+    def _renew_one(self, lease_id: int) -> bool:
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return False  # etcd answers TTL 0
+        lease.renewals += 1
+        return True
 
     def _grant_counted(self, lease_id: int, ttl: int) -> None:
         self.rpcs["grant"] += 1

@@ -63,8 +63,9 @@ def test_a_run_with_nothing_changed_writes_nothing_and_only_keeps_the_leases_ali
     assert outcome.plan.unchanged == 2
     assert store.writes == writes
     assert store.revision == revision
-    # The host's lease, then the shared keys' leases in one more keepalive stream: no write either.
-    assert store.rpcs - rpcs == Counter(keepalive=2, lease_ttl=1, range=1)
+    # The keys on the lease, one read, then one keepalive stream renewing the host's lease and the shared
+    # port key's: no write either.
+    assert store.rpcs - rpcs == Counter(lease_ttl=1, range=1, keepalive=1)
     assert store.leases[LEASE].renewals == store.leases[PORT_LEASE].renewals == 1
 
 
@@ -99,14 +100,14 @@ def test_a_changed_ttl_with_nothing_left_to_register_only_revokes_the_lease(tmp_
     assert set(store.leases) == {PORT_LEASE}  # empty, no longer renewed: it runs out
 
 
-def test_a_host_with_nothing_to_register_grants_no_lease_and_sends_only_a_keepalive(tmp_path):
+def test_a_host_with_nothing_to_register_grants_no_lease_and_sends_only_a_lease_lookup(tmp_path):
     docker, store = FakeDocker([container(state="exited")]), FakeEtcd()
     outcome = sync(config(tmp_path), docker, store)
     assert outcome.plan.lease_action is dr.LeaseAction.KEEP
     assert outcome.plan.changes == ()
     assert store.writes == Counter()
     assert store.leases == {}
-    assert store.rpcs == Counter(keepalive=1)
+    assert store.rpcs == Counter(lease_ttl=1)
 
 
 def test_a_lease_that_expired_between_runs_is_granted_again_and_its_keys_rewritten(tmp_path):
@@ -602,6 +603,6 @@ def test_fake_etcd_keeps_per_key_revisions_and_raises_short_ttls_to_etcds_minimu
     entry = store.kv["/backends/a/1"]
     assert (entry.create_revision, entry.mod_revision, entry.version, entry.lease) == (2, 3, 2, 0)
     assert store.lease(LEASE) == dr.LeaseInfo(2, ())  # the second put took the key off the lease
-    assert store.keep_alive(LEASE) and not store.keep_alive(OTHER_LEASE)
+    assert store.renew(LEASE) and not store.renew(OTHER_LEASE)
     assert store.read(dr.Reads(keys=("/backends/a/1", "/backends/a/none"))) == {
         "/backends/a/1": dr.StoredKey("y", 0, 3)}
