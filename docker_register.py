@@ -123,6 +123,9 @@ COALESCE_SECONDS = 0.25
 COALESCE_MAX_SECONDS = 1.0
 #: Longest wait before trying the Docker event stream again after it broke.
 MAX_EVENTS_BACKOFF = 30.0
+#: Most of an HTTP error answer's body read for its message, and most of that message quoted in an error line.
+MAX_REFUSAL_BODY = 4096
+MAX_REFUSAL_TEXT = 300
 #: Default DNS domain of the SkyDNS layout.
 DEFAULT_DOMAIN = "docker.local"
 #: One DNS label: what a SkyDNS name segment must be.
@@ -193,6 +196,14 @@ class UsageError(RegisterError):
 
 class DockerError(RegisterError):
     """Docker could not be reached or refused the request."""
+
+
+class DockerRefused(DockerError):
+    """Docker, or a proxy in front of it, answered a request with an HTTP error (status kept)."""
+
+    def __init__(self, line: str, status: int):
+        super().__init__(line)
+        self.status = status
 
 
 class StoreError(RegisterError):
@@ -1619,13 +1630,17 @@ class ContainerSource(Protocol):
 
 
 class DockerSource:
-    """Lists running containers with one Engine API request."""
+    """Lists running containers with one Engine API request.
+
+    Every request uses an unversioned path: the engine answers in its own API version, so the same calls work
+    on engines whose supported version ranges do not overlap (20.10 up to 1.41, 29 from 1.44).
+    """
 
     def __init__(self, timeout: float):
         import docker  # Deferred: only a run that reaches Docker pays for the import.
 
         try:
-            # A fixed version skips the SDK's GET /version probe; the list call below is unversioned.
+            # A fixed version skips the SDK's GET /version probe; no request below uses it.
             self.client = docker.from_env(version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=timeout).api
         except docker.errors.DockerException as error:
             raise DockerError(f"docker: {first_line(error)}") from None
@@ -1634,64 +1649,83 @@ class DockerSource:
             self.client.trust_env = False
         self.where = os.environ.get("DOCKER_HOST") or self.client.base_url.replace("http+docker://localhost",
                                                                                   "unix:///var/run/docker.sock")
+        self._stream = None  # the open GET /events response, if any
 
     def running_containers(self) -> list[dict]:
         """GET /containers/json?filters={"status":["running"]} as raw dicts."""
-        # Unversioned path: the engine answers with its own API version, so one call works on
-        # engines whose supported version ranges do not overlap (20.10 up to 1.41, 29 from 1.44).
-        url = self.client._url("/containers/json", versioned_api=False)
-        params = {"filters": json.dumps({"status": ["running"]})}
-        try:
-            response = self.client._get(url, params=params)
-            self.client._raise_for_status(response)
-            return json.loads(response.content)  # From bytes: no decoded copy of the whole body.
-        except docker_failures() as error:
-            raise DockerError(f"docker at {self.where}: cannot list containers: {describe_docker_error(error)}"
-                              ) from None
+        return self._get_json("cannot list containers", "/containers/json",
+                              params={"filters": json.dumps({"status": ["running"]})})
 
     def exposed_ports(self, container_id: str) -> list[str]:
         """GET /containers/<id>/json: Config.ExposedPorts, which includes the image's EXPOSE lines."""
-        import docker
-
-        url = self.client._url("/containers/{0}/json", container_id, versioned_api=False)
         try:
-            response = self.client._get(url)
-            self.client._raise_for_status(response)
-            return sorted(((json.loads(response.content).get("Config") or {}).get("ExposedPorts") or {}))
-        except docker.errors.NotFound:
-            return []  # gone since the list call: nothing to register
-        except docker_failures() as error:
-            raise DockerError(f"docker at {self.where}: cannot inspect container {container_id[:12]}: "
-                              f"{describe_docker_error(error)}") from None
+            container = self._get_json(f"cannot inspect container {container_id[:12]}", "/containers/{0}/json",
+                                       container_id)
+        except DockerRefused as refused:
+            if refused.status == 404:
+                return []  # gone since the list call: nothing to register
+            raise
+        return sorted(((container.get("Config") or {}).get("ExposedPorts") or {}))
 
     def events(self) -> Iterator[dict]:
         """GET /events?filters={"type":["container"]}, sent now; then one decoded message at a time, with no
         timeout while idle."""
-        try:
-            stream = self.client.events(decode=True, filters={"type": ["container"]})
-        except docker_failures() as error:
-            raise DockerError(f"docker at {self.where}: event stream: {describe_docker_error(error)}") from None
-        return self._messages(stream)
+        params = {"filters": json.dumps({"type": ["container"]})}
+        self._stream = self._get("event stream", "/events", params=params, stream=True, timeout=None)
+        return self._messages(self._stream)
 
-    def _messages(self, stream: Iterable[dict]) -> Iterator[dict]:
+    def _messages(self, response) -> Iterator[dict]:
         """The stream's messages; its end or failure is a DockerError."""
         try:
-            yield from stream
+            yield from self.client._stream_helper(response, decode=True)
         except docker_failures() as error:
-            raise DockerError(f"docker at {self.where}: event stream: {describe_docker_error(error)}") from None
-        raise DockerError(f"docker at {self.where}: event stream ended")
+            raise DockerError(docker_failure_line(self.where, "event stream", "GET /events",
+                                                  describe_docker_error(error))) from None
+        raise DockerError(docker_failure_line(self.where, "event stream", "GET /events", "the engine ended it"))
+
+    def _get(self, what: str, path: str, *args: str, **kwargs):
+        """GET an unversioned path; no answer, or an HTTP error answer, is a DockerError naming the request."""
+        url = self.client._url(path, *args, versioned_api=False)
+        request = f"GET {url[len(self.client.base_url):]}"
+        try:
+            response = self.client._get(url, **kwargs)
+        except docker_failures() as error:
+            raise DockerError(docker_failure_line(self.where, what, request, describe_docker_error(error))) from None
+        if response.status_code < 400:
+            return response
+        body = b""
+        with contextlib.suppress(*docker_failures()):
+            body = next(response.iter_content(MAX_REFUSAL_BODY), b"")
+        response.close()
+        reason = refusal_reason(response.status_code, response.reason or "", response.headers.get("Content-Type", ""),
+                                body)
+        raise DockerRefused(docker_failure_line(self.where, what, request, reason), response.status_code)
+
+    def _get_json(self, what: str, path: str, *args: str, **kwargs):
+        """_get's answer decoded; an answer that is not JSON is a DockerError naming the request too."""
+        response = self._get(what, path, *args, **kwargs)
+        try:
+            return json.loads(response.content)  # From bytes: no decoded copy of the whole body.
+        except ValueError as error:
+            request = f"GET {response.request.path_url.split('?')[0]}"
+            raise DockerError(docker_failure_line(self.where, what, request, f"the answer is not JSON "
+                                                  f"({first_line(error)})")) from None
 
     def close(self) -> None:
-        """Close the HTTP session."""
+        """Close the event stream, if open, and the HTTP session."""
+        if self._stream is not None:
+            self._stream.close()
         self.client.close()
 
 
 def docker_failures() -> tuple[type[BaseException], ...]:
-    """What the docker SDK and requests raise when the engine is gone, refuses or sends no JSON."""
+    """What the docker SDK, requests and urllib3 raise when the engine is gone, stops mid-answer or sends no
+    JSON."""
     import docker
     import requests
+    import urllib3
 
-    return docker.errors.DockerException, requests.RequestException, ValueError, OSError
+    return docker.errors.DockerException, requests.RequestException, urllib3.exceptions.HTTPError, ValueError, OSError
 
 
 def first_line(error: BaseException) -> str:
@@ -1700,13 +1734,44 @@ def first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def docker_failure_line(where: str, what: str, request: str, reason: str) -> str:
+    """One line for a failed Docker request: the engine, what the run was doing, the request and why."""
+    return f"docker at {where}: {what} ({request}): {reason}"
+
+
+def refusal_reason(status: int, reason: str, content_type: str, body: bytes) -> str:
+    """An HTTP error answer in a few words: its status and the message, Docker's JSON `message` or else the
+    body's text without markup, on one line and cut to MAX_REFUSAL_TEXT."""
+    text = body.decode("utf-8", "replace")
+    parsed = None
+    if "json" in content_type:
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(text)
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        text = parsed["message"]
+    elif "html" in content_type or text.lstrip().startswith("<"):
+        text = re.sub(r"<[^>]*>", " ", text)
+    status_text = f"{status} {reason}".strip()
+    text = " ".join(text.split()).removeprefix(status_text).strip()  # an error page often repeats its status
+    if len(text) > MAX_REFUSAL_TEXT:
+        text = text[:MAX_REFUSAL_TEXT - 1] + "…"
+    return f"refused with {status_text}" + (f": {text}" if text else "")
+
+
 def describe_docker_error(error: BaseException) -> str:
-    """One line for a Docker SDK or requests error: the engine's explanation or the socket error."""
+    """One line for a Docker SDK, requests or urllib3 error: the engine's explanation, the socket error, or how
+    the connection ended early."""
+    import http.client
+
     explanation = getattr(error, "explanation", None)
     if explanation:
         return first_line(explanation)
     cause = error
     while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        if isinstance(cause, http.client.IncompleteRead):
+            return "the connection broke mid-answer (the engine stopped or closed it)"
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "the connection closed without an answer"
         nested = [arg for arg in getattr(cause, "args", ()) if isinstance(arg, BaseException)]
         cause = nested[0] if nested else cause.__cause__ or cause.__context__
     return cause.strerror if cause is not None else first_line(error)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import Certs, Dockerd, Etcd, Redis, ZooKeeper, require  # noqa: E402
+from harness import Certs, Docker29, Dockerd, Etcd, Redis, ZooKeeper, require  # noqa: E402
 
 #: Hypothesis examples per property: 300 in the full suite (scripts/test, what CI runs), 40 otherwise (the
 #: developer loop, scripts/test -m unit or a plain pytest run).
@@ -24,12 +24,13 @@ settings.load_profile(os.environ.get("DOCKER_REGISTER_TEST_PROFILE", "quick"))
 #: The installed console script, next to the interpreter running the tests.
 BINARY = str(Path(sys.executable).with_name("docker-register"))
 _counter = itertools.count(1)
+_proxies = itertools.count(1)
 
 #: Fixtures that start a real server (dockerd or etcd); a test needing any of them, even through
 #: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
 SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
                              "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server",
-                             "digest_zookeeper", "tls_zookeeper", "tls_rd"})
+                             "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29"})
 #: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
 IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 
@@ -125,6 +126,15 @@ def engine(dockerd):
     """The shared dockerd, emptied after the test so no container leaks into the next one."""
     yield dockerd
     dockerd.remove_all_containers()
+
+
+@pytest.fixture
+def docker29(engine, servers_root):
+    """Docker 29's API rules in front of the shared dockerd: a proxy on a private socket that refuses versioned
+    paths below 1.44 (as Docker 29 does) and forwards the rest; `.host` is its DOCKER_HOST."""
+    proxy = Docker29(engine.socket, servers_root / f"d29-{next(_proxies)}").start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

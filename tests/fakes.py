@@ -128,7 +128,7 @@ class FakeDocker:
         self.calls += 1
         if self._failures:
             self._failures -= 1
-            raise dr.DockerError(f"{self.where}: cannot list containers: Connection refused")
+            raise dr.DockerError(f"{self.where}: cannot list containers (GET /containers/json): Connection refused")
         return [copy.deepcopy(c) for c in self.containers if c.get("State") == "running"]
 
     def exposed_ports(self, container_id: str) -> list[str]:

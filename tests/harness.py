@@ -12,11 +12,13 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -231,6 +233,191 @@ class Dockerd:
             targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(self.root))]
         for target in sorted(targets, reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+class Docker29:
+    """A stand-in for Docker 29 in front of a real dockerd: a proxy on a private unix socket that answers any
+    versioned path below /v1.44 with Docker 29's HTTP 400 and forwards everything else to the engine's socket
+    (with `Connection: close`), streaming both ways, so GET /events flows through.
+
+    Threaded and bounded: at most MAX_CONNECTIONS at once (more are closed unanswered), a request head of at most
+    MAX_HEAD bytes. A test may also make it act as a filtering proxy (`refuse`), or as an engine that stops
+    mid-response (`cut_after`, `cut`).
+    """
+
+    MIN_VERSION = (1, 44)
+    MAX_CONNECTIONS = 32
+    MAX_HEAD = 64 * 1024
+    VERSIONED = re.compile(r"/v(\d+)\.(\d+)(/|$)")
+
+    def __init__(self, backend: Path, root: Path):
+        self.backend = str(backend)  # the real engine's socket
+        root.mkdir(parents=True, exist_ok=True)
+        self.socket = root / "docker29.sock"
+        self.host = f"unix://{self.socket}"
+        #: Path prefix -> (status line, content type, body) answered instead of the engine (see refuse).
+        self.refusals: dict[str, tuple[str, str, bytes]] = {}
+        #: Path prefix -> bytes of the engine's answer relayed before both sides are closed: an engine stopping.
+        self.cuts: dict[str, int] = {}
+        self.forwarded: list[str] = []  # "GET /path?query" of each request the engine got, as Dockerd logs them
+        self.answered: list[str] = []  # "GET /path 400" of each request the proxy answered itself
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        self._listener: socket.socket | None = None
+
+    def start(self) -> "Docker29":
+        """Listen on the private socket and serve in a daemon thread."""
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.socket))
+        self._listener.listen(self.MAX_CONNECTIONS)
+        threading.Thread(target=self._serve, daemon=True, name="docker29-proxy").start()
+        return self
+
+    def api_requests(self) -> list[str]:
+        """The requests forwarded to the engine so far (what Dockerd.api_requests gives for the engine)."""
+        with self._lock:
+            return list(self.forwarded)
+
+    def refuse(self, path: str, status: str = "403 Forbidden", content_type: str = "text/html",
+               body: bytes = b"<html><body><h1>403 Forbidden</h1>\nRequest forbidden by administrative rules.\n"
+                             b"</body></html>\n") -> None:
+        """Answer requests for paths starting with `path` itself, as a filtering proxy does: by default with
+        HAProxy's 403, which docker-socket-proxy sends."""
+        self.refusals[path] = (status, content_type, body)
+
+    def cut_after(self, path: str, size: int) -> None:
+        """Relay the engine's answer to paths starting with `path` up to `size` bytes of its body, then close both
+        sides."""
+        self.cuts[path] = size
+
+    def cut(self) -> None:
+        """Close every open connection at once, as an engine that stops would."""
+        with self._lock:
+            open_now = list(self._open)
+        for sock in open_now:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        """Stop listening and close every open connection."""
+        if self._listener:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        self.cut()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # stopped
+            if not self._slots.acquire(blocking=False):
+                client.close()
+                continue
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        backend = None
+        try:
+            self._track(client)
+            client.settimeout(10)  # for the request head only
+            head, rest = self._read_head(client)
+            if head is None:
+                return
+            method, target = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")[:2]
+            path = target.split("?", 1)[0]
+            answer = self._own_answer(path)
+            if answer:
+                with self._lock:
+                    self.answered.append(f"{method} {path} {answer[0].split()[0]}")
+                client.sendall(self._response(*answer))
+                return
+            with self._lock:
+                self.forwarded.append(f"{method} {target}")
+            backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._track(backend)
+            backend.connect(self.backend)
+            client.settimeout(None)
+            backend.sendall(self._closing(head) + rest)
+            threading.Thread(target=self._pump, args=(client, backend, None), daemon=True).start()
+            self._pump(backend, client, next((size for prefix, size in self.cuts.items() if path.startswith(prefix)),
+                                            None))
+        except OSError:
+            pass
+        finally:
+            for sock in (client, backend):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                    with self._lock:
+                        self._open.discard(sock)
+            self._slots.release()
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.add(sock)
+
+    def _read_head(self, client: socket.socket) -> tuple[bytes | None, bytes]:
+        """The request line and headers (up to the blank line), and what came after them."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = client.recv(65536)
+            if not chunk or len(data) + len(chunk) > self.MAX_HEAD:
+                return None, b""
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        return head, rest
+
+    def _own_answer(self, path: str) -> tuple[str, str, bytes] | None:
+        """Docker 29's 400 for a versioned path below 1.44, a refusal set by the test, or None: forward it."""
+        version = self.VERSIONED.match(path)
+        if version and (int(version[1]), int(version[2])) < self.MIN_VERSION:
+            message = (f"client version {version[1]}.{version[2]} is too old. Minimum supported API version is "
+                       f"{self.MIN_VERSION[0]}.{self.MIN_VERSION[1]}, please upgrade your client to a newer version")
+            return "400 Bad Request", "application/json", json.dumps({"message": message}).encode() + b"\n"
+        return next((answer for prefix, answer in self.refusals.items() if path.startswith(prefix)), None)
+
+    @staticmethod
+    def _response(status: str, content_type: str, body: bytes) -> bytes:
+        return (f"HTTP/1.1 {status}\r\nApi-Version: 1.52\r\nContent-Type: {content_type}\r\n"
+                f"Server: Docker/29.0.0 (linux)\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                ).encode() + body
+
+    @staticmethod
+    def _closing(head: bytes) -> bytes:
+        """The request head with its connection headers replaced by `Connection: close`."""
+        lines = [line for line in head.split(b"\r\n") if not line.lower().startswith((b"connection:", b"keep-alive:"))]
+        return b"\r\n".join(lines + [b"Connection: close"]) + b"\r\n\r\n"
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, body_limit: int | None) -> None:
+        """Copy bytes until the source ends (or, with body_limit, that many bytes after the response head went),
+        then end both sides."""
+        seen = b""  # with a limit: what went so far, to find the head's end
+        try:
+            while True:
+                chunk = source.recv(65536)
+                if not chunk:
+                    break
+                if body_limit is not None:
+                    seen += chunk
+                    head_end = seen.find(b"\r\n\r\n")
+                    if head_end >= 0 and len(seen) >= head_end + 4 + body_limit:
+                        target.sendall(chunk[:len(chunk) - (len(seen) - head_end - 4 - body_limit)])
+                        break
+                target.sendall(chunk)
+        except OSError:
+            pass
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class Etcd:

@@ -177,7 +177,7 @@ class FakeEngine:
         def events(self):
             engine = self.engine
             if not engine.up.is_set():
-                raise dr.DockerError("docker at fake: event stream: Connection refused")
+                raise dr.DockerError("docker at fake: event stream (GET /events): Connection refused")
             engine.connected.append(time.monotonic())
             return self._messages()
 
@@ -185,7 +185,7 @@ class FakeEngine:
             engine = self.engine
             while True:
                 if not engine.up.is_set():
-                    raise dr.DockerError("docker at fake: event stream ended")
+                    raise dr.DockerError("docker at fake: event stream (GET /events): the engine ended it")
                 try:
                     yield engine.queue.get(timeout=0.02)
                 except queue.Empty:
@@ -250,7 +250,8 @@ def test_a_broken_stream_is_said_once_and_its_return_once_with_a_wake(monkeypatc
         triggers.wake.clear()
         time.sleep(2.2)  # the retries at +0.5 s and +1.5 s fail
         assert len(engine.opened) >= 3, engine.opened
-        assert said.texts() == ["docker at fake: event stream ended; passes go on every interval, reconnecting"]
+        assert said.texts() == ["docker at fake: event stream (GET /events): the engine ended it; passes go on every "
+                                "interval, reconnecting"]
         assert not triggers.wake.is_set(), "no wake while the stream is still down"
 
         engine.up.set()  # Docker is back

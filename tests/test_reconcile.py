@@ -492,8 +492,8 @@ def test_sync_every_reports_a_failed_pass_and_opens_the_adapters_again(tmp_path,
 
     assert not thread.is_alive()
     assert result == {"code": 0}
-    assert capsys.readouterr().err == ("docker-register: error: docker at fake: cannot list containers: "
-                                       "Connection refused\n")
+    assert capsys.readouterr().err == ("docker-register: error: docker at fake: cannot list containers "
+                                       "(GET /containers/json): Connection refused\n")
     assert len(outcomes) == 1 and outcomes[0].plan.count(dr.ChangeKind.ADD) == 2
     assert (connect.connects, connect.closes, connect.docker.calls) == (2, 2, 2)
     assert connect.store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
