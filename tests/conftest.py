@@ -13,7 +13,7 @@ import pytest
 from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import Certs, Docker29, Dockerd, Etcd, Redis, ZooKeeper, require  # noqa: E402
+from harness import Certs, Docker29, Dockerd, Etcd, ReadOnlyProxy, Redis, ZooKeeper, require  # noqa: E402
 
 #: Hypothesis examples per property: 300 in the full suite (scripts/test, what CI runs), 40 otherwise (the
 #: developer loop, scripts/test -m unit or a plain pytest run).
@@ -30,7 +30,7 @@ _proxies = itertools.count(1)
 #: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
 SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
                              "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server",
-                             "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29"})
+                             "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29", "proxy"})
 #: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
 IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 
@@ -83,6 +83,14 @@ def dockerd(servers_root):
     engine.build_images()
     yield engine
     engine.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(servers_root, dockerd):
+    """HAProxy with the shipped read-only proxy configuration in front of the shared dockerd, for the run."""
+    server = ReadOnlyProxy(servers_root / "proxy", dockerd).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -104,7 +104,7 @@ def require(binary: str) -> str:
         (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}", f"/sbin/{binary}") if os.access(p, os.X_OK)), None)
     if not path:
         raise RuntimeError(f"{binary} not found: run scripts/setup (apt-get install docker.io etcd-server "
-                           "etcd-client busybox-static)")
+                           "etcd-client busybox-static haproxy)")
     return path
 
 
@@ -418,6 +418,84 @@ class Docker29:
         for sock in (source, target):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+#: prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN): the kernel's own MemoryDenyWriteExecute (Linux 6.3 and later).
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+
+
+def deny_write_execute() -> bool:
+    """In this process from now on, refuse memory that is writable and executable, as systemd's
+    MemoryDenyWriteExecute=yes does; False when the kernel cannot (before 6.3)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) == 0
+
+
+class ReadOnlyProxy:
+    """HAProxy with the shipped systemd/docker-register-proxy.cfg in front of a dockerd, started as
+    docker-register-proxy.socket starts it: the listening socket (private, here) is made first and handed
+    over as fd 3, and haproxy runs in the foreground (-db) without writable, executable memory (as under
+    MemoryDenyWriteExecute=yes). Only the path of Docker's socket in the configuration is changed."""
+
+    CONFIG = Path(__file__).resolve().parent.parent / "systemd" / "docker-register-proxy.cfg"
+
+    def __init__(self, root: Path, engine: Dockerd):
+        self.root = root
+        self.engine = engine
+        self.socket = root / "proxy.sock"
+        self.host = f"unix://{self.socket}"
+        self.config = root / "proxy.cfg"
+        self.log = root / "haproxy.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ReadOnlyProxy":
+        """Write the configuration, start haproxy on a fresh socket and wait until /_ping answers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = self.CONFIG.read_text()
+        assert text.count("server docker /var/run/docker.sock") == 2, "the proxy config names Docker's socket twice"
+        self.config.write_text(text.replace("/var/run/docker.sock", str(self.engine.socket)))
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        log = open(self.log, "ab")
+        # systemd-socket-activate listens first and starts haproxy on the first connection, handing it the
+        # socket as fd 3 (LISTEN_FDS), as systemd does; the memory rule set here holds across its exec.
+        self.proc = subprocess.Popen(
+            [require("systemd-socket-activate"), "--listen", str(self.socket), require("haproxy"), "-db", "-f",
+             str(self.config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=deny_write_execute)
+
+        def answers():
+            try:
+                return self.request("GET", "/_ping")[0] == 200
+            except OSError:
+                return False
+        wait_serving(self.proc, "haproxy", self.log, answers, 30, "the read-only proxy to answer /_ping")
+        return self
+
+    def request(self, method: str, path: str, body: bytes = b"", timeout: float = 10) -> tuple[int, bytes]:
+        """One raw HTTP/1.1 request over the proxy's socket: (status, body)."""
+        head = (f"{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.socket))
+            sock.sendall(head + body)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status_line, _, rest = answer.partition(b"\r\n")
+        return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+    def refusals(self) -> list[str]:
+        """The requests haproxy logged as refused by its rules (termination state PR)."""
+        return [line.rsplit('"', 2)[-2] for line in self.log.read_text(errors="replace").splitlines()
+                if " PR-- " in line]
+
+    def stop(self) -> None:
+        """Stop haproxy."""
+        if self.proc:
+            stop_process(self.proc)
 
 
 class Etcd:

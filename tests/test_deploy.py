@@ -17,7 +17,10 @@ from harness import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ("docker-register.service", "docker-register.timer", "docker-register-purge.service",
-         "docker-register-watch.service")
+         "docker-register-watch.service", "docker-register-proxy.socket", "docker-register-proxy.service")
+#: The units that reach Docker, and the drop-in that points them at the read-only proxy instead of the docker group.
+DOCKER_UNITS = ("docker-register.service", "docker-register-watch.service")
+READONLY_DROP_IN = "docker-register-readonly.conf"
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +35,24 @@ def systemd_root(tmp_path_factory) -> Path:
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
+    (root / "usr/sbin").mkdir(parents=True)
+    shutil.copy(binary, root / "usr/sbin/haproxy")
     units = root / "etc/systemd/system"
     units.mkdir(parents=True)
     for unit in UNITS:
         shutil.copy(ROOT / "systemd" / unit, units / unit)
+    return root
+
+
+@pytest.fixture(scope="module")
+def readonly_systemd_root(systemd_root, tmp_path_factory) -> Path:
+    """The same root with the read-only drop-in installed for the units that reach Docker."""
+    root = tmp_path_factory.mktemp("sysroot-ro") / "root"
+    shutil.copytree(systemd_root, root, symlinks=True)
+    for unit in DOCKER_UNITS:
+        drop_ins = root / "etc/systemd/system" / f"{unit}.d"
+        drop_ins.mkdir()
+        shutil.copy(ROOT / "systemd" / READONLY_DROP_IN, drop_ins / "readonly.conf")
     return root
 
 
@@ -45,6 +62,11 @@ def verify(root: Path, *units: str) -> subprocess.CompletedProcess:
 
 def test_systemd_units_verify_clean(systemd_root):
     result = verify(systemd_root, *UNITS)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_units_with_the_readonly_drop_in_verify_clean(readonly_systemd_root):
+    result = verify(readonly_systemd_root, *UNITS)
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
@@ -146,12 +168,33 @@ def exposure(root: Path, unit: str) -> str:
     return re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1)
 
 
-def test_exposure_scores_are_the_ones_the_readme_reports(systemd_root):
+def test_exposure_scores_are_the_ones_the_readme_reports(systemd_root, readonly_systemd_root):
     readme = (ROOT / "README.md").read_text()
     for unit in ("docker-register.service", "docker-register-purge.service", "docker-register-watch.service"):
         score = exposure(systemd_root, unit)
         assert float(score) < 2.0
         assert f"`{unit}`: {score}" in readme, f"README should report {unit} exposure {score}"
+    proxy = exposure(systemd_root, "docker-register-proxy.service")
+    assert float(proxy) < 1.0 and f"`docker-register-proxy.service`: {proxy}" in readme
+    without_docker = {exposure(readonly_systemd_root, unit) for unit in DOCKER_UNITS}
+    assert len(without_docker) == 1
+    score = without_docker.pop()
+    assert f"`{READONLY_DROP_IN}`: {score} each" in readme, f"README should report {score} without the docker group"
+
+
+def test_the_readonly_units_share_one_group_and_one_socket_and_drop_the_docker_group():
+    drop_in = unit_settings(READONLY_DROP_IN)
+    socket = unit_settings("docker-register-proxy.socket")
+    (group,) = re.findall(r"^g (\S+) -$", (ROOT / "systemd/docker-register.sysusers").read_text(), re.M)
+    assert socket["SocketGroup"] == [group] and socket["SocketMode"] == ["0660"]
+    assert drop_in["SupplementaryGroups"] == ["", group]  # the empty one resets the list: no docker group
+    assert drop_in["Environment"] == [f"DOCKER_HOST=unix://{socket['ListenStream'][0]}"]
+    assert not socket["ListenStream"][0].startswith("/run/docker-register/")  # the sync units' RuntimeDirectory
+    assert "docker-register-proxy.socket" in drop_in["Requires"] and "docker-register-proxy.socket" in drop_in["After"]
+    proxy = unit_settings("docker-register-proxy.service")
+    assert proxy["SupplementaryGroups"] == ["docker"] and proxy["RestrictAddressFamilies"] == ["AF_UNIX"]
+    assert proxy["PrivateNetwork"] == ["yes"] and proxy["MemoryDenyWriteExecute"] == ["yes"]
+    assert "bind fd@3" in (ROOT / "systemd/docker-register-proxy.cfg").read_text()  # the socket unit's socket
 
 
 def cli_envvars() -> dict[str, object]:
