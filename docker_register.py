@@ -161,6 +161,18 @@ ZOOKEEPER_SIGNAL = "docker-register-change-{session:x}"
 ZOOKEEPER_HOSTS = "/docker-register/hosts"
 #: Redis key of a host's index: the set of its keys. ':' is never in a prefix, so no layout's keys meet it.
 REDIS_INDEX = "docker-register:hosts:{lease:016x}"
+#: Redis key a host sets every run with the TTL as its expiry: its heartbeat, outside every prefix, so no reader
+#: wakes. The keys under the root carry no short expiry: a host whose heartbeat ran out is swept by the leader.
+REDIS_ALIVE = "docker-register:alive:{lease:016x}"
+#: Per root, outside it: the set of hosts (lease ids) that registered there, whose lowest live one is the leader
+#: that sweeps the others once their heartbeat ran out...
+REDIS_HOSTS = "docker-register:roots:{prefix}:hosts"
+#: ...and the hash of shared keys to the lease id of the host that wrote them (their claims: who may change them).
+REDIS_CLAIMS = "docker-register:roots:{prefix}:claims"
+#: Keys under the root, the indexes and the root's sets expire after this many TTLs (an hour at the default TTL)
+#: unless renewed, which a run does only once less than half is left: a fleet whose hosts all died leaves nothing
+#: for good, and a run with nothing to change renews nothing under the root.
+REDIS_KEEP_TTLS = 120
 #: StoredKey.lease of a Redis key that carries an expiry but is not in this host's index: another host's.
 FOREIGN_LEASE = -1
 #: Where a ZooKeeper host claims the shared nodes it wrote (persistent nodes, which no session owns): one
@@ -169,6 +181,9 @@ FOREIGN_LEASE = -1
 ZOOKEEPER_CLAIMS = "/docker-register/claims"
 #: StoredKey.lease of a shared key that no live host claims (ZooKeeper, after its writer's session ended).
 UNCLAIMED = -2
+#: Reads in one ZooKeeper multiRead request (3.6+): a run's reads cost a request per this many keys, and the
+#: answer stays far below the server's 1 MiB packet limit (jute.maxbuffer).
+ZOOKEEPER_READS = 2000
 
 #: Base class of the CLI parser's usage errors (typer may vendor click, so take it from typer).
 CLI_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
@@ -1421,7 +1436,7 @@ def plan_shared(desired: Desired, current: Mapping[str, StoredKey], lease_id: in
                                         True))
         elif kv.value == value:
             tally.unchanged += 1
-            if kv.lease not in (0, UNCLAIMED):
+            if kv.lease:  # an unclaimed one too (its writer gone): where keys expire, the users keep it
                 tally.renewals.append((key, kv.lease))
         elif ours(key, kv) or kv.lease == UNCLAIMED:
             tally.changes.append(Change(ChangeKind.UPDATE, key, value, kv.value, kv.mod_revision, own_lease(key),
@@ -1588,6 +1603,8 @@ class Store(Protocol):
     releases: bool
     #: Whether keys are nodes of a tree (ZooKeeper), where a node of a session cannot have nodes below it.
     tree: bool
+    #: Most exact keys one read request takes (etcd: a transaction's operations); more are read by folder.
+    max_reads: int
 
     def host_lease(self, config: Config) -> int:
         """This host's lease id: etcd and Redis derive it from the host IP and prefix, ZooKeeper's is its session."""
@@ -1878,6 +1895,7 @@ class EtcdStore:
 
     releases = False  # a shared key's lease that this host stops renewing is let go
     tree = False
+    max_reads = MAX_TXN_OPS  # one read-only transaction
 
     def __init__(self, connection: EtcdConnection, prefix: str):
         self.connection = connection
@@ -2104,6 +2122,51 @@ def zookeeper_error(where: str, what: str, error: BaseException) -> ZooKeeperErr
     return ZooKeeperError(f"{where}: {what}: {text}")
 
 
+#: ZooKeeper's opcodes of the reads a multiRead request carries.
+GET_DATA, GET_CHILDREN = 4, 8
+
+
+class MultiRead(tuple):
+    """ZooKeeper's multiRead request (opcode 22, 3.6+; kazoo has no call for it): getData and getChildren
+    operations, (opcode, path) each, answered in one reply, a failed one as its error."""
+
+    type = 22
+
+    def serialize(self) -> bytearray:
+        from kazoo.protocol.serialization import multiheader_struct, write_string
+
+        body = bytearray()
+        for opcode, path in self:
+            body += multiheader_struct.pack(opcode, False, -1) + write_string(path) + b"\0"  # no watch
+        return body + multiheader_struct.pack(-1, True, -1)
+
+    @classmethod
+    def deserialize(cls, buffer, offset) -> list:
+        from kazoo.exceptions import EXCEPTIONS
+        from kazoo.protocol.serialization import GetChildren, MultiHeader, read_buffer, read_string, stat_struct
+        from kazoo.protocol.states import ZnodeStat
+
+        results = []
+        while True:
+            header, offset = MultiHeader.deserialize(buffer, offset)
+            if header.done:
+                return results
+            if header.type == GET_DATA:
+                data, offset = read_buffer(buffer, offset)
+                results.append((data, ZnodeStat._make(stat_struct.unpack_from(buffer, offset))))
+                offset += stat_struct.size
+            elif header.type == GET_CHILDREN:
+                results.append(GetChildren.deserialize(buffer, offset))
+                count = int.from_bytes(buffer[offset:offset + 4], "big", signed=True)
+                offset += 4
+                for _ in range(max(count, 0)):
+                    _, offset = read_string(buffer, offset)
+            else:  # an error: its code
+                code = int.from_bytes(buffer[offset:offset + 4], "big", signed=True)
+                offset += 4
+                results.append(EXCEPTIONS[code]())
+
+
 class ZooKeeperStore:
     """The Store on ZooKeeper: the host's session is its lease, its keys are ephemeral nodes of the session.
 
@@ -2119,6 +2182,7 @@ class ZooKeeperStore:
 
     releases = True  # letting go of a shared node deletes this session's claim on it
     tree = True
+    max_reads = ZOOKEEPER_READS  # a multiRead request
 
     def __init__(self, settings: ZooKeeperSettings, prefix: str, ttl: Optional[int], timeout: float,
                  layout: Layout = DISCOVER):
@@ -2322,8 +2386,8 @@ class ZooKeeperStore:
         return LeaseInfo(self._saved.ttl, tuple(zookeeper_key(path, self.prefix) for path in self._ephemerals()))
 
     def read(self, reads: Reads) -> dict[str, StoredKey]:
-        """Exact keys in one round of pipelined reads; folders (or the whole prefix) walked a level a round."""
-        client, found = self.client, {}
+        """Exact keys in one multiRead request; folders (or the whole prefix) walked a level a round."""
+        found = {}
 
         def record(path, data, stat):
             if emptied_folder(stat):  # no key, but a key put there must take its place
@@ -2333,18 +2397,21 @@ class ZooKeeperStore:
                 found[zookeeper_key(path, self.prefix)] = StoredKey(
                     (data or b"").decode("utf-8", "replace"), stat.ephemeralOwner, stat.version)
 
-        def record_all(paths):
-            for path, pending in [(path, client.get_async(path)) for path in paths]:
-                if (node := self._wait_optional("read keys", pending)) is not None:
+        def record_all(paths) -> list[str]:
+            """Record the nodes; those with nodes below them."""
+            paths = list(paths)
+            below = []
+            for path, node in zip(paths, self._read_many("read keys", [(GET_DATA, path) for path in paths])):
+                if node is not None:
                     record(path, *node)
+                    below += [path] if node[1].numChildren else []
+            return below
 
         record_all(zookeeper_path(key) for key in reads.keys)
         level = [self.root] if reads.whole_prefix else [zookeeper_path(folder.rstrip("/")) for folder in reads.folders]
         while level:
-            children = [(path, client.get_children_async(path)) for path in level]
-            level = [f"{path}/{child}" for path, pending in children
-                     for child in self._wait_optional("read keys", pending) or []]
-            record_all(level)
+            children = self._read_many("read keys", [(GET_CHILDREN, path) for path in level])
+            level = record_all(f"{path}/{child}" for path, names in zip(level, children) for child in names or [])
         shared = [key for key, kv in found.items() if not kv.lease and self._shared(key)]
         replaced = self.ttl is not None and self.kept and self._saved.ttl != self.ttl  # its claims go with it
         for key, claim in self._claims_of([zookeeper_path(key) for key in shared]).items():
@@ -2352,12 +2419,26 @@ class ZooKeeperStore:
         return found
 
     def _claims_of(self, paths: Sequence[str]) -> dict[str, int]:
-        """The session claiming each shared node (0: none), in one round of pipelined reads; kept for writes."""
-        pending = [(path, self.client.exists_async(zookeeper_claim(self.root, path))) for path in paths]
-        for path, answer in pending:
-            stat = self._wait("read claims", answer)
-            self._claims[path] = stat.ephemeralOwner if stat else 0
-        return {zookeeper_key(path, self.prefix): self._claims[path] for path, _ in pending}
+        """The session claiming each shared node (0: none), in one multiRead request; kept for writes."""
+        claims = self._read_many("read claims", [(GET_DATA, zookeeper_claim(self.root, path)) for path in paths])
+        for path, claim in zip(paths, claims):
+            self._claims[path] = claim[1].ephemeralOwner if claim else 0
+        return {zookeeper_key(path, self.prefix): self._claims[path] for path in paths}
+
+    def _read_many(self, what: str, ops: Sequence[tuple[int, str]]) -> list:
+        """Many reads (GET_DATA: (data, stat); GET_CHILDREN: names; None for a missing node) in one multiRead
+        request per ZOOKEEPER_READS, all sent before the first answer is waited for."""
+        from kazoo.exceptions import NoNodeError
+
+        pending = []
+        for start in range(0, len(ops), ZOOKEEPER_READS):
+            pending.append(self.client.handler.async_result())
+            self.client._call(MultiRead(tuple(ops[start:start + ZOOKEEPER_READS])), pending[-1])
+        results = [result for answer in pending for result in self._wait(what, answer)]
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, NoNodeError):
+                raise zookeeper_error(self.where, what, result)
+        return [None if isinstance(result, Exception) else result for result in results]
 
     def _shared(self, key: str) -> bool:
         return self.layout.fits(key, self.prefix) and self.layout.is_shared(key, self.prefix)
@@ -2556,10 +2637,9 @@ class ZooKeeperStore:
         """The paths of the shared nodes in a walked tree that no live host's key uses and no host claims."""
         leaves = [path for path, (stat, children) in found.items() if path != self.root and not children
                   and not stat.ephemeralOwner and not was_folder(stat) and self._shared(zookeeper_key(path, self.prefix))]
-        pending = [(path, self.client.get_async(path)) for path in leaves]
         values = {}
-        for path, answer in pending:
-            if (node := self._wait_optional("read the tree", answer)) is not None:
+        for path, node in zip(leaves, self._read_many("read the tree", [(GET_DATA, path) for path in leaves])):
+            if node is not None:
                 values[zookeeper_key(path, self.prefix)] = StoredKey((node[0] or b"").decode("utf-8", "replace"), 0,
                                                                      node[1].version)
         claimed = self._claims_of([zookeeper_path(key) for key in values])
@@ -2606,17 +2686,20 @@ def redis_error(where: str, what: str, error: BaseException) -> RedisError:
 
 
 class RedisStore:
-    """The Store on Redis, which has no leases: every key carries its own expiry (the TTL), and a per-host index
-    (a set of the host's keys, with the same expiry, outside every prefix) records which keys are the host's.
+    """The Store on Redis, which has no leases: liveness is a heartbeat key per host (REDIS_ALIVE), set with the
+    TTL as expiry every run, outside every prefix; the keys under the root carry only a long safety expiry.
 
-    A run renews the expiry of the index and of each key it lists in one pipelined round trip (PEXPIRE, values
-    untouched); changes go in MULTI transactions that update the index with the keys, guarded by WATCH. A shared
-    key is in its writer's index too (the writer alone changes it), and every host that wants its value renews
-    its expiry, so it outlives its writer; purge leaves it to them.
+    A host's index (a set outside every prefix) lists its keys; the root's claims (a hash) name the writer of each
+    shared key, who alone changes it. The live hosts' leader (the lowest lease id whose heartbeat lives, among the
+    root's hosts) deletes the keys of a host whose heartbeat ran out, and the shared keys no live host claims or
+    uses, as ZooKeeper's leader sweeps. A run with nothing to change sets its heartbeat and reads: no key under the
+    root is written, so no keyspace event wakes a reader. Changes go in MULTI transactions with the index and the
+    claims, guarded by WATCH.
     """
 
-    releases = True  # a shared key another host uses leaves this host's index, and its renewals
+    releases = True  # a shared key another host uses leaves this host's index and claims
     tree = False
+    max_reads = ZOOKEEPER_READS  # one pipeline takes any number; a folder is a SCAN of the whole database
 
     def __init__(self, settings: RedisSettings, prefix: str, ttl: int, timeout: float, lease_id: int,
                  layout: Layout = DISCOVER):
@@ -2627,14 +2710,20 @@ class RedisStore:
         self.prefix = prefix
         self.layout = layout
         self.ttl = ttl
+        self.keep_ms = ttl * REDIS_KEEP_TTLS * 1000
         self.lease_id = lease_id
         self.index = redis_index_key(lease_id)
+        self.alive = REDIS_ALIVE.format(lease=lease_id)
+        self.hosts = REDIS_HOSTS.format(prefix=prefix)
+        self.claims = REDIS_CLAIMS.format(prefix=prefix)
         self.where = f"redis at {settings.url}"
         tls = dict(ssl_ca_certs=settings.ca, ssl_certfile=settings.cert, ssl_keyfile=settings.key)
         self.client = redis.Redis.from_url(
             settings.url, password=settings.password, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), **(tls if settings.url.startswith("rediss:") else {}))
         self._members: Optional[set[str]] = None  # the index as this run last saw it
+        self._expiries: dict[str, int] = {}  # key -> milliseconds of expiry left, as this run read them
+        self._claimed: dict[str, Optional[str]] = {}  # shared key -> its claim as this run read it
 
     def _call(self, what: str, action):
         """Run one request (or pipeline) and turn redis-py's errors into one line."""
@@ -2648,36 +2737,40 @@ class RedisStore:
             raise redis_error(self.where, what, error) from None
 
     def host_lease(self, config: Config) -> int:
-        """The lease id derived from the host IP and the prefix, as etcd's: it names the index."""
+        """The lease id derived from the host IP and the prefix, as etcd's: it names the index and the heartbeat."""
         return self.lease_id
 
     def shared_lease_of(self, config: Config) -> None:
-        """None: the index records the shared keys this host wrote."""
+        """None: the index and the claims record the shared keys this host wrote."""
         return None
 
     def keep_alive(self, lease_id: int) -> bool:
-        """Renew the expiry of the index and of every key it lists (one pipelined round trip after reading it);
-        members whose key is gone leave the index. False when there is no index."""
-        members = sorted(m.decode("utf-8", "replace") for m in self._call("read index",
-                                                                           lambda: self.client.smembers(self.index)))
-        if not members:
-            self._members = set()
-            return False
-        ms = self.ttl * 1000
-
-        def refresh():
+        """Set the heartbeat and read the index and the root's hosts in one pipelined round trip (the heartbeat is
+        the one write of a run with nothing to change, outside the root); join the root's hosts if new; as the
+        leader, sweep the hosts whose heartbeat ran out. False when there is no index."""
+        def beat():
             pipe = self.client.pipeline(transaction=False)
-            pipe.pexpire(self.index, ms)
-            for member in members:
-                pipe.pexpire(member, ms)
+            pipe.set(self.alive, self.ttl, px=self.ttl * 1000)
+            pipe.smembers(self.index)
+            pipe.smembers(self.hosts)
+            for key in (self.index, self.hosts, self.claims):
+                pipe.pttl(key)
             return pipe.execute()
 
-        renewed = self._call("renew expiry", refresh)
-        gone = [member for member, ok in zip(members, renewed[1:]) if not ok]
-        if gone:
-            self._call("renew expiry", lambda: self.client.srem(self.index, *gone))
-        self._members = set(members) - set(gone)
-        return bool(renewed[0])
+        _, members, hosts, *expiries = self._call("read index", beat)
+        self._members = {m.decode("utf-8", "replace") for m in members}
+        self._expiries = dict(zip((self.index, self.hosts, self.claims), expiries))
+        leases = {int(h, 16) for h in hosts if re.fullmatch(rb"[0-9a-f]{1,16}", h)}
+        if lease_id not in leases:
+            self._call("join the root's hosts", lambda: self._join())
+        self._tend(leases - {lease_id})
+        return bool(self._members)
+
+    def _join(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(self.hosts, f"{self.lease_id:x}")
+        pipe.pexpire(self.hosts, self.keep_ms)
+        pipe.execute()
 
     def lease(self, lease_id: int) -> Optional[LeaseInfo]:
         """The index as the lease: the TTL this store keeps it at, and the keys it lists."""
@@ -2687,16 +2780,12 @@ class RedisStore:
         return LeaseInfo(self.ttl, tuple(sorted(self._members))) if self._members else None
 
     def read(self, reads: Reads) -> dict[str, StoredKey]:
-        """Values, expiries and index membership of the keys (folders found with SCAN) in one pipelined round."""
-        keys = list(reads.keys)
-        patterns = [glob_escape(self.prefix + "/") + "*"] if reads.whole_prefix else [
-            glob_escape(folder) + "*" for folder in reads.folders]
-        for pattern in patterns:
-            keys.extend(k.decode("utf-8", "replace") for k in self._call(
-                "find keys", lambda: list(self.client.scan_iter(match=pattern, count=1000))))
-        keys = sorted(set(keys))
+        """Values, expiries, index membership and claims of the keys (folders found with SCAN) in one pipelined
+        round, and the heartbeats of the hosts claiming shared keys in one more."""
+        keys = sorted(set(reads.keys) | set(self._scan(reads)))
         if not keys:
             return {}
+        shared = [key for key in keys if self._shared(key)]
 
         def fetch():
             pipe = self.client.pipeline(transaction=False)
@@ -2704,72 +2793,127 @@ class RedisStore:
                 pipe.get(key)
                 pipe.pttl(key)
             pipe.smismember(self.index, keys)
+            pipe.hmget(self.claims, shared or [""])
             return pipe.execute(raise_on_error=False)
 
         replies = self._call("read keys", fetch)
-        if isinstance(replies[-1], Exception):
-            raise redis_error(self.where, "read keys", replies[-1])
+        for reply in replies[-2:]:
+            if isinstance(reply, Exception):
+                raise redis_error(self.where, "read keys", reply)
+        claims = {key: claim.decode("ascii", "replace") if claim else None for key, claim in zip(shared, replies[-1])}
+        self._claimed.update(claims)
+        live = self._live({claim for claim in claims.values() if claim})
         found = {}
-        for key, value, expiry, mine in zip(keys, replies[0:-1:2], replies[1:-1:2], replies[-1]):
+        for key, value, expiry, mine in zip(keys, replies[0:-2:2], replies[1:-2:2], replies[-2]):
             if value is None or isinstance(value, Exception):
                 continue  # gone, or not a string (not a key of any layout)
-            lease = self.lease_id if mine else FOREIGN_LEASE if isinstance(expiry, int) and expiry >= 0 else 0
-            found[key] = StoredKey(value.decode("utf-8", "replace"), lease, 0)
+            self._expiries[key] = expiry if isinstance(expiry, int) else -1
+            found[key] = StoredKey(value.decode("utf-8", "replace"),
+                                   self._lease_of(key, bool(mine), self._expiries[key], claims.get(key), live), 0)
         return found
 
+    def _scan(self, reads: Reads) -> list[str]:
+        """The keys in the folders (or the whole prefix) reads names."""
+        patterns = [glob_escape(self.prefix + "/") + "*"] if reads.whole_prefix else [
+            glob_escape(folder) + "*" for folder in reads.folders]
+        return [k.decode("utf-8", "replace") for pattern in patterns for k in self._call(
+            "find keys", lambda: list(self.client.scan_iter(match=pattern, count=1000)))]
+
+    def _lease_of(self, key: str, mine: bool, expiry: int, claim: Optional[str], live: set[str]) -> int:
+        """A key's lease for the planner: this host's for its own keys and claims; a shared key's writer while its
+        heartbeat lives, else UNCLAIMED; another host's (FOREIGN_LEASE) for a key with an expiry; 0 (no host's)."""
+        if self._shared(key) and claim:
+            return self.lease_id if claim == f"{self.lease_id:x}" else int(claim, 16) if claim in live else UNCLAIMED
+        if mine:
+            return self.lease_id  # an own key, or a shared one written before shared keys had claims
+        if expiry < 0:
+            return 0  # no expiry: written by hand, no host's
+        return UNCLAIMED if self._shared(key) else FOREIGN_LEASE
+
+    def _live(self, leases: Iterable[str]) -> set[str]:
+        """The hosts (lease ids in hex) among leases whose heartbeat lives, in one MGET."""
+        names = sorted(set(leases))
+        if not names:
+            return set()
+        beats = self._call("read heartbeats", lambda: self.client.mget(
+            [REDIS_ALIVE.format(lease=int(name, 16)) for name in names]))
+        return {name for name, beat in zip(names, beats) if beat is not None}
+
     def apply(self, plan: Plan, ttl: int) -> None:
-        """Renew the expiry of the shared keys the plan wants that the index does not list (one pipelined
-        round trip), then each batch of changes in one MULTI with the index, after checking under WATCH that
-        the keys still hold what the plan was made from."""
+        """Each batch of changes in one MULTI with the index and the claims, after checking under WATCH that the
+        keys and claims still are what the plan was made from; then renew the safety expiry of what this host
+        keeps where less than half is left (rarely: a run with nothing to change writes nothing under the root)."""
         if plan.lease_action.revokes:
             self.revoke(plan.lease_id)
-        others = sorted(key for key, _ in plan.renewals if key not in (self._members or ()))
-        if others:
-            self._call("renew expiry", lambda: self._renew(others))
         for batch in batches(plan.changes):
             self._call("write keys", lambda: self._transaction(batch))
+        kept = (self._members or set()) | {key for key, _ in plan.renewals} | {self.index, self.hosts, self.claims}
+        due = [key for key in sorted(kept - {change.key for change in plan.changes})
+               if 0 <= self._expiries.get(key, -1) < self.keep_ms // 2]
+        if due:
+            self._call("renew expiry", lambda: self._renew(due))
 
     def _renew(self, keys: Sequence[str]) -> None:
-        """PEXPIRE each key; Conflict when one has gone since it was read."""
+        """Give each key the safety expiry again (PEXPIRE: no value rewritten)."""
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
-            pipe.pexpire(key, self.ttl * 1000)
-        if not all(pipe.execute()):
-            raise Conflict("a shared key expired since it was read")
+            pipe.pexpire(key, self.keep_ms)
+        pipe.execute()
+        self._expiries.update({key: self.keep_ms for key in keys})
 
     def _transaction(self, batch: Sequence[Change]) -> None:
-        keys, ms = [change.key for change in batch], self.ttl * 1000
+        keys, lease = [change.key for change in batch], f"{self.lease_id:x}"
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.index, *keys)
+            pipe.watch(self.index, self.claims, *keys)
             values = pipe.mget(keys)
             mine = pipe.smismember(self.index, keys)
-            for change, value, listed in zip(batch, values, mine):
-                if (value.decode("utf-8", "replace") if value is not None else None) != change.old_value or (
-                        change.kind in (ChangeKind.REMOVE, ChangeKind.RELEASE) and not listed):
+            claims = pipe.hmget(self.claims, keys)
+            for change, value, listed, claim in zip(batch, values, mine, claims):
+                claim = claim.decode("ascii", "replace") if claim else None
+                if (value.decode("utf-8", "replace") if value is not None else None) != change.old_value:
                     raise Conflict(f"{change.key} changed since it was read")
+                if change.shared and change.kind is not ChangeKind.ADD and claim != self._claimed.get(change.key):
+                    raise Conflict(f"{change.key} was claimed since it was read")
+                if not change.shared and change.kind is ChangeKind.REMOVE and not listed:
+                    raise Conflict(f"{change.key} left this host's index since it was read")
             pipe.multi()
             for change in batch:
-                if change.kind is ChangeKind.RELEASE:
+                if change.kind in (ChangeKind.REMOVE, ChangeKind.RELEASE):
+                    if change.kind is ChangeKind.REMOVE:
+                        pipe.delete(change.key)
                     pipe.srem(self.index, change.key)
-                elif change.kind is ChangeKind.REMOVE:
-                    pipe.delete(change.key)
-                    pipe.srem(self.index, change.key)
+                    if change.shared and (change.kind is ChangeKind.REMOVE or self._claimed.get(change.key) == lease):
+                        pipe.hdel(self.claims, change.key)
                 else:
-                    pipe.set(change.key, change.value, px=ms)
+                    pipe.set(change.key, change.value, px=self.keep_ms)
                     pipe.sadd(self.index, change.key)
-            pipe.pexpire(self.index, ms)
+                    if change.shared:
+                        pipe.hset(self.claims, change.key, lease)
+            pipe.pexpire(self.index, self.keep_ms)
+            if any(change.shared for change in batch):
+                pipe.pexpire(self.claims, self.keep_ms)
             pipe.execute()
+        self._claimed.update({change.key: lease if change.kind in (ChangeKind.ADD, ChangeKind.UPDATE) else None
+                              for change in batch if change.shared})
+        self._expiries.update({self.index: self.keep_ms, **({self.claims: self.keep_ms} if any(
+            change.shared for change in batch) else {})})
 
     def revoke(self, lease_id: int) -> None:
-        """Delete the host's own keys the index lists, and the index, in one MULTI (purge); the shared keys it
-        lists stay, renewed by the hosts that want them, and expire when none does."""
+        """Delete the host's own keys the index lists, the index, the heartbeat and its claims in one MULTI (purge);
+        the shared keys it wrote stay for the hosts that use them, and the leader sweeps those none uses."""
+        lease = f"{self.lease_id:x}"
+
         def delete():
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.watch(self.index)
-                own = [member for member in pipe.smembers(self.index)
-                       if not self._shared(member.decode("utf-8", "replace"))]
+                pipe.watch(self.index, self.claims)
+                members = [member.decode("utf-8", "replace") for member in pipe.smembers(self.index)]
+                shared = [member for member in members if self._shared(member)]
+                claims = pipe.hmget(self.claims, shared) if shared else []
                 pipe.multi()
-                pipe.delete(self.index, *own)
+                pipe.delete(self.index, self.alive, *(member for member in members if member not in shared))
+                claimed = [key for key, claim in zip(shared, claims) if claim and claim.decode("ascii") == lease]
+                if claimed:
+                    pipe.hdel(self.claims, *claimed)
                 pipe.execute()
 
         for attempt in range(MAX_ATTEMPTS):
@@ -2780,6 +2924,77 @@ class RedisStore:
                 if attempt == MAX_ATTEMPTS - 1:
                     raise RedisError(f"{self.where}: delete keys: the index kept changing") from None
         self._members = set()
+
+    # --- the root's hosts: the leader's sweep ------------------------------------------------------
+
+    def _tend(self, others: set[int]) -> None:
+        """As the leader (no live host has a lower lease id), sweep the root's hosts whose heartbeat ran out."""
+        live = self._live(f"{lease:x}" for lease in others)
+        dead = sorted(lease for lease in others if f"{lease:x}" not in live)
+        if dead and all(self.lease_id < int(name, 16) for name in live):
+            self._sweep(dead)
+
+    def _sweep(self, dead: Sequence[int]) -> None:
+        """Delete the dead hosts' own keys and indexes, then the shared keys no live host claims or uses; the dead
+        leave the root's hosts only once all that is done (a sweep cut short is tried again on the next run)."""
+        for lease in dead:
+            self._call("sweep a departed host", lambda: self._forget(lease))
+        try:
+            self._call("sweep shared keys", self._sweep_shared)
+        except Conflict:
+            return  # a key moved meanwhile: the next run of the leader looks again
+        self._call("sweep a departed host", lambda: self.client.srem(self.hosts, *(f"{lease:x}" for lease in dead)))
+
+    def _forget(self, lease: int) -> None:
+        """Delete a dead host's own keys and its index in one MULTI, unless its heartbeat came back."""
+        index, alive = redis_index_key(lease), REDIS_ALIVE.format(lease=lease)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(alive, index)
+            if pipe.exists(alive):
+                return
+            members = [member.decode("utf-8", "replace") for member in pipe.smembers(index)]
+            own = [key for key in members if key.startswith(self.prefix + "/") and self.layout.fits(key, self.prefix)
+                   and not self.layout.is_shared(key, self.prefix)]
+            pipe.multi()
+            pipe.delete(index, *own)
+            pipe.execute()
+
+    def _sweep_shared(self) -> None:
+        """Delete the shared keys under the root that no live host claims and no live host's key uses (keys without
+        an expiry are nobody's and stay), in one MULTI under WATCH of them and the claims."""
+        keys = sorted(self._scan(Reads(whole_prefix=True)))
+
+        def fetch():
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            pipe.hgetall(self.claims)
+            return pipe.execute()
+
+        *replies, claims = fetch() if keys else [{}]
+        claims = {k.decode("utf-8", "replace"): v.decode("ascii", "replace") for k, v in claims.items()}
+        live = self._live(claims.values())
+        stored = {key: StoredKey(value.decode("utf-8", "replace"), FOREIGN_LEASE if expiry >= 0 else 0, 0)
+                  for key, value, expiry in zip(keys, replies[0::2], replies[1::2]) if value is not None}
+        users = [key for key, kv in stored.items() if kv.lease and self.layout.fits(key, self.prefix)
+                 and not self.layout.is_shared(key, self.prefix)]
+        unused = [key for key, kv in stored.items() if kv.lease and self._shared(key) and claims.get(key) not in live
+                  and not any(user.startswith(folder) for folder in self.layout.holders(key, self.prefix, stored)
+                              for user in users)]
+        if not unused:
+            return
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.claims, *unused)
+            now = pipe.hmget(self.claims, unused)
+            if [v.decode("utf-8", "replace") if v is not None else None for v in pipe.mget(unused)] != [
+                    stored[key].value for key in unused] or [c and c.decode("ascii") for c in now] != [
+                    claims.get(key) for key in unused]:
+                raise Conflict("a shared key changed while the leader swept")
+            pipe.multi()
+            pipe.delete(*unused)
+            pipe.hdel(self.claims, *unused)
+            pipe.execute()
 
     def _shared(self, key: str) -> bool:
         return self.layout.fits(key, self.prefix) and self.layout.is_shared(key, self.prefix)
@@ -2849,9 +3064,10 @@ def plan_against(store: Store, desired: Desired, config: Config, lease_state: Le
     if store.tree:
         desired = leaves_only(desired)
     lease_id, shared_lease = store.host_lease(config), store.shared_lease_of(config)
-    reads = reads_for(desired, lease_keys, config.prefix, layout=config.layout)
+    reads = reads_for(desired, lease_keys, config.prefix, store.max_reads, config.layout)
     stored = store.read(reads)
-    more = more_reads_for(desired, stored, lease_id, reads, config.prefix, config.layout, shared_lease=shared_lease)
+    more = more_reads_for(desired, stored, lease_id, reads, config.prefix, config.layout, store.max_reads,
+                          shared_lease)
     if more is not None:  # only when a shared key may go, and its holders are named by a value just read
         stored.update(store.read(more))
     return plan_changes(desired, stored, lease_id, lease_state, config.prefix, config.layout, shared_lease,

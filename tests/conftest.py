@@ -191,9 +191,9 @@ class Host:
                               env=self.env(**extra), stdin=subprocess.DEVNULL)
 
     @contextlib.contextmanager
-    def running(self, *args: str):
+    def running(self, *args: str, **extra: str):
         """The installed docker-register running in the background (output piped), killed on the way out."""
-        proc = subprocess.Popen([BINARY, *args], env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen([BINARY, *args], env=self.env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, stdin=subprocess.DEVNULL)
         try:
             yield proc

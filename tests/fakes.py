@@ -181,6 +181,7 @@ class FakeEtcd:
     where = "etcd at fake"
     releases = False
     tree = False
+    max_reads = dr.MAX_TXN_OPS
 
     def __init__(self, prefix: str = dr.DEFAULT_PREFIX):
         self.prefix = prefix

@@ -1,5 +1,6 @@
-"""The Redis backend: every key carries the TTL as its own expiry, renewed each run without rewriting values,
-and a per-host index (a set, outside every prefix) records which keys are the host's.
+"""The Redis backend: a host's liveness is a heartbeat key outside every prefix, set with the TTL every run; the
+keys under the root carry only a long safety expiry, a per-host index (a set, outside every prefix) records which
+keys are the host's, and the live hosts' leader deletes the keys of a host whose heartbeat ran out.
 
 Integration tests run the installed docker-register against the shared dockerd and a private redis-server,
 and look with a redis-py client of their own; Redis's command statistics show what a run sent.
@@ -7,6 +8,7 @@ and look with a redis-py client of their own; Redis's command statistics show wh
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -130,6 +132,10 @@ class RedisWorld(Host):
     def index(self) -> str:
         return dr.redis_index_key(dr.lease_id_for(self.host_ip, self.prefix))
 
+    @property
+    def alive(self) -> str:
+        return dr.REDIS_ALIVE.format(lease=dr.lease_id_for(self.host_ip, self.prefix))
+
     def store_env(self) -> dict[str, str]:
         return {"DOCKER_REGISTER_BACKEND": "redis", "REDIS_URL": self.server.url, "DOCKER_REGISTER_TTL": "30"}
 
@@ -151,22 +157,46 @@ def writes(before: Counter, after: Counter) -> Counter:
 # --- the contract ------------------------------------------------------------------------------
 
 
-def test_register_then_a_run_with_nothing_changed_only_renews_expiries(rd):
+def test_register_then_a_run_with_nothing_changed_writes_nothing_under_the_root(rd):
     first, second = rd.docker_run("-P", "local/web"), rd.docker_run("-P", "local/web")
     result = rd.sync()
     assert "added 3, updated 0, removed 0, unchanged 0" in result.stdout
     assert rd.keys() == rd.web_keys(first, second)
     assert rd.look.smembers(rd.index) == set(rd.web_keys(first, second))
-    assert all(0 < ms <= 30_000 for ms in rd.expiries().values()), rd.expiries()
+    keep = 30 * dr.REDIS_KEEP_TTLS * 1000  # keys and index: the long safety expiry; the heartbeat: the TTL
+    assert all(keep - 5_000 < ms <= keep for ms in rd.expiries().values()), rd.expiries()
+    assert 0 < rd.look.pttl(rd.alive) <= 30_000
 
-    time.sleep(1.1)
-    before = rd.commands()
-    result = rd.sync()
-    after = rd.commands()
+    with keyspace_events(rd, rd.prefix, "docker-register:alive:") as events:
+        before = rd.commands()
+        result = rd.sync()
+        after, seen = rd.commands(), events()
     assert "added 0, updated 0, removed 0, unchanged 3" in result.stdout
-    assert writes(before, after) == Counter(), "no value rewritten, no key or index member added or removed"
-    assert after["pexpire"] - before["pexpire"] == 4  # the index and its three keys, renewed
-    assert all(ms > 29_000 for ms in rd.expiries().values()), rd.expiries()
+    assert [event for event in seen if event.startswith(rd.prefix)] == [], "no keyspace event under the root"
+    assert rd.alive in seen, "the subscriber saw the heartbeat: it was listening"
+    assert writes(before, after) == Counter({"set": 1}), "one write: the heartbeat, outside the root"
+    assert after["pexpire"] == before["pexpire"], "no expiry renewed: more than half of each is left"
+
+
+@contextlib.contextmanager
+def keyspace_events(rd, *prefixes: str):
+    """Keyspace events of keys starting with these prefixes while the block runs (Traefik's provider turns them
+    on too); gives a function returning the keys they named."""
+    rd.look.config_set("notify-keyspace-events", "AKE")
+    subscriber = rd.look.pubsub()
+    subscriber.psubscribe(*(f"__keyspace@*__:{dr.glob_escape(prefix)}*" for prefix in prefixes))
+    seen: list[str] = []
+
+    def drain() -> list[str]:
+        while (message := subscriber.get_message(timeout=0.2)) is not None:
+            if message["type"] == "pmessage":
+                seen.append(message["channel"].split(":", 1)[1])
+        return seen
+    try:
+        drain()  # the subscription confirmations
+        yield drain
+    finally:
+        subscriber.close()
 
 
 def test_a_stopped_container_goes_on_the_next_run(rd):
@@ -182,6 +212,8 @@ def test_other_hosts_keys_are_never_touched(rd):
     theirs, manual = f"{rd.prefix}/web/bbbbbbbbbbbb", f"{rd.prefix}/static/manual"
     rd.look.set(theirs, "10.9.9.9:80", px=60_000)
     rd.look.sadd("docker-register:hosts:00000000000000ff", theirs)
+    rd.look.sadd(dr.REDIS_HOSTS.format(prefix=rd.prefix), "ff")  # a live host of the root, and its leader
+    rd.look.set(dr.REDIS_ALIVE.format(lease=0xff), "30", px=60_000)
     rd.look.set(manual, "10.9.9.8:80")
     cid = rd.docker_run("-P", "local/web")
     rd.sync()
@@ -192,20 +224,45 @@ def test_other_hosts_keys_are_never_touched(rd):
     assert rd.look.get(theirs) == "10.9.9.9:80" and 0 < rd.look.pttl(theirs) <= 60_000
     assert rd.look.get(manual) == "10.9.9.8:80" and rd.look.pttl(manual) == -1  # no expiry given to it
     assert rd.look.object("idletime", manual) >= 0
-    # The port key the other host's web keeps in use left this host's index and stays, with its expiry,
-    # for the hosts that want it to renew.
+    # The port key the other host's web keeps in use left this host's index and its claims, and stays, with its
+    # safety expiry, for the hosts that want it.
     port = f"{rd.prefix}/web/port"
-    assert set(rd.keys()) == {theirs, manual, port} and 0 < rd.look.pttl(port) <= 30_000
+    assert set(rd.keys()) == {theirs, manual, port} and 0 < rd.look.pttl(port) <= 30 * dr.REDIS_KEEP_TTLS * 1000
+    assert not rd.look.hexists(dr.REDIS_CLAIMS.format(prefix=rd.prefix), port)
     assert not rd.look.exists(rd.index)
 
 
-def test_a_dead_hosts_keys_go_after_the_ttl(rd):
+def test_a_dead_hosts_keys_go_when_the_live_leader_runs_after_its_heartbeat_ran_out(rd, second_engine, tmp_path):
+    there = {"DOCKER_HOST": second_engine.host, "HOST_IP": "192.0.2.251", "DOCKER_REGISTER_TTL": "2",
+             "DOCKER_REGISTER_LOCK": str(tmp_path / "there.lock")}
+    dying = second_engine.docker("run", "-d", "-P", "-l", "SERVICE_NAME=alone", "local/web").stdout.strip()
+    second_engine.docker("run", "-d", "-P", "local/web")
+    staying = rd.docker_run("-P", "local/web")
+    rd.sync(**there)
+    rd.sync()
+    theirs = {key for key in rd.keys() if key.rsplit("/", 1)[1] != "port" and not key.endswith(staying[:12])}
+    assert len(theirs) == 2 and f"{rd.prefix}/alone/{dying[:12]}" in theirs
+    # The other host dies: nothing sets its heartbeat, which runs out after 2 s; its keys stay until the leader
+    # (the live host: this one) runs.
+    wait_until(lambda: not rd.look.exists(dr.REDIS_ALIVE.format(lease=dr.lease_id_for("192.0.2.251", rd.prefix))),
+               2 + 3, "the dead host's heartbeat to run out")
+    assert theirs <= set(rd.keys())
+    with keyspace_events(rd, rd.prefix) as events:
+        rd.sync()
+        deleted = set(events())
+    # Its own keys went, and the shared key only it used (alone's port); web's port stays: this host uses it.
+    assert rd.keys() == rd.web_keys(staying) and deleted == theirs | {f"{rd.prefix}/alone/port"}
+    assert not rd.look.exists(dr.redis_index_key(dr.lease_id_for("192.0.2.251", rd.prefix)))
+
+
+def test_a_dead_hosts_keys_stay_while_no_host_lives_and_its_return_writes_nothing(rd):
     rd.docker_run("-P", "local/web")
     rd.sync("--ttl", "2")
-    assert len(rd.keys()) == 2
-    # Nothing renews them now (the host is gone): the keys and the index expire by themselves.
-    wait_until(lambda: not rd.keys() and not rd.look.exists(rd.index), 2 + 3, "the keys to expire")
-    assert "added 2" in rd.sync("--ttl", "2").stdout
+    wait_until(lambda: not rd.look.exists(rd.alive), 2 + 3, "the heartbeat to run out")
+    assert len(rd.keys()) == 2, "nobody sweeps: the keys wait for a live host or their safety expiry"
+    before = rd.commands()
+    assert "added 0, updated 0, removed 0, unchanged 2" in rd.sync("--ttl", "2").stdout
+    assert writes(before, rd.commands()) == Counter({"set": 1})
 
 
 def test_purge_deletes_this_hosts_keys_and_index(rd):
@@ -213,9 +270,11 @@ def test_purge_deletes_this_hosts_keys_and_index(rd):
     rd.sync()
     result = rd.run("purge")
     assert result.returncode == 0 and "removed 1 keys" in result.stdout, result.stderr
-    # The shared port key stays, with its expiry: the hosts still serving web renew it, else it runs out.
+    # The shared port key stays, unclaimed: the hosts still serving web use it, else the leader sweeps it. The
+    # heartbeat went with the index: the host is a departed one for the leader.
     port = f"{rd.prefix}/web/port"
-    assert rd.keys() == {port: "80"} and 0 < rd.look.pttl(port) <= 30_000 and not rd.look.exists(rd.index)
+    assert rd.keys() == {port: "80"} and not rd.look.exists(rd.index) and not rd.look.exists(rd.alive)
+    assert not rd.look.hexists(dr.REDIS_CLAIMS.format(prefix=rd.prefix), port)
     again = rd.run("purge")
     assert again.returncode == 0 and "removed 0 keys" in again.stdout, again.stderr
 
@@ -246,14 +305,16 @@ def test_every_layout_registers_dry_runs_and_purges(rd, layout):
     assert set(rd.keys(prefix)) == ({f"{prefix}/web/port"} if layout == "discover" else set())  # shared: expiring
 
 
-def test_sync_every_registers_deregisters_and_rewrites_no_value_between(rd):
+def test_sync_every_registers_deregisters_and_writes_nothing_under_the_root_between(rd):
     with rd.running("sync", "--every", "1") as proc:
         cid = rd.docker_run("-P", "local/web")
         wait_until(lambda: rd.keys() == rd.web_keys(cid), 15, "the repeating sync to register the container")
-        before = rd.commands()
-        time.sleep(2.5)  # two or three passes with nothing to change
-        after = rd.commands()
-        assert writes(before, after) == Counter() and after["pexpire"] > before["pexpire"]
+        with keyspace_events(rd, rd.prefix) as events:
+            before = rd.commands()
+            time.sleep(2.5)  # two or three passes with nothing to change
+            after, seen = rd.commands(), events()
+        assert set(writes(before, after)) == {"set"} and after["pexpire"] == before["pexpire"]  # heartbeats only
+        assert seen == [], "no keyspace event under the root between changes"
         rd.engine.docker("rm", "-f", cid)
         wait_until(lambda: rd.keys() == {}, 15, "the repeating sync to remove the key")
         proc.send_signal(signal.SIGTERM)
@@ -311,7 +372,7 @@ def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(rd):
     assert rd.look.smembers(rd.index) == set(keys)
     before = rd.commands()
     rd.sync()
-    assert writes(before, rd.commands()) == Counter()
+    assert writes(before, rd.commands()) == Counter({"set": 1})  # the heartbeat
 
 
 # --- over TLS (rediss://) -----------------------------------------------------------------------
@@ -340,7 +401,7 @@ def one_line_error(result: subprocess.CompletedProcess, url: str) -> str:
     return result.stderr
 
 
-def test_over_tls_the_ca_given_registers_and_a_run_with_nothing_changed_only_renews(tls_rd, certs):
+def test_over_tls_the_ca_given_registers_and_a_run_with_nothing_changed_only_beats(tls_rd, certs):
     rd = tls_rd()
     cid = rd.docker_run("-P", "local/web")
     # The server's certificate is signed by the test CA: without --redis-cacert the run cannot trust it.
@@ -355,7 +416,7 @@ def test_over_tls_the_ca_given_registers_and_a_run_with_nothing_changed_only_ren
     result = rd.sync(REDIS_URL=rd.server.url, REDIS_CACERT=str(certs.ca))  # the environment twins
     after = rd.commands()
     assert "added 0, updated 0, removed 0, unchanged 2" in result.stdout
-    assert writes(before, after) == Counter() and after["pexpire"] - before["pexpire"] == 3
+    assert writes(before, after) == Counter({"set": 1}) and after["pexpire"] == before["pexpire"]
 
 
 def test_a_client_certificate_is_presented_to_a_server_that_requires_one(tls_rd, certs):
@@ -411,4 +472,23 @@ def test_traefik_reaches_the_registered_containers_and_after_a_stop_only_the_res
     rd.engine.docker("stop", "--time", "1", leaving)
     redis_edge.sync()
     redis_edge.wait_servers({published_url(rd.engine, staying, redis_edge.host_ip)})
+    assert redis_edge.answers() == Counter({(200, staying): REQUESTS})
+
+
+def test_traefik_drops_a_dead_hosts_servers_once_the_live_leader_ran_after_its_heartbeat(rd, redis_edge,
+                                                                                        second_engine, tmp_path):
+    there_ip = bridge_ip(second_engine)
+    staying, dying = start_web(rd.engine, *WEB_LABELS), start_web(second_engine, *WEB_LABELS)
+    there = redis_edge.env(second_engine, there_ip, str(tmp_path / "there" / "sync.lock"))
+    with rd.running("sync", "--every", "1", "--layout", "traefik", **redis_edge.env()):
+        # The second host runs once with a 2 s TTL, then dies: its heartbeat runs out 2 s later, and the live
+        # host's next pass (every second) deletes its keys as the leader.
+        rd.sync("--layout", "traefik", **there, DOCKER_REGISTER_TTL="2")
+        last_run = time.monotonic()
+        redis_edge.wait_servers({published_url(rd.engine, staying, redis_edge.host_ip),
+                                 published_url(second_engine, dying, there_ip)})
+        second_engine.docker("stop", "--time", "1", dying)
+        redis_edge.wait_servers({published_url(rd.engine, staying, redis_edge.host_ip)})
+        gone = time.monotonic() - last_run
+    assert gone <= 2 + 1 + 1, f"gone {gone:.2f} s after its last run: the TTL, a pass, Traefik's throttle"
     assert redis_edge.answers() == Counter({(200, staying): REQUESTS})

@@ -769,3 +769,36 @@ def test_a_key_goes_where_a_departed_hosts_folder_was_left_empty(zk):
     result = zk.sync()
     assert "added 2" in result.stdout
     assert zk.keys()[f"{zk.prefix}/web/{cid[:12]}"].startswith(zk.host_ip + ":")
+
+
+# --- what a run costs ----------------------------------------------------------------------------
+
+
+def test_a_run_with_nothing_changed_sends_as_many_requests_at_300_keys_as_at_10(zookeeper, tmp_path, monkeypatch):
+    """Reads go in multiRead requests and the session's nodes are listed in one GetEphemerals: the count of
+    requests (each kazoo call, counted in this process; connecting and pings are not calls) stays flat."""
+    from kazoo.client import KazooClient
+
+    from fakes import FakeDocker, config, web
+
+    sent, call = Counter(), KazooClient._call
+    monkeypatch.setattr(KazooClient, "_call", lambda self, request, pending: (
+        sent.update([type(request).__name__]), call(self, request, pending))[1])
+    counts = {}
+    for n in (10, 300):
+        prefix, lock = f"/z-requests-{next(_numbers)}", tmp_path / f"{n}.lock"
+        settings = dr.Settings(backend=dr.BackendName.zookeeper, zookeeper=zookeeper.endpoint)
+        cfg = config(tmp_path, ttl=10, prefix=prefix, lock_file=str(lock), backend="zookeeper", timeout=5.0,
+                     zookeeper=dr.zookeeper_settings(settings, prefix, str(lock), "192.0.2.40"))
+        docker = FakeDocker([web(i, 32768 + i) for i in range(n)])
+        for run in range(3):  # the first sync, the leader's first look, then the run counted
+            sent.clear()
+            store, close = dr.open_store(cfg)
+            try:
+                outcome = dr.reconcile(cfg, docker, store, dry_run=False)
+            finally:
+                close()
+        assert outcome.plan.changes == () and outcome.plan.unchanged == n + 1
+        counts[n] = Counter(sent)
+    assert counts[10] == counts[300], counts
+    assert sum(counts[300].values()) <= 5, counts
