@@ -123,6 +123,9 @@ COALESCE_SECONDS = 0.25
 COALESCE_MAX_SECONDS = 1.0
 #: Longest wait before trying the Docker event stream again after it broke.
 MAX_EVENTS_BACKOFF = 30.0
+#: How often `--events` lists the running containers on an engine whose stops begin without an event
+#: (Podman: no `kill` event; a stopping container leaves the running list at once, as "stopping").
+STOP_POLL_SECONDS = 1.0
 #: Default DNS domain of the SkyDNS layout.
 DEFAULT_DOMAIN = "docker.local"
 #: One DNS label: what a SkyDNS name segment must be.
@@ -895,6 +898,18 @@ def event_effect(event: Mapping) -> tuple[EventEffect, str]:
     return EventEffect.NONE, container_id
 
 
+def announces_stops(engine: str) -> bool:
+    """Whether an engine (by what it calls itself) sends an event as a stop begins: Docker's `kill` does;
+    Podman's (Libpod's) stop sends nothing until the container is gone."""
+    return not any(name in engine.lower() for name in ("libpod", "podman"))
+
+
+def stop_effects(before: frozenset[str], running: frozenset[str]) -> list[tuple[EventEffect, str]]:
+    """Two lists of running containers in a row, on an engine that announces no stop: each container that
+    left the list is being stopped (or paused, or has died) and drains."""
+    return [(EventEffect.DRAIN, container_id) for container_id in sorted(before - running)]
+
+
 # --- Layouts: registrations -> the keys a consumer reads ------------------------------------
 
 
@@ -1580,6 +1595,9 @@ class ContainerSource(Protocol):
     def events(self) -> Iterator[dict]:
         """Docker's container events as they happen (GET /events), until the stream breaks (DockerError)."""
 
+    def engine_name(self) -> str:
+        """What the engine calls itself: "Docker/20.10.24 (linux)", "Libpod/4.3.1 (linux)" (Podman)."""
+
 
 class DockerSource:
     """Lists running containers with one Engine API request."""
@@ -1635,6 +1653,16 @@ class DockerSource:
         except docker_failures() as error:
             raise DockerError(f"docker at {self.where}: event stream: {describe_docker_error(error)}") from None
         return self._messages(stream)
+
+    def engine_name(self) -> str:
+        """GET /_ping (unversioned; GET /version takes Podman most of a second): its Server header."""
+        url = self.client._url("/_ping", versioned_api=False)
+        try:
+            response = self.client._get(url)
+            self.client._raise_for_status(response)
+            return response.headers.get("Server", "")
+        except docker_failures() as error:
+            raise DockerError(f"docker at {self.where}: ping: {describe_docker_error(error)}") from None
 
     def _messages(self, stream: Iterable[dict]) -> Iterator[dict]:
         """The stream's messages; its end or failure is a DockerError."""
@@ -2893,6 +2921,38 @@ def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers
         backoff = min(backoff * 2, MAX_EVENTS_BACKOFF)
 
 
+def follow_stops(open_source: Callable[[], ContainerSource], triggers: Triggers, stop: threading.Event,
+                 period: float = STOP_POLL_SECONDS) -> None:
+    """On an engine that announces no stop (Podman), list the running containers every period until stop and
+    drain those that left the list; on Docker, whose `kill` event does that, return after asking its name.
+    A failed list is tried again next period (follow_events and the passes say that the engine is down)."""
+    source: Optional[ContainerSource] = None
+    engine: Optional[str] = None
+    before: Optional[frozenset[str]] = None
+    try:
+        while not stop.is_set():
+            try:
+                source = source or open_source()
+                if engine is None:
+                    engine = source.engine_name()
+                    if announces_stops(engine):
+                        return
+                running = frozenset(str(c.get("Id", "")) for c in source.running_containers())
+                for effect, container_id in stop_effects(running if before is None else before, running):
+                    triggers.note(effect, container_id)
+                before = running
+            except RegisterError:  # `before` stays: a container that leaves meanwhile still drains
+                if source is not None:
+                    with contextlib.suppress(Exception):
+                        source.close()
+                source = None
+            stop.wait(period)
+    finally:
+        if source is not None:
+            with contextlib.suppress(Exception):
+                source.close()
+
+
 def settle(triggers: Triggers, stop: threading.Event) -> None:
     """Wait out a burst of events: until none came for COALESCE_SECONDS, at most COALESCE_MAX_SECONDS."""
     first = last = time.monotonic()
@@ -3320,9 +3380,11 @@ def sync_command(
             stop = stop_on_signals()
             triggers = Triggers()
             if events:
+                open_source = functools.partial(DockerSource, config.timeout)
                 threading.Thread(target=follow_events, daemon=True, name="docker-events",
-                                 args=(functools.partial(DockerSource, config.timeout), triggers, stop,
-                                       print_note)).start()
+                                 args=(open_source, triggers, stop, print_note)).start()
+                threading.Thread(target=follow_stops, daemon=True, name="docker-stops",
+                                 args=(open_source, triggers, stop)).start()
             raise typer.Exit(sync_every(config, functools.partial(open_adapters, config), every, report, stop,
                                         triggers))
         adapters = open_adapters(config)

@@ -299,6 +299,57 @@ def test_stop_ends_follow_events_promptly_while_it_backs_off(monkeypatch):
     assert engine.closed == len(engine.opened)
 
 
+# --- follow_stops: engines whose stops begin without an event (Podman) ---------------------------
+
+PODMAN = "Libpod/4.3.1 (linux)"  # the Server header of Podman 4.3's GET /_ping
+
+
+@pytest.mark.parametrize("engine, announces", [
+    ("Docker/20.10.24+dfsg1 (linux)", True), ("Docker/29.0.0 (linux)", True), ("", True),
+    (PODMAN, False), ("Podman Engine", False),
+])
+def test_only_podman_is_an_engine_whose_stops_begin_without_an_event(engine, announces):
+    assert dr.announces_stops(engine) is announces
+
+
+def test_stop_effects_drain_each_container_that_left_the_running_list():
+    other = "b" * 64
+    assert dr.stop_effects(frozenset({CID, other}), frozenset({other})) == [(dr.EventEffect.DRAIN, CID)]
+    assert dr.stop_effects(frozenset({other}), frozenset({CID, other})) == []  # a start is the start event's
+    assert dr.stop_effects(frozenset({CID}), frozenset({CID})) == []
+
+
+def follow_stops_on(docker: FakeDocker, period: float = 0.05):
+    """follow_stops in a thread over a FakeDocker (each open_source call the same engine)."""
+    triggers, stop = dr.Triggers(), threading.Event()
+    thread = threading.Thread(target=dr.follow_stops, args=(lambda: docker, triggers, stop, period), daemon=True)
+    thread.start()
+    return triggers, stop, thread
+
+
+def test_on_docker_follow_stops_asks_the_engine_once_and_lists_nothing():
+    docker = FakeDocker([web(1, public=32769)])
+    triggers, stop, thread = follow_stops_on(docker)
+    thread.join(JOIN_SECONDS)
+    assert not thread.is_alive() and docker.calls == 0 and not triggers.wake.is_set()
+
+
+def test_on_podman_a_container_leaving_the_running_list_drains_even_across_a_failed_list():
+    docker = FakeDocker([web(1, public=32769), web(2, public=32770)], engine=PODMAN)
+    triggers, stop, thread = follow_stops_on(docker)
+    try:
+        wait_until(lambda: docker.calls >= 2, JOIN_SECONDS, "two lists")
+        assert not triggers.wake.is_set(), "containers running from the start are no stop"
+        docker.fail_next(2)  # the engine is unreachable for two periods, and a stop begins meanwhile
+        docker.containers[0]["State"] = "stopping"
+        wait_until(lambda: triggers.draining() == {web(1)["Id"]}, JOIN_SECONDS, "the stopping container to drain")
+        assert triggers.wake.is_set()
+    finally:
+        stop.set()
+        thread.join(JOIN_SECONDS)
+    assert not thread.is_alive()
+
+
 # --- sync_every with triggers ------------------------------------------------------------------
 
 class Passes:
