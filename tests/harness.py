@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -258,8 +259,7 @@ class Podman:
             '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
             '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
             f'[network]\nnetwork_config_dir = "{self.root / "networks"}"\ndefault_network = "{self.bridge}"\n')
-        if self.podman("network", "exists", self.bridge, check=False).returncode != 0:
-            self.podman("network", "create", "--interface-name", self.bridge, "--subnet", self.subnet, self.bridge)
+        self.write_network(self.bridge, self.bridge, self.subnet)
         log = open(self.root / "podman.log", "ab")
         self.proc = subprocess.Popen(self.command("system", "service", "--time=0", self.host),
                                      stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -267,6 +267,18 @@ class Podman:
         wait_serving(self.proc, "podman", self.root / "podman.log", lambda: self.api("/_ping") == b"OK", 60,
                      "podman's socket to answer")
         return self
+
+    def write_network(self, name: str, bridge: str, subnet: str) -> None:
+        """Define a bridge network in the network folder, as netavark's own files do: Podman 4.3 chooses a
+        network's bridge name itself (podman0 for the default one, podmanN for others; --interface-name is 4.4)."""
+        folder = self.root / "networks"
+        folder.mkdir(parents=True, exist_ok=True)
+        gateway = subnet.rsplit(".", 1)[0] + ".1"
+        (folder / f"{name}.json").write_text(json.dumps({
+            "name": name, "id": hashlib.sha256(name.encode()).hexdigest(), "driver": "bridge",
+            "network_interface": bridge, "created": "2026-01-01T00:00:00Z",
+            "subnets": [{"subnet": subnet, "gateway": gateway}], "ipv6_enabled": False, "internal": False,
+            "dns_enabled": False, "ipam_options": {"driver": "host-local"}}, indent=2))
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(self.conf)}
@@ -307,9 +319,11 @@ class Podman:
             self.podman("load", input=saved)
 
     def remove_all_containers(self) -> None:
-        """Remove every container of this instance (and the networks tests made)."""
+        """Remove every container of this instance (and the networks tests made, but the default one)."""
         self.podman("rm", "-f", "-a", "-t", "0", check=False)
-        self.podman("network", "prune", "-f", check=False)
+        for network in (self.root / "networks").glob("*.json"):
+            if network.stem != self.bridge:
+                network.unlink()
 
     def stop(self) -> None:
         """Remove the containers, stop the service and unmount what Podman left under root."""
