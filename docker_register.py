@@ -123,8 +123,8 @@ COALESCE_SECONDS = 0.25
 COALESCE_MAX_SECONDS = 1.0
 #: Longest wait before trying the Docker event stream again after it broke.
 MAX_EVENTS_BACKOFF = 30.0
-#: How often `--events` lists the running containers on an engine whose stops begin without an event
-#: (Podman: no `kill` event; a stopping container leaves the running list at once, as "stopping").
+#: How often `--events` lists all containers on an engine whose stops begin without an event (Podman: no
+#: `kill` event, but its list shows the state "stopping" from the start of a stop until the exit).
 STOP_POLL_SECONDS = 1.0
 #: Default DNS domain of the SkyDNS layout.
 DEFAULT_DOMAIN = "docker.local"
@@ -904,10 +904,15 @@ def announces_stops(engine: str) -> bool:
     return not any(name in engine.lower() for name in ("libpod", "podman"))
 
 
-def stop_effects(before: frozenset[str], running: frozenset[str]) -> list[tuple[EventEffect, str]]:
-    """Two lists of running containers in a row, on an engine that announces no stop: each container that
-    left the list is being stopped (or paused, or has died) and drains."""
-    return [(EventEffect.DRAIN, container_id) for container_id in sorted(before - running)]
+def stopping_of(containers: Iterable[Mapping]) -> frozenset[str]:
+    """The ids of the containers a list of all containers shows being stopped (Podman's state "stopping")."""
+    return frozenset(str(c.get("Id", "")) for c in containers if c.get("State") == "stopping" and c.get("Id"))
+
+
+def stop_effects(before: frozenset[str], stopping: frozenset[str]) -> list[tuple[EventEffect, str]]:
+    """Two lists in a row of the containers being stopped, on an engine that announces no stop: each one new
+    to the list drains (once: the pass after it forgets the drain, as the container no longer runs)."""
+    return [(EventEffect.DRAIN, container_id) for container_id in sorted(stopping - before)]
 
 
 # --- Layouts: registrations -> the keys a consumer reads ------------------------------------
@@ -1598,6 +1603,9 @@ class ContainerSource(Protocol):
     def engine_name(self) -> str:
         """What the engine calls itself: "Docker/20.10.24 (linux)", "Libpod/4.3.1 (linux)" (Podman)."""
 
+    def all_containers(self) -> list[dict]:
+        """GET /containers/json?all=1 entries: every container, whatever its state."""
+
 
 class DockerSource:
     """Lists running containers with one Engine API request."""
@@ -1663,6 +1671,17 @@ class DockerSource:
             return response.headers.get("Server", "")
         except docker_failures() as error:
             raise DockerError(f"docker at {self.where}: ping: {describe_docker_error(error)}") from None
+
+    def all_containers(self) -> list[dict]:
+        """GET /containers/json?all=1 as raw dicts (Podman 4.3 refuses a status=stopping filter)."""
+        url = self.client._url("/containers/json", versioned_api=False)
+        try:
+            response = self.client._get(url, params={"all": 1})
+            self.client._raise_for_status(response)
+            return json.loads(response.content)
+        except docker_failures() as error:
+            raise DockerError(f"docker at {self.where}: cannot list all containers: "
+                              f"{describe_docker_error(error)}") from None
 
     def _messages(self, stream: Iterable[dict]) -> Iterator[dict]:
         """The stream's messages; its end or failure is a DockerError."""
@@ -2923,12 +2942,12 @@ def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers
 
 def follow_stops(open_source: Callable[[], ContainerSource], triggers: Triggers, stop: threading.Event,
                  period: float = STOP_POLL_SECONDS) -> None:
-    """On an engine that announces no stop (Podman), list the running containers every period until stop and
-    drain those that left the list; on Docker, whose `kill` event does that, return after asking its name.
-    A failed list is tried again next period (follow_events and the passes say that the engine is down)."""
+    """On an engine that announces no stop (Podman), list all containers every period until stop and drain each
+    one newly in the state "stopping"; on Docker, whose `kill` event does that, return after asking its name. A failed
+    list is tried again next period (follow_events and the passes say that the engine is down)."""
     source: Optional[ContainerSource] = None
     engine: Optional[str] = None
-    before: Optional[frozenset[str]] = None
+    before: frozenset[str] = frozenset()
     try:
         while not stop.is_set():
             try:
@@ -2937,11 +2956,11 @@ def follow_stops(open_source: Callable[[], ContainerSource], triggers: Triggers,
                     engine = source.engine_name()
                     if announces_stops(engine):
                         return
-                running = frozenset(str(c.get("Id", "")) for c in source.running_containers())
-                for effect, container_id in stop_effects(running if before is None else before, running):
+                stopping = stopping_of(source.all_containers())
+                for effect, container_id in stop_effects(before, stopping):
                     triggers.note(effect, container_id)
-                before = running
-            except RegisterError:  # `before` stays: a container that leaves meanwhile still drains
+                before = stopping
+            except RegisterError:
                 if source is not None:
                     with contextlib.suppress(Exception):
                         source.close()

@@ -136,6 +136,14 @@ class FakeDocker:
     def engine_name(self) -> str:
         return self.engine
 
+    def all_containers(self) -> list[dict]:
+        """Like GET /containers/json?all=1 (counted as a list call)."""
+        self.calls += 1
+        if self._failures:
+            self._failures -= 1
+            raise dr.DockerError(f"{self.where}: cannot list all containers: Connection refused")
+        return copy.deepcopy(self.containers)
+
     def close(self) -> None:
         pass
 
