@@ -126,6 +126,9 @@ MAX_EVENTS_BACKOFF = 30.0
 #: Most of an HTTP error answer's body read for its message, and most of that message quoted in an error line.
 MAX_REFUSAL_BODY = 4096
 MAX_REFUSAL_TEXT = 300
+#: How often `--events` lists all containers on an engine whose stops begin without an event (Podman: no
+#: `kill` event, but its list shows the state "stopping" from the start of a stop until the exit).
+STOP_POLL_SECONDS = 1.0
 #: Default DNS domain of the SkyDNS layout.
 DEFAULT_DOMAIN = "docker.local"
 #: One DNS label: what a SkyDNS name segment must be.
@@ -923,6 +926,23 @@ def event_effect(event: Mapping) -> tuple[EventEffect, str]:
     return EventEffect.NONE, container_id
 
 
+def announces_stops(engine: str) -> bool:
+    """Whether an engine (by what it calls itself) sends an event as a stop begins: Docker's `kill` does;
+    Podman's (Libpod's) stop sends nothing until the container is gone."""
+    return not any(name in engine.lower() for name in ("libpod", "podman"))
+
+
+def stopping_of(containers: Iterable[Mapping]) -> frozenset[str]:
+    """The ids of the containers a list of all containers shows being stopped (Podman's state "stopping")."""
+    return frozenset(str(c.get("Id", "")) for c in containers if c.get("State") == "stopping" and c.get("Id"))
+
+
+def stop_effects(before: frozenset[str], stopping: frozenset[str]) -> list[tuple[EventEffect, str]]:
+    """Two lists in a row of the containers being stopped, on an engine that announces no stop: each one new
+    to the list drains (once: the pass after it forgets the drain, as the container no longer runs)."""
+    return [(EventEffect.DRAIN, container_id) for container_id in sorted(stopping - before)]
+
+
 # --- Layouts: registrations -> the keys a consumer reads ------------------------------------
 
 
@@ -1645,6 +1665,12 @@ class ContainerSource(Protocol):
     def events(self) -> Iterator[dict]:
         """Docker's container events as they happen (GET /events), until the stream breaks (DockerError)."""
 
+    def engine_name(self) -> str:
+        """What the engine calls itself: "Docker/20.10.24 (linux)", "Libpod/4.3.1 (linux)" (Podman)."""
+
+    def all_containers(self) -> list[dict]:
+        """GET /containers/json?all=1 entries: every container, whatever its state."""
+
 
 class DockerSource:
     """Lists running containers with one Engine API request.
@@ -1690,6 +1716,14 @@ class DockerSource:
         params = {"filters": json.dumps({"type": ["container"]})}
         self._stream = self._get("event stream", "/events", params=params, stream=True, timeout=None)
         return self._messages(self._stream)
+
+    def engine_name(self) -> str:
+        """GET /_ping (GET /version takes Podman most of a second): its Server header."""
+        return self._get("ping", "/_ping").headers.get("Server", "")
+
+    def all_containers(self) -> list[dict]:
+        """GET /containers/json?all=1 as raw dicts (Podman 4.3 refuses a status=stopping filter)."""
+        return self._get_json("cannot list all containers", "/containers/json", params={"all": 1})
 
     def _messages(self, response) -> Iterator[dict]:
         """The stream's messages; its end or failure is a DockerError."""
@@ -3212,6 +3246,38 @@ def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers
         backoff = min(backoff * 2, MAX_EVENTS_BACKOFF)
 
 
+def follow_stops(open_source: Callable[[], ContainerSource], triggers: Triggers, stop: threading.Event,
+                 period: float = STOP_POLL_SECONDS) -> None:
+    """On an engine that announces no stop (Podman), list all containers every period until stop and drain each
+    one newly in the state "stopping"; on Docker, whose `kill` event does that, return after asking its name. A failed
+    list is tried again next period (follow_events and the passes say that the engine is down)."""
+    source: Optional[ContainerSource] = None
+    engine: Optional[str] = None
+    before: frozenset[str] = frozenset()
+    try:
+        while not stop.is_set():
+            try:
+                source = source or open_source()
+                if engine is None:
+                    engine = source.engine_name()
+                    if announces_stops(engine):
+                        return
+                stopping = stopping_of(source.all_containers())
+                for effect, container_id in stop_effects(before, stopping):
+                    triggers.note(effect, container_id)
+                before = stopping
+            except RegisterError:
+                if source is not None:
+                    with contextlib.suppress(Exception):
+                        source.close()
+                source = None
+            stop.wait(period)
+    finally:
+        if source is not None:
+            with contextlib.suppress(Exception):
+                source.close()
+
+
 def settle(triggers: Triggers, stop: threading.Event) -> None:
     """Wait out a burst of events: until none came for COALESCE_SECONDS, at most COALESCE_MAX_SECONDS."""
     first = last = time.monotonic()
@@ -3639,9 +3705,11 @@ def sync_command(
             stop = stop_on_signals()
             triggers = Triggers()
             if events:
+                open_source = functools.partial(DockerSource, config.timeout)
                 threading.Thread(target=follow_events, daemon=True, name="docker-events",
-                                 args=(functools.partial(DockerSource, config.timeout), triggers, stop,
-                                       print_note)).start()
+                                 args=(open_source, triggers, stop, print_note)).start()
+                threading.Thread(target=follow_stops, daemon=True, name="docker-stops",
+                                 args=(open_source, triggers, stop)).start()
             raise typer.Exit(sync_every(config, functools.partial(open_adapters, config), every, report, stop,
                                         triggers))
         adapters = open_adapters(config)

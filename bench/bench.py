@@ -9,6 +9,7 @@
     .venv/bin/python bench/bench.py backends               # etcd, ZooKeeper, Redis side by side
     .venv/bin/python bench/bench.py events                 # --events next to the timer mode, ~5 min
     .venv/bin/python bench/bench.py rolling                # rolling restart through Traefik, ~3.5 min
+    .venv/bin/python bench/bench.py engines                # stop -> key gone on Docker and on Podman, ~2 min
     .venv/bin/python bench/bench.py failover               # losing the host that wrote a router, 3 stores, ~2 min
     .venv/bin/python bench/bench.py failover --backend etcd --module /tmp/before.py   # an older module
 
@@ -24,6 +25,7 @@ events   `sync --every 10 --events` next to the timer mode: latency of start, he
          the long-running process's CPU and memory at 50 containers (events.py).
 rolling  a rolling restart of two backends through a real Traefik: failed requests with --events and
          with the timer mode, at two providersThrottleDuration values (rolling.py).
+engines  stop -> key gone with --events on Docker and on a Podman it starts (engines.py).
 failover two hosts behind a real Traefik: failed requests when the host that wrote a service's router keys
          purges or is killed, and what Traefik answers once the last host purges, per store (failover.py).
 
@@ -41,6 +43,7 @@ import time
 
 import backends
 import deregister
+import engines
 import events
 import failover
 import fleet
@@ -65,6 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                            "latency and cost"))
     rolling.add_arguments(commands.add_parser("rolling", help="rolling restart through a real Traefik: "
                                                              "failed requests"))
+    engines.add_arguments(commands.add_parser("engines", help="stop -> key gone with --events on Docker and "
+                                                             "Podman"))
     failover.add_arguments(commands.add_parser("failover", help="losing or purging the host that wrote a "
                                                                "service's router, through Traefik"))
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return with_servers(args, "docker-register sync --every --events: latency and cost", "dre", events.run)
     if args.command == "rolling":
         return with_servers(args, "docker-register rolling restart through Traefik", "drr", rolling.run)
+    if args.command == "engines":
+        return with_servers(args, "docker-register stop -> key gone on Docker and Podman", "dri", engines.run)
     if args.command == "failover":
         check_environment()
         print_machine("docker-register failover through Traefik: two hosts, etcd, ZooKeeper, Redis")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import Certs, Docker29, Dockerd, Etcd, ReadOnlyProxy, Redis, ZooKeeper, require  # noqa: E402
+from harness import Certs, Docker29, Dockerd, Etcd, Podman, ReadOnlyProxy, Redis, ZooKeeper, require  # noqa: E402
 
 #: Hypothesis examples per property: 300 in the full suite (scripts/test, what CI runs), 40 otherwise (the
 #: developer loop, scripts/test -m unit or a plain pytest run).
@@ -30,7 +30,8 @@ _proxies = itertools.count(1)
 #: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
 SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
                              "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server",
-                             "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29", "proxy"})
+                             "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29", "proxy", "podman_service",
+                             "podman"})
 #: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
 IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 
@@ -129,6 +130,25 @@ def second_engine(second_dockerd):
     second_dockerd.remove_all_containers()
 
 
+@pytest.fixture(scope="session")
+def podman_service(servers_root, dockerd):
+    """A rootful Podman's Docker-compatible socket for the run, with the dockerd's test images loaded."""
+    service = Podman(servers_root / "podman")
+    try:
+        service.start()
+        service.load_images(dockerd)
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def podman(podman_service):
+    """The shared Podman, emptied after the test."""
+    yield podman_service
+    podman_service.remove_all_containers()
+
+
 @pytest.fixture
 def engine(dockerd):
     """The shared dockerd, emptied after the test so no container leaks into the next one."""
@@ -152,6 +172,13 @@ def world(engine, etcd, tmp_path):
     Afterwards every lease is revoked, so no lease of this test expires (and moves the revision)
     during the next one."""
     yield World(engine, etcd, next(_counter), tmp_path)
+    etcd.revoke_all_leases()
+
+
+@pytest.fixture
+def podman_world(podman, etcd, tmp_path):
+    """world, with the Podman socket as the engine (DOCKER_HOST) instead of the dockerd."""
+    yield World(podman, etcd, next(_counter), tmp_path)
     etcd.revoke_all_leases()
 
 

@@ -105,8 +105,10 @@ class FakeDocker:
 
     where = "docker at fake"
 
-    def __init__(self, containers: Sequence[dict] = ()):
+    def __init__(self, containers: Sequence[dict] = (), engine: str = "Docker/20.10.24+dfsg1 (linux)"):
         self.containers = list(containers)
+        #: What the engine calls itself (the Server header of GET /_ping): Docker or "Libpod/4.3.1 (linux)".
+        self.engine = engine
         #: Number of list calls made (each would be one GET /containers/json).
         self.calls = 0
         #: Number of inspects made (each would be one GET /containers/{id}/json).
@@ -130,6 +132,20 @@ class FakeDocker:
             self._failures -= 1
             raise dr.DockerError(f"{self.where}: cannot list containers (GET /containers/json): Connection refused")
         return [copy.deepcopy(c) for c in self.containers if c.get("State") == "running"]
+
+    def engine_name(self) -> str:
+        return self.engine
+
+    def all_containers(self) -> list[dict]:
+        """Like GET /containers/json?all=1 (counted as a list call)."""
+        self.calls += 1
+        if self._failures:
+            self._failures -= 1
+            raise dr.DockerError(f"{self.where}: cannot list all containers: Connection refused")
+        return copy.deepcopy(self.containers)
+
+    def close(self) -> None:
+        pass
 
     def exposed_ports(self, container_id: str) -> list[str]:
         """Like an inspect: the exposed ports of the container ("80/tcp"), from its "ExposedPorts" entry here."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -104,7 +105,7 @@ def require(binary: str) -> str:
         (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}", f"/sbin/{binary}") if os.access(p, os.X_OK)), None)
     if not path:
         raise RuntimeError(f"{binary} not found: run scripts/setup (apt-get install docker.io etcd-server "
-                           "etcd-client busybox-static haproxy)")
+                           "etcd-client busybox-static haproxy podman)")
     return path
 
 
@@ -496,6 +497,111 @@ class ReadOnlyProxy:
         """Stop haproxy."""
         if self.proc:
             stop_process(self.proc)
+
+
+class Podman:
+    """A rootful Podman's Docker-compatible socket with private storage, state and networks, started like the
+    private dockerd (FACTS: the conf's ulimits, cgroupfs and the file event logger are what make it run here).
+
+    Its default network is one of its own (name, bridge and subnet; Podman's built-in one would be `podman0`
+    with 10.88.0.0/16 for every Podman on the machine), its network files stay under root; `podman run -P`
+    publishes through netavark's iptables rules, which go with the container.
+    """
+
+    def __init__(self, root: Path, bridge: str | None = None, subnet: str | None = None):
+        self.root = root
+        self.socket = root / "podman.sock"
+        self.host = f"unix://{self.socket}"
+        self.conf = root / "containers.conf"
+        self.bridge = bridge or f"drp{os.getpid() % 100000}"
+        self.subnet = subnet or f"10.217.{os.getpid() % 250}.0/24"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Podman":
+        """Write the conf, start `podman system service` detached and wait until the socket answers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+            f'[network]\nnetwork_config_dir = "{self.root / "networks"}"\ndefault_network = "{self.bridge}"\n')
+        self.write_network(self.bridge, self.bridge, self.subnet)
+        log = open(self.root / "podman.log", "ab")
+        self.proc = subprocess.Popen(self.command("system", "service", "--time=0", self.host),
+                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=self.env())
+        wait_serving(self.proc, "podman", self.root / "podman.log", lambda: self.api("/_ping") == b"OK", 60,
+                     "podman's socket to answer")
+        return self
+
+    def write_network(self, name: str, bridge: str, subnet: str) -> None:
+        """Define a bridge network in the network folder, as netavark's own files do: Podman 4.3 chooses a
+        network's bridge name itself (podman0 for the default one, podmanN for others; --interface-name is 4.4)."""
+        folder = self.root / "networks"
+        folder.mkdir(parents=True, exist_ok=True)
+        gateway = subnet.rsplit(".", 1)[0] + ".1"
+        (folder / f"{name}.json").write_text(json.dumps({
+            "name": name, "id": hashlib.sha256(name.encode()).hexdigest(), "driver": "bridge",
+            "network_interface": bridge, "created": "2026-01-01T00:00:00Z",
+            "subnets": [{"subnet": subnet, "gateway": gateway}], "ipv6_enabled": False, "internal": False,
+            "dns_enabled": False, "ipam_options": {"driver": "host-local"}}, indent=2))
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_CONF": str(self.conf)}
+
+    def command(self, *args: str) -> list[str]:
+        """A podman command line on this instance's storage and state."""
+        return [require("podman"), "--root", str(self.root / "storage"), "--runroot", str(self.root / "run"),
+                "--tmpdir", str(self.root / "tmp"), "--storage-driver", "vfs", *args]
+
+    def podman(self, *args: str, check: bool = True, timeout: float = 120,
+               input: bytes | None = None) -> subprocess.CompletedProcess:
+        """Run the podman CLI on this instance (straight on its storage, as the service is)."""
+        return subprocess.run(self.command(*args), capture_output=True, check=check, timeout=timeout, input=input,
+                              env=self.env(), text=input is None)
+
+    def api(self, path: str) -> bytes:
+        """GET a path of the Docker-compatible API on the socket ('' when it does not answer)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.settimeout(5)
+                sock.connect(str(self.socket))
+                sock.sendall(f"GET {path} HTTP/1.0\r\nHost: podman\r\n\r\n".encode())
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except OSError:
+                return b""
+        return answer.partition(b"\r\n\r\n")[2]
+
+    def load_images(self, dockerd: "Dockerd") -> None:
+        """Load the dockerd's test images (`docker save | podman load`); Podman names them localhost/<name>."""
+        present = set(self.podman("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split())
+        for image in IMAGES:
+            if image in present or f"localhost/{image}" in present:
+                continue
+            saved = subprocess.run([require("docker"), "-H", dockerd.host, "save", image], capture_output=True,
+                                   check=True).stdout
+            self.podman("load", input=saved)
+
+    def remove_all_containers(self) -> None:
+        """Remove every container of this instance (and the networks tests made, but the default one)."""
+        self.podman("rm", "-f", "-a", "-t", "0", check=False)
+        for network in (self.root / "networks").glob("*.json"):
+            if network.stem != self.bridge:
+                network.unlink()
+
+    def stop(self) -> None:
+        """Remove the containers, stop the service and unmount what Podman left under root."""
+        if self.proc:
+            try:
+                self.remove_all_containers()
+            except Exception:
+                pass
+            stop_process(self.proc)
+            with open("/proc/self/mounts") as mounts:
+                targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(self.root))]
+            for target in sorted(targets, reverse=True):
+                subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 class Etcd:

@@ -300,6 +300,69 @@ def test_stop_ends_follow_events_promptly_while_it_backs_off(monkeypatch):
     assert engine.closed == len(engine.opened)
 
 
+# --- follow_stops: engines whose stops begin without an event (Podman) ---------------------------
+
+PODMAN = "Libpod/4.3.1 (linux)"  # the Server header of Podman 4.3's GET /_ping
+
+
+@pytest.mark.parametrize("engine, announces", [
+    ("Docker/20.10.24+dfsg1 (linux)", True), ("Docker/29.0.0 (linux)", True), ("", True),
+    (PODMAN, False), ("Podman Engine", False),
+])
+def test_only_podman_is_an_engine_whose_stops_begin_without_an_event(engine, announces):
+    assert dr.announces_stops(engine) is announces
+
+
+def test_stopping_of_takes_the_containers_podman_lists_as_stopping():
+    listed = [{**web(1), "State": "stopping", "Status": "Stopping"}, web(2),
+              {**web(3), "State": "exited", "Status": "Exited (0) 2 seconds ago"}, {"State": "stopping"}]
+    assert dr.stopping_of(listed) == {web(1)["Id"]}
+
+
+def test_stop_effects_drain_each_container_new_to_the_stopping_list_once():
+    other = "b" * 64
+    assert dr.stop_effects(frozenset(), frozenset({CID})) == [(dr.EventEffect.DRAIN, CID)]
+    assert dr.stop_effects(frozenset({CID}), frozenset({CID, other})) == [(dr.EventEffect.DRAIN, other)]
+    assert dr.stop_effects(frozenset({CID}), frozenset({CID})) == []  # still stopping: drained already
+    assert dr.stop_effects(frozenset({CID}), frozenset()) == []  # gone: its die event runs the pass
+
+
+def follow_stops_on(docker: FakeDocker, period: float = 0.05):
+    """follow_stops in a thread over a FakeDocker (each open_source call the same engine)."""
+    triggers, stop = dr.Triggers(), threading.Event()
+    thread = threading.Thread(target=dr.follow_stops, args=(lambda: docker, triggers, stop, period), daemon=True)
+    thread.start()
+    return triggers, stop, thread
+
+
+def test_on_docker_follow_stops_asks_the_engine_once_and_lists_nothing():
+    docker = FakeDocker([web(1, public=32769)])
+    triggers, stop, thread = follow_stops_on(docker)
+    thread.join(JOIN_SECONDS)
+    assert not thread.is_alive() and docker.calls == 0 and not triggers.wake.is_set()
+
+
+def test_on_podman_a_stopping_container_drains_once_even_after_a_failed_list():
+    docker = FakeDocker([web(1, public=32769), web(2, public=32770)], engine=PODMAN)
+    triggers, stop, thread = follow_stops_on(docker)
+    try:
+        wait_until(lambda: docker.calls >= 2, JOIN_SECONDS, "two lists")
+        assert not triggers.wake.is_set()
+        docker.fail_next(2)  # the engine is unreachable for two periods, and a stop begins meanwhile
+        docker.containers[0]["State"] = "stopping"
+        wait_until(lambda: triggers.draining() == {web(1)["Id"]}, JOIN_SECONDS, "the stopping container to drain")
+        assert triggers.wake.is_set()
+        triggers.forget_gone(frozenset({web(2)["Id"]}), time.monotonic())  # the pass after the drain
+        triggers.wake.clear()
+        calls = docker.calls
+        wait_until(lambda: docker.calls >= calls + 3, JOIN_SECONDS, "three more lists")
+        assert not triggers.wake.is_set() and triggers.draining() == frozenset(), "one drain per stop"
+    finally:
+        stop.set()
+        thread.join(JOIN_SECONDS)
+    assert not thread.is_alive()
+
+
 # --- sync_every with triggers ------------------------------------------------------------------
 
 class Passes:
