@@ -176,6 +176,9 @@ REDIS_CLAIMS = "docker-register:roots:{prefix}:claims"
 #: unless renewed, which a run does only once less than half is left: a fleet whose hosts all died leaves nothing
 #: for good, and a run with nothing to change renews nothing under the root.
 REDIS_KEEP_TTLS = 120
+#: Exact keys a Redis run reads in its pipeline before it reads their folders instead (each a SCAN of the
+#: whole database): a pipeline takes any number, so this only bounds its size.
+REDIS_READS = 2000
 #: StoredKey.lease of a Redis key that carries an expiry but is not in this host's index: another host's.
 FOREIGN_LEASE = -1
 #: Where a ZooKeeper host claims the shared nodes it wrote (persistent nodes, which no session owns): one
@@ -2733,7 +2736,7 @@ class RedisStore:
 
     releases = True  # a shared key another host uses leaves this host's index and claims
     tree = False
-    max_reads = ZOOKEEPER_READS  # one pipeline takes any number; a folder is a SCAN of the whole database
+    max_reads = REDIS_READS  # one pipeline takes any number; a folder is a SCAN of the whole database
 
     def __init__(self, settings: RedisSettings, prefix: str, ttl: int, timeout: float, lease_id: int,
                  layout: Layout = DISCOVER):
