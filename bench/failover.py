@@ -39,6 +39,7 @@ from pathlib import Path
 
 from common import (BINARY, Background, Dockerd, Traefik, backend_servers, log, print_table, print_targets, publish,
                     servers, stop_process, wait_until)
+from harness import zookeeper_nodes
 from test_consumers import WEB_HOST, WEB_SELF
 
 STORES = ("etcd", "zookeeper", "redis")
@@ -140,25 +141,8 @@ class ZooKeeperView(StoreView):
 
     def values(self, root: str) -> dict[str, str]:
         """Nodes holding a value or belonging to a session (a folder left empty is no key of anyone's)."""
-        from kazoo.exceptions import NoNodeError
-
-        found: dict[str, str] = {}
-
-        def walk(path: str) -> None:
-            try:
-                children = self.look.get_children(path)
-            except NoNodeError:
-                return
-            for child in children:
-                try:
-                    data, node = self.look.get(f"{path}/{child}")
-                except NoNodeError:
-                    continue
-                if data or node.ephemeralOwner:
-                    found[f"{path}/{child}"[1:]] = data.decode()
-                walk(f"{path}/{child}")
-        walk("/" + root)
-        return found
+        return {path[1:]: data for path, (data, owner) in zookeeper_nodes(self.look, "/" + root).items()
+                if data or owner}
 
     def clear(self, root: str) -> None:
         self.look.delete("/" + root, recursive=True)

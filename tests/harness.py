@@ -141,6 +141,37 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15
         proc.wait()
 
 
+def unmount_under(root: Path) -> None:
+    """Unmount what an engine left mounted under its root (network namespaces, storage), so the folder can go."""
+    with open("/proc/self/mounts") as mounts:
+        targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(root))]
+    for target in sorted(targets, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+def zookeeper_nodes(client, root: str) -> dict[str, tuple[str, int]]:
+    """Every node under root, read with a kazoo client: path -> (data, ephemeralOwner). A node that goes during
+    the walk (a run deleting it meanwhile) is left out."""
+    from kazoo.exceptions import NoNodeError
+
+    found = {}
+
+    def walk(path):
+        try:
+            children = client.get_children(path)
+        except NoNodeError:
+            return
+        for child in children:
+            try:
+                data, node = client.get(f"{path}/{child}")
+            except NoNodeError:
+                continue
+            found[f"{path}/{child}"] = (data.decode(), node.ephemeralOwner)
+            walk(f"{path}/{child}")
+    walk(root)
+    return found
+
+
 class Dockerd:
     """A dockerd on a private socket with its own data root."""
 
@@ -230,10 +261,7 @@ class Dockerd:
 
     def _unmount_leftovers(self) -> None:
         """Unmount what dockerd left mounted under its root (network namespaces), so the folder can go."""
-        with open("/proc/self/mounts") as mounts:
-            targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(self.root))]
-        for target in sorted(targets, reverse=True):
-            subprocess.run(["umount", "-l", target], capture_output=True)
+        unmount_under(self.root)
 
 
 class Docker29:
@@ -598,10 +626,7 @@ class Podman:
             except Exception:
                 pass
             stop_process(self.proc)
-            with open("/proc/self/mounts") as mounts:
-                targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(self.root))]
-            for target in sorted(targets, reverse=True):
-                subprocess.run(["umount", "-l", target], capture_output=True)
+            unmount_under(self.root)
 
 
 class Etcd:

@@ -21,7 +21,7 @@ import pytest
 
 import docker_register as dr
 from conftest import LAYOUT_KEYS, Host
-from harness import Certs, Traefik, ZooKeeper, free_port, silent_endpoint, wait_until
+from harness import Certs, Traefik, ZooKeeper, free_port, silent_endpoint, wait_until, zookeeper_nodes
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 #: The server's cap on session timeouts: docker-register refuses a TTL above it.
@@ -205,26 +205,8 @@ class ZkWorld(Host):
                 "DOCKER_REGISTER_TTL": "10"}
 
     def nodes(self, root: str | None = None) -> dict[str, tuple[str, int]]:
-        """Every node under the root: path -> (data, ephemeralOwner). A node that goes during the walk (a run
-        deleting it meanwhile) is left out."""
-        from kazoo.exceptions import NoNodeError
-
-        found = {}
-
-        def walk(path):
-            try:
-                children = self.look.get_children(path)
-            except NoNodeError:
-                return
-            for child in children:
-                try:
-                    data, node = self.look.get(f"{path}/{child}")
-                except NoNodeError:
-                    continue
-                found[f"{path}/{child}"] = (data.decode(), node.ephemeralOwner)
-                walk(f"{path}/{child}")
-        walk(root or self.prefix)
-        return found
+        """Every node under the root: path -> (data, ephemeralOwner)."""
+        return zookeeper_nodes(self.look, root or self.prefix)
 
     def keys(self, root: str | None = None) -> dict[str, str]:
         """The nodes with a value, or without children: what a KV reader sees as keys."""
