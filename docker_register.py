@@ -153,6 +153,8 @@ BACKEND_MODULES = {"zookeeper": "kazoo", "redis": "redis"}
 #: Default ZooKeeper ensemble and Redis server.
 DEFAULT_ZOOKEEPER = "127.0.0.1:2181"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+#: A Sentinel's port when --redis-sentinel names none.
+REDIS_SENTINEL_PORT = 26379
 #: ZooKeeper keeps its own nodes under this path: no prefix may go there.
 ZOOKEEPER_RESERVED = "/zookeeper"
 #: A node created and deleted under the root in every ZooKeeper write transaction: readers that watch only
@@ -441,6 +443,8 @@ class RedisSettings:
     ca: Optional[str] = None
     cert: Optional[str] = None
     key: Optional[str] = None
+    sentinels: tuple[tuple[str, int], ...] = ()  #: Sentinels to ask for the primary; none: the URL's host is it
+    master: Optional[str] = None  #: the primary's name at the Sentinels
 
 
 @dataclass(frozen=True)
@@ -560,6 +564,21 @@ def parse_redis_url(text: str) -> tuple[str, Optional[str]]:
     host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
     clean = f"{url.scheme}://{user}{host}:{port or 6379}/{url.path.strip('/') or '0'}"
     return clean, unquote(url.password) if url.password else None
+
+
+def parse_redis_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """Check a comma-separated list of Sentinels, host[:port] each (port 26379 by default, IPv6 in brackets)."""
+    sentinels = []
+    for item in text.split(","):
+        item = item.strip()
+        match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::(\d+))?", item)
+        if not match:
+            raise UsageError(f"--redis-sentinel / REDIS_SENTINELS: {item!r} is not host:port (comma-separated)")
+        port = int(match.group(3) or REDIS_SENTINEL_PORT)
+        if not 0 < port < 65536:
+            raise UsageError(f"--redis-sentinel / REDIS_SENTINELS: port {port} in {item!r} is out of range")
+        sentinels.append((match.group(1) or match.group(2), port))
+    return tuple(sentinels)
 
 
 def zookeeper_path(key: str) -> str:
@@ -2710,8 +2729,11 @@ class ZooKeeperStore:
 def redis_error(where: str, what: str, error: BaseException) -> RedisError:
     """One line for a redis-py error."""
     import redis
+    import redis.sentinel
 
-    if isinstance(error, redis.exceptions.AuthenticationError):
+    if isinstance(error, redis.sentinel.MasterNotFoundError):
+        text = "no sentinel answered with a primary that is up"
+    elif isinstance(error, redis.exceptions.AuthenticationError):
         text = f"authentication failed ({first_line(error)})"
     elif isinstance(error, redis.exceptions.TimeoutError):
         text = "no answer in time"
@@ -2720,6 +2742,26 @@ def redis_error(where: str, what: str, error: BaseException) -> RedisError:
     else:
         text = first_line(error)
     return RedisError(f"{where}: {what}: {text}")
+
+
+def redis_sentinel_where(settings: RedisSettings) -> str:
+    """How errors name a primary found through Sentinels."""
+    sentinels = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in settings.sentinels)
+    return f"redis primary {settings.master} via sentinels {sentinels}"
+
+
+def redis_sentinel_client(settings: RedisSettings, bounded: dict, tls: dict):
+    """A client of the primary the Sentinels name now, asked again on each new connection; the URL gives only the
+    user, database and TLS (rediss://), which the Sentinels' own connections share (their password is not sent)."""
+    from urllib.parse import urlsplit
+
+    from redis.sentinel import Sentinel
+
+    url = urlsplit(settings.url)
+    ssl = dict(ssl=True, **tls) if url.scheme == "rediss" else {}
+    sentinel = Sentinel(list(settings.sentinels), sentinel_kwargs={**bounded, **ssl}, **bounded, **ssl)
+    return sentinel.master_for(settings.master, username=url.username, password=settings.password,
+                               db=int(url.path.strip("/") or 0))
 
 
 class RedisStore:
@@ -2753,11 +2795,15 @@ class RedisStore:
         self.alive = REDIS_ALIVE.format(lease=lease_id)
         self.hosts = REDIS_HOSTS.format(prefix=prefix)
         self.claims = REDIS_CLAIMS.format(prefix=prefix)
-        self.where = f"redis at {settings.url}"
         tls = dict(ssl_ca_certs=settings.ca, ssl_certfile=settings.cert, ssl_keyfile=settings.key)
-        self.client = redis.Redis.from_url(
-            settings.url, password=settings.password, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), **(tls if settings.url.startswith("rediss:") else {}))
+        tls = tls if settings.url.startswith("rediss:") else {}
+        bounded = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        if settings.sentinels:
+            self.where = redis_sentinel_where(settings)
+            self.client = redis_sentinel_client(settings, bounded, tls)
+        else:
+            self.where = f"redis at {settings.url}"
+            self.client = redis.Redis.from_url(settings.url, password=settings.password, **bounded, **tls)
         self._members: Optional[set[str]] = None  # the index as this run last saw it
         self._expiries: dict[str, int] = {}  # key -> milliseconds of expiry left, as this run read them
         self._claimed: dict[str, Optional[str]] = {}  # shared key -> its claim as this run read it
@@ -3552,6 +3598,13 @@ class Settings:
     redis_key: Optional[str] = option(
         None, "--redis-key", envvar="REDIS_KEY", rich_help_panel=REDIS_PANEL, show_default=False,
         help="Key (PEM) of the Redis client certificate.")
+    redis_sentinel: Optional[str] = option(
+        None, "--redis-sentinel", envvar="REDIS_SENTINELS", rich_help_panel=REDIS_PANEL, show_default=False,
+        help="Comma-separated Sentinels, host:port: ask them for the primary (then --redis gives only user, "
+             "database and rediss://).")
+    redis_master: Optional[str] = option(
+        None, "--redis-master", envvar="REDIS_MASTER", rich_help_panel=REDIS_PANEL, show_default=False,
+        help="With --redis-sentinel: the name the Sentinels monitor the primary under.")
 
 
 def settings_parameters() -> list[inspect.Parameter]:
@@ -3600,9 +3653,17 @@ def redis_settings(settings: Settings) -> RedisSettings:
     tls = read_tls_files(settings.redis_cacert, settings.redis_cert, settings.redis_key, "redis-")
     if tls and not url.startswith("rediss:"):
         raise UsageError("--redis-cacert, --redis-cert and --redis-key are for TLS: use a rediss:// URL")
+    sentinels = parse_redis_sentinels(settings.redis_sentinel) if settings.redis_sentinel is not None else ()
+    master = (settings.redis_master or "").strip()
+    if sentinels and not master:
+        raise UsageError("--redis-sentinel / REDIS_SENTINELS needs --redis-master / REDIS_MASTER, the primary's name")
+    if master and not sentinels:
+        raise UsageError("--redis-master / REDIS_MASTER names a primary at Sentinels: it needs --redis-sentinel")
+    if master and not re.fullmatch(r"[!-~]+", master):
+        raise UsageError(f"--redis-master / REDIS_MASTER: {master!r} is not a Sentinel master name")
     backend_module("redis")
     return RedisSettings(url, settings.redis_password or inline, settings.redis_cacert, settings.redis_cert,
-                         settings.redis_key)
+                         settings.redis_key, sentinels, master or None)
 
 
 def parse_lock_file(path: str) -> Optional[str]:

@@ -801,8 +801,11 @@ class Traefik:
     """
 
     def __init__(self, root: Path, etcd_endpoints: list[str], root_key: str = "traefik",
-                 throttle: str = "200ms", level: str = "INFO", provider: str = "etcd"):
+                 throttle: str = "200ms", level: str = "INFO", provider: str = "etcd",
+                 provider_options: dict | None = None):
         self.root = root
+        #: More options of the provider, e.g. {"sentinel": {"masterName": ...}} for redis through Sentinel.
+        self.provider_options = provider_options or {}
         self.etcd_endpoints = etcd_endpoints
         #: The KV provider (etcd, zooKeeper or redis) that reads etcd_endpoints, host:port each.
         self.provider = provider
@@ -830,7 +833,8 @@ class Traefik:
             },
             "api": {"insecure": True, "dashboard": False},
             "providers": {"providersThrottleDuration": self.throttle,
-                          self.provider: {"endpoints": self.etcd_endpoints, "rootKey": self.root_key}},
+                          self.provider: {"endpoints": self.etcd_endpoints, "rootKey": self.root_key,
+                                                        **self.provider_options}},
             "log": {"level": self.level, "filePath": str(self.log), "noColor": True},
         }
 
@@ -1034,8 +1038,9 @@ class Redis:
     """
 
     def __init__(self, root: Path, password: str | None = None, tls: "Certs | None" = None,
-                 client_certs: bool = False):
+                 client_certs: bool = False, args: tuple[str, ...] = ()):
         self.root = root
+        self.args = args  #: more redis-server options, e.g. ("--replicaof", "127.0.0.1", "6379")
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.port}/0"
@@ -1053,7 +1058,8 @@ class Redis:
                  "--tls-auth-clients", "yes" if self.client_certs else "no"] if self.tls else ["--port", str(self.port)]
         self.proc = subprocess.Popen(
             [require("redis-server"), *ports, "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.root), "--logfile", str(self.root / "redis.log"), *auth],
+             "--appendonly", "no", "--dir", str(self.root), "--logfile", str(self.root / "redis.log"), *auth,
+             *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
 
         def answers():
@@ -1078,6 +1084,76 @@ class Redis:
         """Stop the server."""
         if self.proc:
             stop_process(self.proc, sig)
+
+
+class RedisSentinels:
+    """A primary redis-server, one replica and three redis-sentinel processes on free loopback ports, monitoring
+    the primary as `master` with quorum 2, a short down-after (1 s) and failover timeout (3 s). Every server
+    has `notify-keyspace-events AKE` set from the start, so a new primary already sends what Traefik watches."""
+
+    master = "docker-register"
+    down_after_ms = 1000
+
+    def __init__(self, root: Path):
+        self.root = root
+        events = ("--notify-keyspace-events", "AKE")
+        self.primary = Redis(root / "primary", args=events)
+        self.replica = Redis(root / "replica", args=(*events, "--replicaof", "127.0.0.1", str(self.primary.port)))
+        self.ports = [free_port() for _ in range(3)]
+        self.endpoints = [f"127.0.0.1:{port}" for port in self.ports]
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> "RedisSentinels":
+        """Start the servers and the Sentinels, and wait until every Sentinel knows the replica and the others."""
+        self.primary.start()
+        self.replica.start()
+        wait_until(lambda: self.replica.client().info("replication").get("master_link_status") == "up", 30,
+                   "the replica to sync")
+        for n, port in enumerate(self.ports):
+            folder = self.root / f"sentinel{n}"
+            folder.mkdir(parents=True, exist_ok=True)
+            config = folder / "sentinel.conf"  # Sentinel rewrites it: one of its own, writable
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\nlogfile {folder / 'sentinel.log'}\n"
+                f"sentinel monitor {self.master} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.master} 3000\n"
+                f"sentinel parallel-syncs {self.master} 1\n")
+            self.procs.append(subprocess.Popen(
+                [require("redis-sentinel"), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, start_new_session=True))
+
+        def settled():
+            try:
+                return all(int(state["num-other-sentinels"]) == 2 and int(state["num-slaves"]) == 1
+                           for state in (self.ask(n).sentinel_master(self.master) for n in range(3)))
+            except Exception:
+                return False
+        wait_until(settled, 30, "the Sentinels to find the replica and each other")
+        return self
+
+    def ask(self, n: int = 0):
+        """A redis-py client of Sentinel n."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.ports[n], decode_responses=True, socket_timeout=5)
+
+    def primary_port(self) -> int | None:
+        """The primary's port as Sentinel 0 names it now."""
+        found = self.ask(0).sentinel_get_master_addr_by_name(self.master)
+        return int(found[1]) if found else None
+
+    def current(self) -> Redis:
+        """The server the Sentinels name primary now."""
+        port = self.primary_port()
+        return self.primary if port == self.primary.port else self.replica
+
+    def stop(self) -> None:
+        """Stop the Sentinels and both servers."""
+        for proc in self.procs:
+            stop_process(proc)
+        self.replica.stop()
+        self.primary.stop()
 
 
 def start_cluster(root: Path, size: int = 3) -> list[Etcd]:
