@@ -31,7 +31,7 @@ _proxies = itertools.count(1)
 SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
                              "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server",
                              "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29", "proxy", "podman_service",
-                             "podman", "sentinels"})
+                             "podman", "sentinels", "zk_ensemble"})
 #: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
 IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 

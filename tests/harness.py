@@ -934,8 +934,10 @@ class ZooKeeper:
     TLS_JARS = ("netty-codec", "netty-resolver", "netty-transport-native-unix-common", "slf4j-simple")
 
     def __init__(self, root: Path, max_session_timeout_ms: int = 20000, tick_ms: int = 500,
-                 tls: "Certs | None" = None):
+                 tls: "Certs | None" = None, myid: int = 0, servers: str = ""):
         self.root = root
+        self.myid = myid
+        self.servers = servers
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.max_session_timeout_ms = max_session_timeout_ms
@@ -945,8 +947,8 @@ class ZooKeeper:
         self.secure_endpoint = f"127.0.0.1:{free_port()}" if tls else None
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ZooKeeper":
-        """Write zoo.cfg, start the server and wait until it serves."""
+    def start(self, wait: bool = True) -> "ZooKeeper":
+        """Write zoo.cfg, start the server and (with wait) wait until it serves."""
         if not os.path.exists("/usr/share/java/zookeeper.jar"):
             raise RuntimeError("zookeeper not found: run scripts/setup (apt-get install zookeeper)")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -954,18 +956,36 @@ class ZooKeeper:
         config.write_text(f"tickTime={self.tick_ms}\ndataDir={self.root / 'data'}\nclientPort={self.port}\n"
                           "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
                           f"maxSessionTimeout={self.max_session_timeout_ms}\n"
-                          "4lw.commands.whitelist=srvr,stat,cons,dump\n" + self._tls_config())
+                          "4lw.commands.whitelist=srvr,stat,cons,dump\n" + self._tls_config() + self._quorum_config())
         classpath = ":".join([self.CLASSPATH, *(f"/usr/share/java/{jar}.jar" for jar in self.TLS_JARS if self.tls)])
         log = open(self.root / "zookeeper.log", "ab")
+        main = "quorum.QuorumPeerMain" if self.servers else "ZooKeeperServerMain"
         self.proc = subprocess.Popen(
-            [require("java"), "-Xmx256m", "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain",
+            [require("java"), "-Xmx256m", "-cp", classpath, f"org.apache.zookeeper.server.{main}",
              str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        if wait:
+            self.wait_serving()
+        return self
 
+    def wait_serving(self, timeout: float = 60) -> None:
+        """Wait until the server serves (a member: until it has joined a quorum)."""
         wait_serving(self.proc, "zookeeper", self.root / "zookeeper.log", lambda: "Zxid:" in self.four_letter("srvr"),
-                     60, "zookeeper to serve")
+                     timeout, "zookeeper to serve")
         if self.tls:
             wait_until(lambda: self._listens(self.secure_endpoint), 30, "zookeeper's secure client port")
-        return self
+
+    def _quorum_config(self) -> str:
+        """zoo.cfg lines of an ensemble member (its myid file written too); none for a standalone server."""
+        if not self.servers:
+            return ""
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        (self.root / "data" / "myid").write_text(f"{self.myid}\n")
+        return f"initLimit=10\nsyncLimit=5\n{self.servers}"
+
+    def mode(self) -> str:
+        """'leader', 'follower', or '' while the member serves nothing (no quorum, an election, dead)."""
+        return next((line.split(":", 1)[1].strip() for line in self.four_letter("srvr").splitlines()
+                     if line.startswith("Mode:")), "")
 
     def _tls_config(self) -> str:
         """zoo.cfg lines for the secure client port: netty (the NIO server has no TLS), and PEM key and trust
@@ -1164,6 +1184,19 @@ def start_cluster(root: Path, size: int = 3) -> list[Etcd]:
         member.start(initial, wait=False)
     for member in members:
         member.wait_ready()
+    return members
+
+
+def start_ensemble(root: Path, size: int = 3, **options) -> list[ZooKeeper]:
+    """Start a ZooKeeper ensemble on loopback (a client, a quorum and an election port each) and wait until
+    every member serves; member i has myid i + 1."""
+    members = [ZooKeeper(root / f"zk{i + 1}", myid=i + 1, **options) for i in range(size)]
+    servers = "".join(f"server.{m.myid}=127.0.0.1:{free_port()}:{free_port()}\n" for m in members)
+    for member in members:
+        member.servers = servers
+        member.start(wait=False)
+    for member in members:
+        member.wait_serving()
     return members
 
 

@@ -193,6 +193,7 @@ class ZkWorld(Host):
     def __init__(self, engine, server: ZooKeeper, n: int, tmp_path: Path):
         super().__init__(engine, n, tmp_path)
         self.server = server
+        self.hosts = server.endpoint  # what the runs (and close) connect to: an ensemble's members, comma-separated
         self.look = server.client()
         self.sessions = []  # other hosts' sessions made by the test
 
@@ -201,7 +202,7 @@ class ZkWorld(Host):
         return Path(dr.zookeeper_state_file(str(self.lock_file), self.host_ip, self.prefix))
 
     def store_env(self) -> dict[str, str]:
-        return {"DOCKER_REGISTER_BACKEND": "zookeeper", "ZOOKEEPER_HOSTS": self.server.endpoint,
+        return {"DOCKER_REGISTER_BACKEND": "zookeeper", "ZOOKEEPER_HOSTS": self.hosts,
                 "DOCKER_REGISTER_TTL": "10"}
 
     def nodes(self, root: str | None = None) -> dict[str, tuple[str, int]]:
@@ -237,7 +238,7 @@ class ZkWorld(Host):
         for state in self.lock_file.parent.glob("zookeeper-*.session"):
             saved = dr.parse_session(state.read_text())
             if saved:
-                client = KazooClient(hosts=self.server.endpoint, client_id=(saved.session, saved.password))
+                client = KazooClient(hosts=self.hosts, client_id=(saved.session, saved.password))
                 client.start(timeout=10)
                 self.sessions.append(client)
         for client in [self.look, *self.sessions]:
