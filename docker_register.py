@@ -245,8 +245,9 @@ class RedisError(StoreError):
     """Redis could not be reached or refused the request."""
 
 
-class Conflict(Exception):
-    """Another writer changed a key between our read and our write."""
+class Conflict(StoreError):
+    """Another writer changed a key between our read and our write: the run reads and plans again (a store
+    failure, exit 1, only if it ever escapes that)."""
 
 
 # ---------------------------------------------------------------------------
@@ -2085,7 +2086,7 @@ def describe_etcd_error(error: Optional[BaseException]) -> str:
     import grpc
 
     source = error
-    if not isinstance(source, grpc.RpcError) and isinstance(error.__context__, grpc.RpcError):
+    if error is not None and not isinstance(error, grpc.RpcError) and isinstance(error.__context__, grpc.RpcError):
         source = error.__context__
     if isinstance(source, grpc.RpcError):
         code = source.code()
@@ -2360,7 +2361,9 @@ class ZooKeeperStore:
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
-            raise UsageError(f"--zookeeper-state: cannot write {path}: {error.strerror}") from None
+            # A store failure (exit 1, tried again by the next run), not a usage error: the watch unit would
+            # never restart after exit 2, and a full disk or a read-only mount can pass.
+            raise ZooKeeperError(f"{self.where}: --zookeeper-state: cannot write {path}: {error.strerror}") from None
         self._saved = saved
 
     def _forget(self) -> None:
@@ -3209,7 +3212,14 @@ def purge(config: Config, store: Store) -> Purged:
     layout, prefix = config.layout, config.prefix
     kept = {change.key for change in moved} | {key for key in lease_keys if store.releases and layout.fits(
         key, prefix) and layout.is_shared(key, prefix)}  # a store that records shared keys keeps them on revoke
-    store.revoke(lease_id)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            store.revoke(lease_id)
+            break
+        except Conflict:  # another run of this host wrote meanwhile (ZooKeeper's guarded deletes): again
+            if attempt == MAX_ATTEMPTS:
+                raise StoreError(f"{store.where}: keys kept changing while this host's were deleted; "
+                                 "is another docker-register writing for this host?") from None
     return Purged(lease_id, tuple(sorted(set(lease_keys) - kept)), time.monotonic() - started)
 
 

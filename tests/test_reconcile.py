@@ -415,6 +415,40 @@ def test_purge_moves_a_shared_key_written_on_the_host_lease_onto_its_own_lease(t
 # --- purge ----------------------------------------------------------------------------------
 
 
+class RacingRevoke(FakeEtcd):
+    """A FakeEtcd whose first `races` revokes meet another writer (as ZooKeeper's guarded deletes can)."""
+
+    def __init__(self, races: int):
+        super().__init__()
+        self.races = races
+
+    def revoke(self, lease_id: int) -> None:
+        if self.races:
+            self.races -= 1
+            raise dr.Conflict("a key changed while this run was writing")
+        super().revoke(lease_id)
+
+
+def test_purge_tries_a_revoke_that_met_another_writer_again_and_says_so_in_one_line_when_it_keeps_meeting_one(
+        tmp_path):
+    docker, store = FakeDocker([web(1)]), RacingRevoke(races=dr.MAX_ATTEMPTS - 1)
+    sync(config(tmp_path), docker, store)
+    assert dr.purge(config(tmp_path), store).keys == (web_key(1),) and LEASE not in store.leases
+    store = RacingRevoke(races=dr.MAX_ATTEMPTS)
+    sync(config(tmp_path), docker, store)
+    with pytest.raises(dr.StoreError) as raised:
+        dr.purge(config(tmp_path), store)
+    assert raised.value.exit_code == 1 and "keys kept changing while this host's were deleted" in str(raised.value)
+
+
+def test_a_conflict_that_escapes_is_a_store_failure_with_exit_1():
+    assert isinstance(dr.Conflict("x"), dr.StoreError) and dr.Conflict("x").exit_code == 1
+
+
+def test_describe_etcd_error_with_no_error_says_no_endpoint_answered():
+    assert dr.describe_etcd_error(None) == "no endpoint answered"
+
+
 def test_purge_removes_exactly_this_hosts_keys_and_a_second_purge_removes_nothing(tmp_path):
     docker, store = FakeDocker([container()]), FakeEtcd()
     sync(config(tmp_path), docker, store)

@@ -375,6 +375,17 @@ def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_b
     assert proc.stderr.read() == ""
 
 
+def test_a_state_file_that_cannot_be_written_is_a_store_failure_exit_1_not_a_usage_error(zk, tmp_path):
+    # Exit 2 would stop the watch unit for good (RestartPreventExitStatus=2); a full disk or a read-only mount
+    # can pass, so it is a store failure the next run tries again.
+    (tmp_path / "a-file").write_text("")
+    zk.docker_run("-P", "local/web")
+    result = zk.run("sync", ZOOKEEPER_STATE=str(tmp_path / "a-file" / "zookeeper.session"))
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "--zookeeper-state: cannot write" in result.stderr, result.stderr
+    assert zk.keys() == {}  # nothing written before the session is kept
+
+
 def test_a_server_down_fails_in_one_line_within_the_timeout(zk):
     zk.docker_run("-P", "local/web")
     with silent_endpoint() as silent:
