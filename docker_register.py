@@ -1354,10 +1354,9 @@ def ownership(lease_id: int, shared_lease: Optional[Callable[[str], int]]) -> Ca
 
 
 def as_planned(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
-               ours: Optional[Callable[[str, StoredKey], bool]] = None) -> dict[str, StoredKey]:
+               ours: Callable[[str, StoredKey], bool]) -> dict[str, StoredKey]:
     """The stored keys with this host's shared values written where it writes them: a router's service as it
     will be after the run decides which servers keep the router's middlewares in use."""
-    ours = ours or ownership(lease_id, None)
     written = {key: StoredKey(value, lease_id, 0) for key, value in desired.shared.items()
                if key not in stored or ours(key, stored[key]) or stored[key].lease == UNCLAIMED}
     return {**stored, **written}
@@ -1436,13 +1435,13 @@ def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: in
         lease = shared_lease(key) if shared_lease else lease_id
         return None if lease == lease_id else lease
 
+    ours = ownership(lease_id, shared_lease)
     tally = Tally()
     plan_own(desired, current, lease_id, tally)
-    plan_shared(desired, current, lease_id, ownership(lease_id, shared_lease), own_lease, tally)
+    plan_shared(desired, current, lease_id, ours, own_lease, tally)
     # Its keys going now, with the lease or one by one: the shared keys they kept in use may go with them.
     reach = shared_reach(desired, [key for key, kv in stored.items() if kv.lease == lease_id], layout, prefix)
-    plan_leaving(desired, current, lease_id, ownership(lease_id, shared_lease), own_lease, reach, prefix, layout,
-                 releases, tally)
+    plan_leaving(desired, current, lease_id, ours, own_lease, reach, prefix, layout, releases, tally)
 
     puts_on_lease = any(change.kind in (ChangeKind.ADD, ChangeKind.UPDATE) and change.lease is None
                         for change in tally.changes)
