@@ -3022,27 +3022,35 @@ class RedisStore:
     def _sweep(self, dead: Sequence[int]) -> None:
         """Delete the dead hosts' own keys and indexes, then the shared keys no live host claims or uses; the dead
         leave the root's hosts only once all that is done (a sweep cut short is tried again on the next run)."""
+        swept = []
         for lease in dead:
-            self._call("sweep a departed host", lambda: self._forget(lease))
+            try:
+                if self._call("sweep a departed host", lambda: self._forget(lease)):
+                    swept.append(lease)
+            except Conflict:
+                pass  # its heartbeat came back, or another leader swept it meanwhile: the next run looks again
         try:
             self._call("sweep shared keys", self._sweep_shared)
         except Conflict:
             return  # a key moved meanwhile: the next run of the leader looks again
-        self._call("sweep a departed host", lambda: self.client.srem(self.hosts, *(f"{lease:x}" for lease in dead)))
+        if swept:
+            self._call("sweep a departed host",
+                       lambda: self.client.srem(self.hosts, *(f"{lease:x}" for lease in swept)))
 
-    def _forget(self, lease: int) -> None:
-        """Delete a dead host's own keys and its index in one MULTI, unless its heartbeat came back."""
+    def _forget(self, lease: int) -> bool:
+        """Delete a dead host's own keys and its index in one MULTI; False (nothing done) if its heartbeat came back."""
         index, alive = redis_index_key(lease), REDIS_ALIVE.format(lease=lease)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(alive, index)
             if pipe.exists(alive):
-                return
+                return False
             members = [member.decode("utf-8", "replace") for member in pipe.smembers(index)]
             own = [key for key in members if key.startswith(self.prefix + "/") and self.layout.fits(key, self.prefix)
                    and not self.layout.is_shared(key, self.prefix)]
             pipe.multi()
             pipe.delete(index, *own)
             pipe.execute()
+        return True
 
     def _sweep_shared(self) -> None:
         """Delete the shared keys under the root that no live host claims and no live host's key uses (keys without

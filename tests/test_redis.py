@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -167,7 +168,7 @@ def test_register_then_a_run_with_nothing_changed_writes_nothing_under_the_root(
     assert all(keep - 5_000 < ms <= keep for ms in rd.expiries().values()), rd.expiries()
     assert 0 < rd.look.pttl(rd.alive) <= 30_000
 
-    with keyspace_events(rd, rd.prefix, "docker-register:alive:") as events:
+    with keyspace_events(rd.look, rd.prefix, "docker-register:alive:") as events:
         before = rd.commands()
         result = rd.sync()
         after, seen = rd.commands(), events()
@@ -179,19 +180,20 @@ def test_register_then_a_run_with_nothing_changed_writes_nothing_under_the_root(
 
 
 @contextlib.contextmanager
-def keyspace_events(rd, *prefixes: str):
+def keyspace_events(look, *prefixes: str, kinds: bool = False):
     """Keyspace events of keys starting with these prefixes while the block runs (Traefik's provider turns them
-    on too); gives a function returning the keys they named."""
-    rd.look.config_set("notify-keyspace-events", "AKE")
-    subscriber = rd.look.pubsub()
+    on too), seen through the client look; gives a function returning the keys they named (with kinds, the
+    (key, event) pairs, e.g. (key, "del"))."""
+    look.config_set("notify-keyspace-events", "AKE")
+    subscriber = look.pubsub()
     subscriber.psubscribe(*(f"__keyspace@*__:{dr.glob_escape(prefix)}*" for prefix in prefixes))
-    seen: list[str] = []
+    seen: list[tuple[str, str]] = []
 
-    def drain() -> list[str]:
+    def drain() -> list:
         while (message := subscriber.get_message(timeout=0.2)) is not None:
             if message["type"] == "pmessage":
-                seen.append(message["channel"].split(":", 1)[1])
-        return seen
+                seen.append((message["channel"].split(":", 1)[1], message["data"]))
+        return list(seen) if kinds else [key for key, _ in seen]
     try:
         drain()  # the subscription confirmations
         yield drain
@@ -247,7 +249,7 @@ def test_a_dead_hosts_keys_go_when_the_live_leader_runs_after_its_heartbeat_ran_
     wait_until(lambda: not rd.look.exists(dr.REDIS_ALIVE.format(lease=dr.lease_id_for("192.0.2.251", rd.prefix))),
                2 + 3, "the dead host's heartbeat to run out")
     assert theirs <= set(rd.keys())
-    with keyspace_events(rd, rd.prefix) as events:
+    with keyspace_events(rd.look, rd.prefix) as events:
         rd.sync()
         deleted = set(events())
     # Its own keys went, and the shared key only it used (alone's port); web's port stays: this host uses it.
@@ -263,6 +265,149 @@ def test_a_dead_hosts_keys_stay_while_no_host_lives_and_its_return_writes_nothin
     before = rd.commands()
     assert "added 0, updated 0, removed 0, unchanged 2" in rd.sync("--ttl", "2").stdout
     assert writes(before, rd.commands()) == Counter({"set": 1})
+
+
+# --- the leader's sweep against live hosts and a second leader (in process, on the shared server) ------------
+
+
+class SweptHost:
+    """A host run in this process: docker_register's own RedisStore and reconcile over containers in memory."""
+
+    def __init__(self, server: Redis, prefix: str, ip: str, ttl: int, containers: list[dict], tmp_path: Path):
+        from fakes import FakeDocker, config
+
+        self.cfg = config(tmp_path, ttl=ttl, prefix=prefix, host_ip=ip, backend="redis", timeout=5.0,
+                          redis=dr.RedisSettings(server.url), lock_file=str(tmp_path / f"{ip}.lock"))
+        self.store, self.close = dr.open_store(self.cfg)
+        self.docker = FakeDocker(containers)
+        self.lease = self.cfg.lease_id
+        self.index = dr.redis_index_key(self.lease)
+        self.alive = dr.REDIS_ALIVE.format(lease=self.lease)
+
+    def sync(self) -> dr.Outcome:
+        return dr.reconcile(self.cfg, self.docker, self.store, dry_run=False)
+
+    def beat(self) -> None:
+        """What a run with nothing to change does first: set the heartbeat (and, as the leader, sweep)."""
+        self.store.keep_alive(self.lease)
+
+
+def hosts_by_lease(prefix: str, count: int) -> list[str]:
+    """count host IPs, lowest lease id first under this prefix: the first one leads the live hosts it is among."""
+    return sorted((f"192.0.2.{n}" for n in range(1, count + 1)), key=lambda ip: dr.lease_id_for(ip, prefix))
+
+
+def alone(n: int, public: int) -> dict:
+    """A container of service `alone`, which only the host running it serves."""
+    from fakes import container, port
+
+    return container(cid=f"{n:012x}" + "a" * 52, name=f"alone{n}", image="local/alone:latest",
+                     ports=[port(80, public)])
+
+
+def test_a_host_whose_heartbeat_is_renewed_is_never_swept_and_one_whose_heartbeat_ran_out_is(redis_server, tmp_path):
+    from fakes import web
+
+    prefix = f"/r-renewed-{next(_numbers)}"
+    leader_ip, other_ip = hosts_by_lease(prefix, 2)
+    leader = SweptHost(redis_server, prefix, leader_ip, 30, [web(1, 32001)], tmp_path)
+    other = SweptHost(redis_server, prefix, other_ip, dr.MIN_TTL, [web(2, 32002), alone(3, 32003)], tmp_path)
+    look = redis_server.client()
+    try:
+        leader.sync()
+        other.sync()
+        theirs = {key: look.get(key) for key in look.smembers(other.index)}
+        # Its web and alone servers and alone's port; web's port is the leader's (it wrote it first).
+        assert len(theirs) == 3 and f"{prefix}/alone/port" in theirs, theirs
+        renewing, renewals = threading.Event(), []
+
+        def renew():  # a pass with nothing to change every quarter of the TTL: the heartbeat never runs out
+            while not renewing.wait(dr.MIN_TTL / 4):
+                other.beat()
+                renewals.append(time.monotonic())
+
+        with keyspace_events(look, prefix, "docker-register:hosts:", kinds=True) as events:
+            renewer = threading.Thread(target=renew, daemon=True)
+            renewer.start()
+            sweeps, ends = 0, time.monotonic() + 1.5 * dr.MIN_TTL  # longer than the TTL: it would have run out
+            try:
+                while time.monotonic() < ends and sweeps < 5000:
+                    leader.beat()  # the leader's look at the root's hosts, and its sweep of those whose beat ran out
+                    sweeps += 1
+                    assert {key: look.get(key) for key in theirs} == theirs, f"swept after {sweeps} sweeps"
+            finally:
+                renewing.set()
+                renewer.join(5)
+            deleted = [key for key, event in events() if event == "del"]
+        assert deleted == [] and look.sismember(dr.REDIS_HOSTS.format(prefix=prefix), f"{other.lease:x}")
+        assert sweeps >= 20 and len(renewals) >= 4, (sweeps, renewals)
+        # A heartbeat that comes back between the leader's look and its sweep: the sweep leaves the host as it is,
+        # keys and place among the root's hosts.
+        other.beat()
+        leader.store._sweep([other.lease])
+        assert {key: look.get(key) for key in theirs} == theirs
+        assert look.sismember(dr.REDIS_HOSTS.format(prefix=prefix), f"{other.lease:x}")
+
+        # Control: the same leader, once the other host's heartbeat has run out, does sweep it.
+        wait_until(lambda: not look.exists(other.alive), dr.MIN_TTL + 3, "the heartbeat to run out")
+        leader.beat()
+        assert not any(look.exists(key) for key in theirs) and not look.exists(other.index)
+        assert look.get(f"{prefix}/web/port") == "80"  # the leader's web uses it
+    finally:
+        for host in (leader, other):
+            host.store.revoke(host.lease)
+            host.close()
+        look.close()
+
+
+def test_two_leaders_sweeping_at_once_delete_each_dead_key_once_and_nothing_alive(redis_server, tmp_path):
+    """Two hosts that both believe they lead (each sees the other as no host of the root) sweep at the same moment,
+    released by a barrier, a dead host and a live one; a keyspace subscriber counts every deletion."""
+    from fakes import web
+
+    for repeat in range(10):
+        prefix = f"/r-race-{next(_numbers)}"
+        first, second, live_ip, dead_ip = hosts_by_lease(prefix, 4)
+        live = SweptHost(redis_server, prefix, live_ip, 30, [web(1, 32001), web(2, 32002)], tmp_path)
+        dead = SweptHost(redis_server, prefix, dead_ip, 30, [web(3, 32003), alone(4, 32004)], tmp_path)
+        leaders = [SweptHost(redis_server, prefix, ip, 30, [], tmp_path) for ip in (first, second)]
+        look = redis_server.client()
+        try:
+            dead.sync()
+            live.sync()
+            look.delete(dead.alive)  # the dead host's heartbeat has run out
+            alive_keys = {key: look.get(key) for key in look.smembers(live.index)}
+            dead_own = {key for key in look.smembers(dead.index) if not key.endswith("/port")}
+            expected = dead_own | {dead.index, f"{prefix}/alone/port"}  # web's port stays: the live host uses it
+            barrier, errors = threading.Barrier(2), []
+
+            def sweep(host: SweptHost) -> None:
+                try:
+                    barrier.wait(5)
+                    host.store._tend({live.lease, dead.lease})  # as a leader that sees these two hosts
+                except Exception as error:  # handed to the test thread
+                    errors.append(error)
+
+            with keyspace_events(look, prefix, "docker-register:", kinds=True) as events:
+                threads = [threading.Thread(target=sweep, args=(host,), daemon=True) for host in leaders]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(10)
+                assert errors == [], f"run {repeat}: a leader's run failed: {errors!r}"
+                # A sweep that met the other's writes leaves the dead host among the root's hosts: the next run of
+                # a leader finds nothing left of it to delete and takes it out.
+                leaders[0].store._tend({live.lease, dead.lease})
+                deletions = Counter(key for key, event in events() if event == "del")
+            assert deletions == Counter(expected), f"run {repeat}: each dead key deleted exactly once, nothing else"
+            assert {key: look.get(key) for key in alive_keys} == alive_keys
+            assert look.smembers(live.index) == set(alive_keys)
+            assert look.smembers(dr.REDIS_HOSTS.format(prefix=prefix)) == {f"{live.lease:x}"}
+        finally:
+            for host in (live, dead, *leaders):
+                host.store.revoke(host.lease)
+                host.close()
+            look.close()
 
 
 def test_purge_deletes_this_hosts_keys_and_index(rd):
@@ -309,7 +454,7 @@ def test_sync_every_registers_deregisters_and_writes_nothing_under_the_root_betw
     with rd.running("sync", "--every", "1") as proc:
         cid = rd.docker_run("-P", "local/web")
         wait_until(lambda: rd.keys() == rd.web_keys(cid), 15, "the repeating sync to register the container")
-        with keyspace_events(rd, rd.prefix) as events:
+        with keyspace_events(rd.look, rd.prefix) as events:
             before = rd.commands()
             time.sleep(2.5)  # two or three passes with nothing to change
             after, seen = rd.commands(), events()
