@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench.py host --sizes 10,50     # shorter
     .venv/bin/python bench/bench.py fleet                  # K = 1000 simulated hosts, both designs, ~2.5 min here
     .venv/bin/python bench/bench.py fleet --hosts 100,300 --rounds 3
+    .venv/bin/python bench/bench.py fleet --backend redis --hosts 100 --module /tmp/before.py   # Traefik reading
     .venv/bin/python bench/bench.py layouts                # the three key layouts side by side, ~5 s
     .venv/bin/python bench/bench.py backends               # etcd, ZooKeeper, Redis side by side
     .venv/bin/python bench/bench.py events                 # --events next to the timer mode, ~5 min
@@ -16,7 +17,8 @@
 host     one host with a private dockerd and etcd: what a run costs (run_cost.py), how fast a stopped
          container's key goes (deregister.py), first syncs of large synthetic lists (run_cost.py).
 fleet    K simulated hosts against a real 3-node etcd cluster, docker-register next to the original
-         rewrite-every-key design (fleet.py).
+         rewrite-every-key design (fleet.py); with --backend, on one etcd, ZooKeeper or Redis server with a real
+         Traefik reading it, next to another module's design with --module (fleet_stores.py).
 layouts  first and no-change sync of 500 synthetic registrations per layout (discover, traefik,
          skydns) against one etcd (layouts.py).
 backends first and no-change sync of 500 synthetic registrations on etcd, ZooKeeper and Redis
@@ -47,6 +49,7 @@ import engines
 import events
 import failover
 import fleet
+import fleet_stores
 import layouts
 import rolling
 import run_cost
@@ -60,7 +63,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     host = commands.add_parser("host", help="one host: run cost, deregistration latency, synthetic sizes")
     run_cost.add_arguments(host)
     deregister.add_arguments(host)
-    fleet.add_arguments(commands.add_parser("fleet", help="K simulated hosts against a 3-node etcd cluster"))
+    fleet_parser = commands.add_parser("fleet", help="K simulated hosts against a 3-node etcd cluster, or with "
+                                                     "--backend on each store with a real Traefik reading")
+    fleet.add_arguments(fleet_parser)
+    fleet_stores.add_arguments(fleet_parser)
     layouts.add_arguments(commands.add_parser("layouts", help="first and no-change sync per key layout"))
     backends.add_arguments(commands.add_parser("backends", help="first and no-change sync on etcd, ZooKeeper "
                                                                "and Redis"))
@@ -111,6 +117,9 @@ def with_servers(args: argparse.Namespace, title: str, scratch_prefix: str, meas
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmark."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "fleet" and args.backend:
+        print_machine("docker-register fleet on each store, a real Traefik reading", children=False)
+        return fleet_stores.run(args)
     if args.command == "fleet":
         print_machine("docker-register fleet simulation", children=False)
         return fleet.run(args)

@@ -560,17 +560,21 @@ def cluster(root: Path, size: int = 3):
 
 
 @contextlib.contextmanager
-def backend_servers(root: Path):
-    """A ZooKeeper (sessions up to 60 s) and a Redis on loopback; both stopped at the end."""
-    zookeeper, redis = ZooKeeper(root / "zookeeper", max_session_timeout_ms=60000), Redis(root / "redis")
+def backend_servers(root: Path, only: str | None = None, max_client_connections: int = 60):
+    """A ZooKeeper (sessions up to 60 s, max_client_connections from one address) and a Redis on loopback; both
+    stopped at the end.  With only ("zookeeper" or "redis") just that one starts, and None stands for the other."""
+    zookeeper = ZooKeeper(root / "zookeeper", max_session_timeout_ms=60000,
+                          max_client_connections=max_client_connections) if only in (None, "zookeeper") else None
+    redis = Redis(root / "redis") if only in (None, "redis") else None
+    started = [server for server in (zookeeper, redis) if server]
     try:
-        log(f"starting zookeeper ({zookeeper.endpoint}) and redis ({redis.endpoint}) under {root}")
-        zookeeper.start()
-        redis.start()
+        log(f"starting {' and '.join(f'{type(s).__name__.lower()} ({s.endpoint})' for s in started)} under {root}")
+        for server in started:
+            server.start()
         yield zookeeper, redis
     finally:
-        zookeeper.stop()
-        redis.stop()
+        for server in started:
+            server.stop()
 
 
 @contextlib.contextmanager

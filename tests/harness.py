@@ -934,8 +934,10 @@ class ZooKeeper:
     TLS_JARS = ("netty-codec", "netty-resolver", "netty-transport-native-unix-common", "slf4j-simple")
 
     def __init__(self, root: Path, max_session_timeout_ms: int = 20000, tick_ms: int = 500,
-                 tls: "Certs | None" = None, myid: int = 0, servers: str = ""):
+                 tls: "Certs | None" = None, myid: int = 0, servers: str = "", max_client_connections: int = 60):
         self.root = root
+        #: Connections one client address may hold (ZooKeeper's maxClientCnxns; 0: no limit).
+        self.max_client_connections = max_client_connections
         self.myid = myid
         self.servers = servers
         self.port = free_port()
@@ -956,6 +958,7 @@ class ZooKeeper:
         config.write_text(f"tickTime={self.tick_ms}\ndataDir={self.root / 'data'}\nclientPort={self.port}\n"
                           "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
                           f"maxSessionTimeout={self.max_session_timeout_ms}\n"
+                          f"maxClientCnxns={self.max_client_connections}\n"
                           "4lw.commands.whitelist=srvr,stat,cons,dump\n" + self._tls_config() + self._quorum_config())
         classpath = ":".join([self.CLASSPATH, *(f"/usr/share/java/{jar}.jar" for jar in self.TLS_JARS if self.tls)])
         log = open(self.root / "zookeeper.log", "ab")
