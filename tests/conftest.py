@@ -1,4 +1,4 @@
-"""Session fixtures: one real dockerd and one real etcd for the whole test run."""
+"""Session fixtures: one real dockerd and one real etcd for the whole test run; the tiers come from tiers.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,18 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-sys.path.insert(0, str(Path(__file__).parent))
+#: The checkout under test: its module comes first on sys.path, before any installed copy.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+pytest.register_assert_rewrite("fakes", "harness", "tiers")
+import docker_register  # noqa: E402
 from harness import Certs, Docker29, Dockerd, Etcd, Podman, ReadOnlyProxy, Redis, ZooKeeper, require  # noqa: E402
+from tiers import server_fixture  # noqa: E402
+
+assert Path(docker_register.__file__).resolve() == ROOT / "docker_register.py", (
+    f"the tests import {docker_register.__file__}, not the checkout's {ROOT / 'docker_register.py'}")
+
+pytest_plugins = ("tiers", "pytester")
 
 #: Hypothesis examples per property: 300 in the full suite (scripts/test, what CI runs), 40 otherwise (the
 #: developer loop, scripts/test -m unit or a plain pytest run).
@@ -21,45 +31,19 @@ settings.register_profile("full", max_examples=300)
 settings.register_profile("quick", max_examples=40)
 settings.load_profile(os.environ.get("DOCKER_REGISTER_TEST_PROFILE", "quick"))
 
-#: The installed console script, next to the interpreter running the tests.
+#: The installed console script, next to the interpreter running the tests; Host.env puts the checkout first on
+#: its PYTHONPATH, so it runs the checkout's module too.
 BINARY = str(Path(sys.executable).with_name("docker-register"))
 _counter = itertools.count(1)
 _proxies = itertools.count(1)
 
-#: Fixtures that start a real server (dockerd or etcd); a test needing any of them, even through
-#: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
-SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
-                             "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server",
-                             "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29", "proxy", "podman_service",
-                             "podman", "sentinels", "zk_ensemble"})
-#: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
-IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 
-
-def pytest_collection_modifyitems(items) -> None:
-    """Put every test in its tiers from the fixtures it uses: `integration` (starts a server), `image`
-    (builds the image) or else `unit`. Nothing is marked by hand."""
-    for item in items:
-        # A parametrize argument may share a fixture's name (test_core's `image`): it is no fixture.
-        used = set(item.fixturenames) - directly_parametrized(item)
-        if used & IMAGE_FIXTURES:
-            item.add_marker(pytest.mark.image)
-        if used & (SERVER_FIXTURES | IMAGE_FIXTURES):
-            item.add_marker(pytest.mark.integration)
-        else:
-            item.add_marker(pytest.mark.unit)
-
-
-def directly_parametrized(item) -> set[str]:
-    """Argument names that a test's parametrize marks fill in themselves (not through a fixture)."""
-    names = set()
-    for mark in item.iter_markers("parametrize"):
-        argnames = mark.args[0] if mark.args else mark.kwargs["argnames"]
-        if isinstance(argnames, str):
-            argnames = [name.strip() for name in argnames.split(",")]
-        indirect = mark.kwargs.get("indirect", False)
-        names.update(name for name in argnames if indirect is not True and name not in (indirect or ()))
-    return names
+def checkout_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment (this process's by default) with the checkout first on PYTHONPATH: a child process that
+    imports docker_register, the console script included, then runs the checkout and never an older install."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    return env
 
 
 def pytest_report_header(config) -> str:
@@ -78,7 +62,7 @@ def servers_root(tmp_path_factory) -> Path:
     return Path(tmp_path_factory.mktemp("srv"))
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def dockerd(servers_root):
     engine = Dockerd(servers_root / "docker").start()
     engine.build_images()
@@ -86,7 +70,7 @@ def dockerd(servers_root):
     engine.stop()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def proxy(servers_root, dockerd):
     """HAProxy with the shipped read-only proxy configuration in front of the shared dockerd, for the run."""
     server = ReadOnlyProxy(servers_root / "proxy", dockerd).start()
@@ -101,14 +85,14 @@ def certs(tmp_path_factory) -> Certs:
     return Certs(tmp_path_factory.mktemp("certs"), client_names=("root", "docker-register", "intruder"))
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def etcd(servers_root):
     member = Etcd(servers_root / "etcd").start()
     yield member
     member.stop()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def second_dockerd(tmp_path_factory):
     """Another dockerd on this machine, with a bridge and subnet of its own, for the whole run."""
     pid = os.getpid()
@@ -130,7 +114,7 @@ def second_engine(second_dockerd):
     second_dockerd.remove_all_containers()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def podman_service(servers_root, dockerd):
     """A rootful Podman's Docker-compatible socket for the run, with the dockerd's test images loaded."""
     service = Podman(servers_root / "podman")
@@ -156,7 +140,7 @@ def engine(dockerd):
     dockerd.remove_all_containers()
 
 
-@pytest.fixture
+@server_fixture
 def docker29(engine, servers_root):
     """Docker 29's API rules in front of the shared dockerd: a proxy on a private socket that refuses versioned
     paths below 1.44 (as Docker 29 does) and forwards the rest; `.host` is its DOCKER_HOST."""
@@ -210,7 +194,7 @@ class Host:
                    DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
                    **self.store_env())
         env.update(extra)
-        return env
+        return checkout_env(env)
 
     def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
         """Run the installed docker-register as a real process."""
@@ -291,7 +275,7 @@ class World(Host):
         return expected
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def zookeeper(servers_root):
     """A private ZooKeeper for the run (sessions up to 20 s), shared by the ZooKeeper and failover tests."""
     server = ZooKeeper(servers_root / "zookeeper", max_session_timeout_ms=20000).start()
@@ -299,7 +283,7 @@ def zookeeper(servers_root):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def redis_server(servers_root):
     """A private redis-server for the run, shared by the Redis and failover tests."""
     server = Redis(servers_root / "redis").start()

@@ -11,10 +11,9 @@ import itertools
 import subprocess
 from collections import Counter
 
-import pytest
-
 import docker_register as dr
 from harness import Dockerd, Traefik, publish, require, wait_until
+from tiers import server_fixture
 
 #: Requests sent where every one must succeed (or fail) once Traefik has applied a change.
 REQUESTS = 40
@@ -103,7 +102,7 @@ class Edge:
         return never_within(lambda: self.configurations_received() != count, seconds)
 
 
-@pytest.fixture
+@server_fixture
 def edge(world, tmp_path):
     """A Traefik (DEBUG log, 200 ms throttle) on a root key of its own, and this machine's address as
     the host's: the shared engine's bridge, where its published ports answer."""

@@ -60,16 +60,19 @@ def verify(root: Path, *units: str) -> subprocess.CompletedProcess:
     return subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True)
 
 
+@pytest.mark.integration  # runs systemd-analyze
 def test_systemd_units_verify_clean(systemd_root):
     result = verify(systemd_root, *UNITS)
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
+@pytest.mark.integration  # runs systemd-analyze
 def test_units_with_the_readonly_drop_in_verify_clean(readonly_systemd_root):
     result = verify(readonly_systemd_root, *UNITS)
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
+@pytest.mark.integration  # runs systemd-analyze
 def test_systemd_verify_catches_a_broken_unit(systemd_root):
     broken = systemd_root / "etc/systemd/system/broken-register.timer"
     broken.write_text((ROOT / "systemd/docker-register.timer").read_text().replace("=10s", "=ten"))
@@ -168,6 +171,7 @@ def exposure(root: Path, unit: str) -> str:
     return re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1)
 
 
+@pytest.mark.integration  # runs systemd-analyze
 def test_exposure_scores_are_the_ones_the_readme_reports(systemd_root, readonly_systemd_root):
     readme = (ROOT / "README.md").read_text()
     for unit in ("docker-register.service", "docker-register-purge.service", "docker-register-watch.service"):

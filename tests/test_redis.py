@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import LAYOUT_KEYS, Host
+from conftest import LAYOUT_KEYS, Host, checkout_env
 from harness import (REDIS_VALUE_WRITES, Certs, Redis, Traefik, free_port, redis_commands, silent_endpoint,
                      wait_until)
+from tiers import server_fixture
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 _numbers = itertools.count(1)
@@ -94,13 +95,14 @@ def test_tls_files_need_a_rediss_url(monkeypatch, capsys, tmp_path):
     assert code == 2 and "use a rediss:// URL" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_an_etcd_run_imports_neither_backend_client():
     # The whole CLI up to the adapters of an etcd run, in a fresh interpreter: kazoo and redis stay out.
     code = ("import sys, docker_register as dr\n"
             "config = dr.build_config(dr.Settings(host_ip='192.0.2.10', layout=dr.LayoutName.traefik, timeout=1.0))\n"
             "adapters = dr.open_adapters(config); adapters.close()\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kazoo', 'redis')))\n")
-    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    env = checkout_env({**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
                          env=env, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -378,7 +380,7 @@ def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(rd):
 # --- over TLS (rediss://) -----------------------------------------------------------------------
 
 
-@pytest.fixture
+@server_fixture
 def tls_rd(engine, certs, tmp_path):
     """Start a redis-server that speaks TLS only (with client_certs, one that also requires a client certificate)
     and give a RedisWorld on it, whose own client looks over TLS."""
@@ -450,7 +452,7 @@ def test_a_wrong_ca_is_one_line_on_stderr_and_exit_1(tls_rd, certs, tmp_path):
 # --- through a real Traefik ------------------------------------------------------------------
 
 
-@pytest.fixture
+@server_fixture
 def redis_edge(rd, tmp_path):
     """A Traefik whose redis provider reads a root of the test's own (a harmless key written first)."""
     root = f"traefik-r{next(_numbers):04d}"

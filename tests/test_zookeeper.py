@@ -22,6 +22,7 @@ import pytest
 import docker_register as dr
 from conftest import LAYOUT_KEYS, Host
 from harness import Certs, Traefik, ZooKeeper, free_port, silent_endpoint, wait_until, zookeeper_nodes
+from tiers import server_fixture
 from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 #: The server's cap on session timeouts: docker-register refuses a TTL above it.
@@ -457,7 +458,7 @@ def test_a_lost_state_file_converges_without_touching_another_hosts_nodes(zk):
 ALICE, BOB = ("alice", "alice-pw-7c1e9d"), ("bob", "bob-pw-3a8f52")
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def digest_zookeeper(tmp_path_factory):
     """A ZooKeeper of the digest tests' own: the nodes their runs make belong to a digest user, and on the shared
     server those above every test's prefix (the hosts' folders) would then be closed to the other tests."""
@@ -554,7 +555,7 @@ def test_another_digest_user_on_another_host_cannot_change_the_nodes(zk_digest):
     assert ALICE[1] not in shown(runs, zk) and BOB[1] not in shown(runs, zk)
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def tls_zookeeper(tmp_path_factory, certs):
     """A ZooKeeper with a secure client port that requires a client certificate (and a plain one to look with)."""
     server = ZooKeeper(tmp_path_factory.mktemp("zk-tls"), max_session_timeout_ms=MAX_SESSION_SECONDS * 1000,
@@ -640,7 +641,7 @@ def test_nested_traefik_labels_keep_the_keys_below(zk):
 # --- through a real Traefik ------------------------------------------------------------------
 
 
-@pytest.fixture
+@server_fixture
 def zk_edge(zk, tmp_path):
     """A Traefik whose zooKeeper provider reads a root of the test's own (with a harmless node in it first:
     an empty root makes the provider back off), and this machine's address as the host's."""
