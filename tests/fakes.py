@@ -3,7 +3,7 @@
 `FakeEtcd` keeps what etcd keeps (a global revision, per-key create/mod revisions and versions, leases with
 their attached keys) and enforces what etcd enforces (guarded transactions of at most 128 operations, puts
 only on live leases, a lease's keys deleted in one revision when it ends), so the orchestration runs on it
-as it runs on etcd. `FakeDocker` answers GET /containers/json from a list of Engine-API-shaped dicts.
+as it runs on etcd; tests/test_contract.py runs the same scenarios on it and on a real etcd. `FakeDocker` answers GET /containers/json from a list of Engine-API-shaped dicts.
 Both count what they are asked, so a test can say "this run wrote nothing". `FakeClock` is the module's Clock
 moved by the code that waits on it, so backoff and pass timing run in no time. The unit-tier builders (`config`,
 `web`, `web_key`) are shared by the orchestration and events tests.

@@ -579,41 +579,7 @@ def test_sync_every_reports_a_pass_skipped_for_the_lock_and_writes_nothing(tmp_p
     assert connect.store.calls == Counter()
 
 
-# --- the fake keeps etcd's rules -------------------------------------------------------------
-
-
-def plan_of(*changes_, lease_action=dr.LeaseAction.KEEP) -> dr.Plan:
-    return dr.Plan(LEASE, lease_action, tuple(changes_), 0)
-
-
-def add(key, value="v") -> dr.Change:
-    return dr.Change(dr.ChangeKind.ADD, key, value, None, 0)
-
-
-def test_fake_etcd_refuses_a_put_on_a_missing_lease_and_writes_nothing():
-    store = FakeEtcd()
-    with pytest.raises(dr.Conflict, match="requested lease not found"):
-        store.apply(plan_of(add("/backends/a/1")), ttl=30)
-    assert (store.values(), store.revision, store.writes) == ({}, 1, Counter())
-
-
-def test_fake_etcd_writes_nothing_of_a_transaction_whose_compare_fails():
-    store = FakeEtcd()
-    store.put("/backends/a/2", "taken")
-    with pytest.raises(dr.Conflict):
-        store.apply(plan_of(add("/backends/a/1"), add("/backends/a/2"), lease_action=dr.LeaseAction.GRANT), ttl=30)
-    assert store.values() == {"/backends/a/2": "taken"}
-    assert store.revision == 2
-    assert store.writes == Counter(grant=1)
-
-
-def test_fake_etcd_tolerates_granting_a_live_lease_again_as_the_real_store_does():
-    store = FakeEtcd()
-    store.grant(LEASE, 30)
-    store.apply(plan_of(add("/backends/a/1"), lease_action=dr.LeaseAction.GRANT), ttl=60)
-    assert store.leases[LEASE].granted_ttl == 30  # etcd keeps the lease it has
-    assert store.writes == Counter(txn=1, put=1)
-    assert store.rpcs["grant"] == 1
+# --- the fake's own test hooks (tests/test_contract.py runs the scenarios it shares with etcd on both) --------
 
 
 def test_fake_etcd_keeps_per_key_revisions_and_raises_short_ttls_to_etcds_minimum():
