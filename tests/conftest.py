@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import subprocess
@@ -15,9 +14,10 @@ from hypothesis import settings
 #: The checkout under test: its module comes first on sys.path, before any installed copy.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-pytest.register_assert_rewrite("fakes", "harness", "tiers")
+pytest.register_assert_rewrite("fakes", "harness", "hosts", "strategies", "tiers")
 import docker_register  # noqa: E402
 from harness import Certs, Docker29, Dockerd, Etcd, Podman, ReadOnlyProxy, Redis, ZooKeeper, require  # noqa: E402
+from hosts import World  # noqa: E402
 from tiers import server_fixture  # noqa: E402
 
 assert Path(docker_register.__file__).resolve() == ROOT / "docker_register.py", (
@@ -31,19 +31,8 @@ settings.register_profile("full", max_examples=300)
 settings.register_profile("quick", max_examples=40)
 settings.load_profile(os.environ.get("DOCKER_REGISTER_TEST_PROFILE", "quick"))
 
-#: The installed console script, next to the interpreter running the tests; Host.env puts the checkout first on
-#: its PYTHONPATH, so it runs the checkout's module too.
-BINARY = str(Path(sys.executable).with_name("docker-register"))
 _counter = itertools.count(1)
 _proxies = itertools.count(1)
-
-
-def checkout_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment (this process's by default) with the checkout first on PYTHONPATH: a child process that
-    imports docker_register, the console script included, then runs the checkout and never an older install."""
-    env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
-    return env
 
 
 def pytest_report_header(config) -> str:
@@ -164,115 +153,6 @@ def podman_world(podman, etcd, tmp_path):
     """world, with the Podman socket as the engine (DOCKER_HOST) instead of the dockerd."""
     yield World(podman, etcd, next(_counter), tmp_path)
     etcd.revoke_all_leases()
-
-
-#: Where each layout puts a local/web container's key, below a prefix.
-LAYOUT_KEYS = {"discover": "{prefix}/web/{id12}",
-               "traefik": "{prefix}/http/services/web/loadbalancer/servers/{id12}/url",
-               "skydns": "{prefix}/local/docker/web/{id12}"}
-
-
-class Host:
-    """One host of a test: its engine, prefix, host IP and lock file, and the real CLI run against them."""
-
-    #: First letter of the test's prefix, so each store's tests keep to their own keys.
-    tag = "t"
-
-    def __init__(self, engine: Dockerd, n: int, tmp_path: Path):
-        self.engine = engine
-        self.lock_file = tmp_path / "sync.lock"
-        self.prefix = f"/{self.tag}{n}/backends"
-        self.host_ip = f"192.0.2.{n % 250 + 2}"
-
-    def store_env(self) -> dict[str, str]:
-        """The variables that point the CLI at this test's store."""
-        return {}
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
-        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
-                   DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
-                   **self.store_env())
-        env.update(extra)
-        return checkout_env(env)
-
-    def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
-        """Run the installed docker-register as a real process."""
-        return subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=timeout,
-                              env=self.env(**extra), stdin=subprocess.DEVNULL)
-
-    @contextlib.contextmanager
-    def running(self, *args: str, **extra: str):
-        """The installed docker-register running in the background (output piped), killed on the way out."""
-        proc = subprocess.Popen([BINARY, *args], env=self.env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, stdin=subprocess.DEVNULL)
-        try:
-            yield proc
-        finally:
-            proc.kill()
-
-    def sync(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
-        """Run sync and insist it succeeds."""
-        result = self.run("sync", *args, **extra)
-        assert result.returncode == 0, result.stderr
-        return result
-
-    def docker_run(self, *args: str) -> str:
-        """Start a container; return its full id."""
-        return self.engine.docker("run", "-d", *args).stdout.strip()
-
-    def host_port(self, container: str, port: str) -> int:
-        """The host port Docker published a container port on for IPv4 (the test host IP's family:
-        Docker may give the :: twin another port)."""
-        bindings = self.engine.docker("port", container, port).stdout.split()
-        return int(next(b for b in bindings if b.startswith("0.0.0.0:")).rsplit(":", 1)[1])
-
-    def web_keys(self, *containers: str, port: str = "80") -> dict[str, str]:
-        """The discover keys of these local/web containers, published on 0.0.0.0, and the shared port key."""
-        keys = {f"{self.prefix}/web/{cid[:12]}": f"{self.host_ip}:{self.host_port(cid, '80/tcp')}"
-                for cid in containers}
-        return {**keys, f"{self.prefix}/web/port": port}
-
-    def in_layout(self, layout: str, container_id: str) -> tuple[dict[str, str], str, str]:
-        """The variables of a run in a layout under the test's prefix (no leading / for traefik), that prefix,
-        and where the layout puts the key of a local/web container."""
-        prefix = self.prefix.lstrip("/") if layout == "traefik" else self.prefix
-        key = LAYOUT_KEYS[layout].format(prefix=prefix, id12=container_id[:12])
-        return {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}, prefix, key
-
-
-class World(Host):
-    """What one integration test on etcd works with."""
-
-    def __init__(self, engine: Dockerd, etcd: Etcd, n: int, tmp_path: Path):
-        super().__init__(engine, n, tmp_path)
-        self.etcd = etcd
-
-    def store_env(self) -> dict[str, str]:
-        return {"ETCD_HOST": self.etcd.endpoint}
-
-    def keys(self) -> dict[str, str]:
-        """What etcd holds under this test's prefix, read with etcdctl."""
-        return self.etcd.values(self.prefix + "/")
-
-    def expected_keys(self) -> dict[str, str]:
-        """The keys docker-register should hold for the running test containers (no labels, no
-        healthchecks), worked out from the docker CLI alone."""
-        expected = {}
-        for line in self.engine.docker("ps", "--no-trunc", "--format", "{{.ID}} {{.Image}}").stdout.splitlines():
-            cid, image = line.split()
-            name = image.rsplit("/", 1)[-1].split(":", 1)[0]
-            published: dict[str, int] = {}
-            for line in self.engine.docker("port", cid).stdout.splitlines():
-                private, _, binding = line.partition(" -> ")
-                if binding.startswith("0.0.0.0:"):
-                    published[private] = int(binding.rsplit(":", 1)[1])
-            for private, public in published.items():
-                port = private.split("/")[0]
-                service = name if len(published) == 1 else f"{name}-{port}"
-                expected[f"{self.prefix}/{service}/{cid[:12]}"] = f"{self.host_ip}:{public}"
-                expected[f"{self.prefix}/{service}/port"] = port
-        return expected
 
 
 @server_fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 import typer.main
 
 import docker_register as dr
-from conftest import BINARY, checkout_env
+from hosts import BINARY, checkout_env
 from fakes import FakeEtcd
 
 ENV_NAMES = ("ETCD_HOST", "HOST_IP", "DOCKER_REGISTER_PREFIX", "DOCKER_REGISTER_TTL", "DOCKER_REGISTER_TIMEOUT",

@@ -16,8 +16,8 @@ import urllib3
 
 import docker_register as dr
 from harness import Docker29, require, stop_process, wait_until
+from hosts import SLOW_STOP, Watch, inspect, watching, web_key_of
 from tiers import server_fixture
-from test_events import SLOW_STOP, Watch, inspect, watching, web_key_of
 
 #: Docker 29's answer to a client pinned below its minimum (FACTS: Docker 29), for the SDK's default 1.24.
 TOO_OLD = ("client version 1.24 is too old. Minimum supported API version is 1.44, please upgrade your client to "

@@ -4,9 +4,7 @@ and against a real dockerd and etcd with the CLI running as a real process (part
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
-import signal
 import subprocess
 import threading
 import time
@@ -16,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import docker_register as dr
-from conftest import BINARY
 from fakes import PREFIX, FakeClock, FakeDocker, FakeEtcd, config, web, web_key
 from harness import Dockerd, free_port, require, stop_process, wait_until
+from hosts import SLOW_STOP, event_requests, inspect, watching, web_key_of
 
 CID = "7fe91677e659f6ee6808a10f73f1459016a7857fb39346bb4b7b2e69551f8643"
 NETWORK_ID = "2aca2ddac30e0d47d0237d750a93ad3b88479b56bf6ae3077b485045f7793b08"
@@ -472,91 +470,6 @@ def test_stop_ends_sync_every_promptly_while_it_coalesces_a_burst(tmp_path):
 
 # === Part 2: real dockerd and etcd =============================================================
 
-#: A web container that keeps serving 6 s after SIGTERM (FACTS: busybox httpd as PID 1 ignores SIGTERM).
-SLOW_STOP = ["sh", "-c", "httpd -f -p 80 -h /www & trap 'sleep 6; exit 0' TERM; wait; wait"]
-
-
-class Watch:
-    """A running `docker-register sync --every N --events`, its output lines read as they come, with times."""
-
-    def __init__(self, env: dict[str, str], every: int, ttl: int):
-        self.proc = subprocess.Popen([BINARY, "sync", "--every", str(every), "--events", "--ttl", str(ttl)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        self.out: list[tuple[float, str]] = []
-        self.err: list[tuple[float, str]] = []
-        self.readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-                        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
-        for reader in self.readers:
-            reader.start()
-        self.exit_seconds: float | None = None
-
-    @staticmethod
-    def _read(stream, lines) -> None:
-        for line in stream:
-            lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def passes(self, since: float = 0.0) -> list[float]:
-        """When each summary line came (one per pass), from `since` on."""
-        return [t for t, line in list(self.out) if line.startswith("added ") and t >= since]
-
-    def stderr_lines(self) -> list[str]:
-        return [line for _, line in list(self.err)]
-
-    def wait_passes(self, count: int, timeout: float, since: float = 0.0) -> list[float]:
-        def enough():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"docker-register exited {self.proc.returncode}: {self.stderr_lines()}")
-            return len(self.passes(since)) >= count
-        wait_until(enough, timeout, f"{count} passes", interval=0.02)
-        return self.passes(since)
-
-    def terminate(self) -> None:
-        """SIGTERM, then wait for the exit (SIGKILL after 10 s so nothing leaks)."""
-        if self.proc.poll() is None:
-            started = time.monotonic()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                stop_process(self.proc, signal.SIGKILL)
-            self.exit_seconds = time.monotonic() - started
-        for reader in self.readers:
-            reader.join(5)
-
-
-def event_requests(engine: Dockerd) -> int:
-    """GET /events requests the engine has received so far."""
-    return sum(1 for request in engine.api_requests() if "/events" in request)
-
-
-@contextlib.contextmanager
-def watching(world, engine: Dockerd | None = None, every: int = 60, ttl: int = 90):
-    """Run `sync --every --events` against world's etcd and the engine until the block ends; wait for its
-    first pass and its event stream first. On the way out: SIGTERM, and exit 0 within 3 s."""
-    engine = engine or world.engine
-    streams = event_requests(engine)
-    watch = Watch(world.env(DOCKER_HOST=engine.host), every, ttl)
-    try:
-        watch.wait_passes(1, 30)
-        wait_until(lambda: event_requests(engine) > streams, 10, "the event stream to open")
-        yield watch
-    finally:
-        watch.terminate()
-    assert watch.proc.returncode == 0, watch.stderr_lines()
-    assert watch.exit_seconds < 3, watch.exit_seconds
-    assert not [line for line in watch.stderr_lines() if "Traceback" in line or "Exception" in line], \
-        watch.stderr_lines()
-
-
-def web_key_of(world, cid: str, service: str = "web") -> str:
-    return f"{world.prefix}/{service}/{cid[:12]}"
-
-
-def inspect(engine: Dockerd, cid: str, template: str) -> str:
-    return engine.docker("inspect", "-f", template, cid, check=False).stdout.strip()
-
-
 def test_a_container_started_while_watching_is_registered_within_seconds(world):
     with watching(world, every=60) as watch:
         started = time.monotonic()
@@ -631,7 +544,9 @@ def test_a_stopping_container_is_drained_while_it_still_runs_and_stays_out_until
             assert came_back == [], f"the key came back while the container was stopping: {came_back}"
             assert stopping.wait(20) == 0, stopping.stderr.read()
             assert 5 < time.monotonic() - began  # the 6 s of serving after SIGTERM really happened
-            time.sleep(0.5)
+            # A pass surely after the exit (another container's start event): the key stays out.
+            other = web_key_of(world, world.docker_run("-P", "local/web"))
+            wait_until(lambda: other in world.keys(), 5, "the other container's key")
             assert key not in world.keys()
         finally:
             stop_process(stopping)
@@ -655,7 +570,7 @@ def test_a_burst_of_twenty_starts_gives_a_few_passes(world):
             list(pool.map(lambda cid: world.engine.docker("start", cid), ids))
         wanted = {web_key_of(world, cid) for cid in ids}
         wait_until(lambda: wanted <= set(world.keys()), 10, "all twenty keys")
-        time.sleep(dr.COALESCE_SECONDS + 1.0)
+        watch.wait_quiet(dr.COALESCE_MAX_SECONDS + dr.COALESCE_SECONDS, 15)  # a pass the burst still makes has come
         passes = len(watch.passes(since))
         starts = start_event_times(world.engine, ids, since_unix - 1)
         assert len(starts) == 20
@@ -677,7 +592,8 @@ def test_a_docker_restart_breaks_the_stream_but_not_the_passes_and_events_work_a
         streams = event_requests(engine)
         stop_process(engine.proc)  # dockerd goes down (its containers stop); the stream breaks
         down_since = time.monotonic()
-        time.sleep(6)  # longer than the interval, and several reconnect attempts
+        wait_until(lambda: [line for line in watch.stderr_lines() if "docker-register: error:" in line], 15,
+                   "a periodic pass to fail while Docker is down")
         down_lines = list(watch.stderr_lines())
         engine.start()
         up_since = time.monotonic()

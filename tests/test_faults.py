@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import BINARY
 from harness import free_port, silent_endpoint, start_cluster, stop_process, wait_until
+from hosts import BINARY
 from tiers import server_fixture
 
 

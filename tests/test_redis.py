@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,11 +21,11 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import LAYOUT_KEYS, Host, checkout_env
 from harness import (REDIS_VALUE_WRITES, Certs, Redis, Traefik, free_port, redis_commands, silent_endpoint,
                      wait_until)
+from consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
+from hosts import LAYOUT_KEYS, Host, Watch, checkout_env
 from tiers import server_fixture
-from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 _numbers = itertools.count(1)
 
@@ -308,20 +307,21 @@ def test_every_layout_registers_dry_runs_and_purges(rd, layout):
 
 
 def test_sync_every_registers_deregisters_and_writes_nothing_under_the_root_between(rd):
-    with rd.running("sync", "--every", "1") as proc:
+    watch = Watch(rd.env(), every=1, events=False)
+    try:
         cid = rd.docker_run("-P", "local/web")
         wait_until(lambda: rd.keys() == rd.web_keys(cid), 15, "the repeating sync to register the container")
         with keyspace_events(rd, rd.prefix) as events:
-            before = rd.commands()
-            time.sleep(2.5)  # two or three passes with nothing to change
+            before, since = rd.commands(), time.monotonic()
+            watch.wait_passes(3, 10, since=since)  # two or three passes with nothing to change
             after, seen = rd.commands(), events()
         assert set(writes(before, after)) == {"set"} and after["pexpire"] == before["pexpire"]  # heartbeats only
         assert seen == [], "no keyspace event under the root between changes"
         rd.engine.docker("rm", "-f", cid)
         wait_until(lambda: rd.keys() == {}, 15, "the repeating sync to remove the key")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    assert proc.stderr.read() == ""
+    finally:
+        watch.terminate()  # SIGTERM
+    assert watch.proc.returncode == 0 and watch.stderr_lines() == []
 
 
 def test_a_server_down_fails_in_one_line_within_the_timeout(rd):

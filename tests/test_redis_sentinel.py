@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import Host
+from consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 from harness import Redis, RedisSentinels, Traefik, wait_until
+from hosts import Host
 from tiers import server_fixture
-from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 _numbers = itertools.count(1)
 

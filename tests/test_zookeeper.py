@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import stat
 import sys
 import time
@@ -20,10 +19,10 @@ from types import SimpleNamespace
 import pytest
 
 import docker_register as dr
-from conftest import LAYOUT_KEYS, Host
+from consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 from harness import Certs, Traefik, ZooKeeper, free_port, silent_endpoint, wait_until, zookeeper_nodes
+from hosts import LAYOUT_KEYS, Host, Watch
 from tiers import server_fixture
-from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 
 #: The server's cap on session timeouts: docker-register refuses a TTL above it.
 MAX_SESSION_SECONDS = 20
@@ -361,19 +360,20 @@ def test_every_layout_registers_dry_runs_and_purges(zk, layout):
 
 
 def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_between(zk):
-    with zk.running("sync", "--every", "1") as proc:
+    watch = Watch(zk.env(), every=1, events=False)
+    try:
         cid = zk.docker_run("-P", "local/web")
         wait_until(lambda: zk.keys() == zk.web_keys(cid), 15, "the repeating sync to register the container")
         session = zk.session()
-        zxid = zk.server.zxid()
-        time.sleep(2.5)  # two or three passes with nothing to change
+        zxid, since = zk.server.zxid(), time.monotonic()
+        watch.wait_passes(3, 10, since=since)  # two or three passes with nothing to change
         assert zk.server.zxid() == zxid
         zk.engine.docker("rm", "-f", cid)
         wait_until(lambda: zk.keys() == {}, 15, "the repeating sync to remove the key")
         assert zk.session() == session
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    assert proc.stderr.read() == ""
+    finally:
+        watch.terminate()  # SIGTERM
+    assert watch.proc.returncode == 0 and watch.stderr_lines() == []
 
 
 def test_a_state_file_that_cannot_be_written_is_a_store_failure_exit_1_not_a_usage_error(zk, tmp_path):
