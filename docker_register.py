@@ -1572,8 +1572,26 @@ def read_tls_files(cacert: Optional[str], cert: Optional[str], key: Optional[str
     return TlsFiles(*contents)
 
 
+class Clock:
+    """Time as the waiting loops see it (lock, event backoff, passes): the real one; tests pass one they move."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait until the event is set or seconds passed; whether it is set."""
+        return event.wait(seconds)
+
+
+#: The clock of every run.
+CLOCK = Clock()
+
+
 @contextlib.contextmanager
-def run_lock(path: Optional[str], wait: float) -> Iterator[bool]:
+def run_lock(path: Optional[str], wait: float, clock: Clock = CLOCK) -> Iterator[bool]:
     """Hold an exclusive flock on the lock file; yield False if another run holds it after wait seconds."""
     import fcntl
 
@@ -1589,16 +1607,16 @@ def run_lock(path: Optional[str], wait: float) -> Iterator[bool]:
 
         handle = open(os.path.join(tempfile.gettempdir(), f"docker-register-{os.getuid()}.lock"), "a")
     with handle:
-        deadline = time.monotonic() + wait
+        deadline = clock.monotonic() + wait
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if clock.monotonic() >= deadline:
                     yield False
                     return
-                time.sleep(0.05)
+                clock.sleep(0.05)
         yield True
 
 
@@ -3188,11 +3206,11 @@ def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bo
 
 
 def locked_reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool,
-                     draining: frozenset[str] = frozenset()) -> Optional[Outcome]:
+                     draining: frozenset[str] = frozenset(), clock: Clock = CLOCK) -> Optional[Outcome]:
     """Reconcile while holding the host's lock; None when another run held it too long. A dry run needs no lock."""
     if dry_run:
         return reconcile(config, docker, store, dry_run=True, draining=draining)
-    with run_lock(config.lock_file, wait=config.timeout) as held:
+    with run_lock(config.lock_file, wait=config.timeout, clock=clock) as held:
         return reconcile(config, docker, store, dry_run=False, draining=draining) if held else None
 
 
@@ -3255,7 +3273,8 @@ def close_quietly(adapters: Optional[Adapters]) -> None:
 class Triggers:
     """What Docker's events tell the pass loop: run a pass now, and which containers are being stopped."""
 
-    def __init__(self):
+    def __init__(self, clock: Clock = CLOCK):
+        self.clock = clock
         self.wake = threading.Event()
         self._lock = threading.Lock()
         self._draining: dict[str, float] = {}  # container id -> when its stop began
@@ -3266,7 +3285,7 @@ class Triggers:
             return
         with self._lock:
             if effect is EventEffect.DRAIN:
-                self._draining.setdefault(container_id, time.monotonic())
+                self._draining.setdefault(container_id, self.clock.monotonic())
             elif effect is EventEffect.UNDRAIN:
                 self._draining.pop(container_id, None)
         self.wake.set()
@@ -3285,7 +3304,7 @@ class Triggers:
 
 
 def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers, stop: threading.Event,
-                  say: Callable[[str], None]) -> None:
+                  say: Callable[[str], None], clock: Clock = CLOCK) -> None:
     """Feed Docker's events to the triggers until stop; a broken stream is retried with a growing pause,
     said once when it breaks and once when it is back."""
     backoff, broken = 0.5, False
@@ -3308,12 +3327,12 @@ def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers
             if not broken:
                 say(f"{error}; passes go on every interval, reconnecting")
                 broken = True
-        stop.wait(backoff)
+        clock.wait(stop, backoff)
         backoff = min(backoff * 2, MAX_EVENTS_BACKOFF)
 
 
 def follow_stops(open_source: Callable[[], ContainerSource], triggers: Triggers, stop: threading.Event,
-                 period: float = STOP_POLL_SECONDS) -> None:
+                 period: float = STOP_POLL_SECONDS, clock: Clock = CLOCK) -> None:
     """On an engine that announces no stop (Podman), list all containers every period until stop and drain each
     one newly in the state "stopping"; on Docker, whose `kill` event does that, return after asking its name. A failed
     list is tried again next period (follow_events and the passes say that the engine is down)."""
@@ -3337,42 +3356,42 @@ def follow_stops(open_source: Callable[[], ContainerSource], triggers: Triggers,
                     with contextlib.suppress(Exception):
                         source.close()
                 source = None
-            stop.wait(period)
+            clock.wait(stop, period)
     finally:
         if source is not None:
             with contextlib.suppress(Exception):
                 source.close()
 
 
-def settle(triggers: Triggers, stop: threading.Event) -> None:
+def settle(triggers: Triggers, stop: threading.Event, clock: Clock = CLOCK) -> None:
     """Wait out a burst of events: until none came for COALESCE_SECONDS, at most COALESCE_MAX_SECONDS."""
-    first = last = time.monotonic()
+    first = last = clock.monotonic()
     while not stop.is_set():
-        now = time.monotonic()
+        now = clock.monotonic()
         if now - last >= COALESCE_SECONDS or now - first >= COALESCE_MAX_SECONDS:
             return
-        if triggers.wake.wait(0.05):
+        if clock.wait(triggers.wake, 0.05):
             triggers.wake.clear()
-            last = time.monotonic()
+            last = clock.monotonic()
 
 
 def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: float, report: Callable,
-               stop: threading.Event, triggers: Optional[Triggers] = None) -> int:
+               stop: threading.Event, triggers: Optional[Triggers] = None, clock: Clock = CLOCK) -> int:
     """Reconcile every interval seconds until stop is set, and soon after an event when triggers are given;
     a failed pass is reported, not fatal.
 
     The adapters are kept from pass to pass and opened afresh after a failure (a failed etcd endpoint
     stays marked failed in its client).
     """
-    triggers = triggers or Triggers()
+    triggers = triggers or Triggers(clock)
     adapters = None
     try:
         while not stop.is_set():
-            started = time.monotonic()
+            started = clock.monotonic()
             triggers.wake.clear()
             try:
                 adapters = adapters or connect()
-                outcome = locked_reconcile(config, adapters.docker, adapters.store, False, triggers.draining())
+                outcome = locked_reconcile(config, adapters.docker, adapters.store, False, triggers.draining(), clock)
                 if outcome is not None:
                     triggers.forget_gone(outcome.running, started)
                 report(outcome)
@@ -3382,9 +3401,9 @@ def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: floa
                 report_error(error)
                 adapters = close_quietly(adapters)
             next_pass = started + interval
-            while not stop.is_set() and time.monotonic() < next_pass:
-                if triggers.wake.wait(max(0.0, min(0.5, next_pass - time.monotonic()))):
-                    settle(triggers, stop)
+            while not stop.is_set() and clock.monotonic() < next_pass:
+                if clock.wait(triggers.wake, max(0.0, min(0.5, next_pass - clock.monotonic()))):
+                    settle(triggers, stop, clock)
                     break
     finally:
         close_quietly(adapters)

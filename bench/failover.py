@@ -40,7 +40,7 @@ from pathlib import Path
 from common import (BINARY, Background, Dockerd, Traefik, backend_servers, log, print_table, print_targets, publish,
                     servers, stop_process, wait_until)
 from harness import zookeeper_nodes
-from test_consumers import WEB_HOST, WEB_SELF
+from consumers import WEB_HOST, WEB_SELF
 
 STORES = ("etcd", "zookeeper", "redis")
 #: Each host's TTL (its etcd lease, ZooKeeper session or Redis expiry) and seconds between two passes of its watch.

@@ -1,8 +1,7 @@
-"""Session fixtures: one real dockerd and one real etcd for the whole test run."""
+"""Session fixtures: one real dockerd and one real etcd for the whole test run; the tiers come from tiers.py."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import subprocess
@@ -12,8 +11,19 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-sys.path.insert(0, str(Path(__file__).parent))
+#: The checkout under test: its module comes first on sys.path, before any installed copy.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+pytest.register_assert_rewrite("fakes", "harness", "hosts", "strategies", "tiers")
+import docker_register  # noqa: E402
 from harness import Certs, Docker29, Dockerd, Etcd, Podman, ReadOnlyProxy, Redis, ZooKeeper, require  # noqa: E402
+from hosts import World  # noqa: E402
+from tiers import server_fixture  # noqa: E402
+
+assert Path(docker_register.__file__).resolve() == ROOT / "docker_register.py", (
+    f"the tests import {docker_register.__file__}, not the checkout's {ROOT / 'docker_register.py'}")
+
+pytest_plugins = ("tiers", "pytester")
 
 #: Hypothesis examples per property: 300 in the full suite (scripts/test, what CI runs), 40 otherwise (the
 #: developer loop, scripts/test -m unit or a plain pytest run).
@@ -21,45 +31,8 @@ settings.register_profile("full", max_examples=300)
 settings.register_profile("quick", max_examples=40)
 settings.load_profile(os.environ.get("DOCKER_REGISTER_TEST_PROFILE", "quick"))
 
-#: The installed console script, next to the interpreter running the tests.
-BINARY = str(Path(sys.executable).with_name("docker-register"))
 _counter = itertools.count(1)
 _proxies = itertools.count(1)
-
-#: Fixtures that start a real server (dockerd or etcd); a test needing any of them, even through
-#: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
-SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
-                             "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server",
-                             "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29", "proxy", "podman_service",
-                             "podman", "sentinels", "zk_ensemble"})
-#: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
-IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
-
-
-def pytest_collection_modifyitems(items) -> None:
-    """Put every test in its tiers from the fixtures it uses: `integration` (starts a server), `image`
-    (builds the image) or else `unit`. Nothing is marked by hand."""
-    for item in items:
-        # A parametrize argument may share a fixture's name (test_core's `image`): it is no fixture.
-        used = set(item.fixturenames) - directly_parametrized(item)
-        if used & IMAGE_FIXTURES:
-            item.add_marker(pytest.mark.image)
-        if used & (SERVER_FIXTURES | IMAGE_FIXTURES):
-            item.add_marker(pytest.mark.integration)
-        else:
-            item.add_marker(pytest.mark.unit)
-
-
-def directly_parametrized(item) -> set[str]:
-    """Argument names that a test's parametrize marks fill in themselves (not through a fixture)."""
-    names = set()
-    for mark in item.iter_markers("parametrize"):
-        argnames = mark.args[0] if mark.args else mark.kwargs["argnames"]
-        if isinstance(argnames, str):
-            argnames = [name.strip() for name in argnames.split(",")]
-        indirect = mark.kwargs.get("indirect", False)
-        names.update(name for name in argnames if indirect is not True and name not in (indirect or ()))
-    return names
 
 
 def pytest_report_header(config) -> str:
@@ -78,7 +51,7 @@ def servers_root(tmp_path_factory) -> Path:
     return Path(tmp_path_factory.mktemp("srv"))
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def dockerd(servers_root):
     engine = Dockerd(servers_root / "docker").start()
     engine.build_images()
@@ -86,7 +59,7 @@ def dockerd(servers_root):
     engine.stop()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def proxy(servers_root, dockerd):
     """HAProxy with the shipped read-only proxy configuration in front of the shared dockerd, for the run."""
     server = ReadOnlyProxy(servers_root / "proxy", dockerd).start()
@@ -101,14 +74,14 @@ def certs(tmp_path_factory) -> Certs:
     return Certs(tmp_path_factory.mktemp("certs"), client_names=("root", "docker-register", "intruder"))
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def etcd(servers_root):
     member = Etcd(servers_root / "etcd").start()
     yield member
     member.stop()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def second_dockerd(tmp_path_factory):
     """Another dockerd on this machine, with a bridge and subnet of its own, for the whole run."""
     pid = os.getpid()
@@ -130,7 +103,7 @@ def second_engine(second_dockerd):
     second_dockerd.remove_all_containers()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def podman_service(servers_root, dockerd):
     """A rootful Podman's Docker-compatible socket for the run, with the dockerd's test images loaded."""
     service = Podman(servers_root / "podman")
@@ -156,7 +129,7 @@ def engine(dockerd):
     dockerd.remove_all_containers()
 
 
-@pytest.fixture
+@server_fixture
 def docker29(engine, servers_root):
     """Docker 29's API rules in front of the shared dockerd: a proxy on a private socket that refuses versioned
     paths below 1.44 (as Docker 29 does) and forwards the rest; `.host` is its DOCKER_HOST."""
@@ -182,116 +155,7 @@ def podman_world(podman, etcd, tmp_path):
     etcd.revoke_all_leases()
 
 
-#: Where each layout puts a local/web container's key, below a prefix.
-LAYOUT_KEYS = {"discover": "{prefix}/web/{id12}",
-               "traefik": "{prefix}/http/services/web/loadbalancer/servers/{id12}/url",
-               "skydns": "{prefix}/local/docker/web/{id12}"}
-
-
-class Host:
-    """One host of a test: its engine, prefix, host IP and lock file, and the real CLI run against them."""
-
-    #: First letter of the test's prefix, so each store's tests keep to their own keys.
-    tag = "t"
-
-    def __init__(self, engine: Dockerd, n: int, tmp_path: Path):
-        self.engine = engine
-        self.lock_file = tmp_path / "sync.lock"
-        self.prefix = f"/{self.tag}{n}/backends"
-        self.host_ip = f"192.0.2.{n % 250 + 2}"
-
-    def store_env(self) -> dict[str, str]:
-        """The variables that point the CLI at this test's store."""
-        return {}
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
-        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
-                   DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
-                   **self.store_env())
-        env.update(extra)
-        return env
-
-    def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
-        """Run the installed docker-register as a real process."""
-        return subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=timeout,
-                              env=self.env(**extra), stdin=subprocess.DEVNULL)
-
-    @contextlib.contextmanager
-    def running(self, *args: str, **extra: str):
-        """The installed docker-register running in the background (output piped), killed on the way out."""
-        proc = subprocess.Popen([BINARY, *args], env=self.env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, stdin=subprocess.DEVNULL)
-        try:
-            yield proc
-        finally:
-            proc.kill()
-
-    def sync(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
-        """Run sync and insist it succeeds."""
-        result = self.run("sync", *args, **extra)
-        assert result.returncode == 0, result.stderr
-        return result
-
-    def docker_run(self, *args: str) -> str:
-        """Start a container; return its full id."""
-        return self.engine.docker("run", "-d", *args).stdout.strip()
-
-    def host_port(self, container: str, port: str) -> int:
-        """The host port Docker published a container port on for IPv4 (the test host IP's family:
-        Docker may give the :: twin another port)."""
-        bindings = self.engine.docker("port", container, port).stdout.split()
-        return int(next(b for b in bindings if b.startswith("0.0.0.0:")).rsplit(":", 1)[1])
-
-    def web_keys(self, *containers: str, port: str = "80") -> dict[str, str]:
-        """The discover keys of these local/web containers, published on 0.0.0.0, and the shared port key."""
-        keys = {f"{self.prefix}/web/{cid[:12]}": f"{self.host_ip}:{self.host_port(cid, '80/tcp')}"
-                for cid in containers}
-        return {**keys, f"{self.prefix}/web/port": port}
-
-    def in_layout(self, layout: str, container_id: str) -> tuple[dict[str, str], str, str]:
-        """The variables of a run in a layout under the test's prefix (no leading / for traefik), that prefix,
-        and where the layout puts the key of a local/web container."""
-        prefix = self.prefix.lstrip("/") if layout == "traefik" else self.prefix
-        key = LAYOUT_KEYS[layout].format(prefix=prefix, id12=container_id[:12])
-        return {"DOCKER_REGISTER_LAYOUT": layout, "DOCKER_REGISTER_PREFIX": prefix}, prefix, key
-
-
-class World(Host):
-    """What one integration test on etcd works with."""
-
-    def __init__(self, engine: Dockerd, etcd: Etcd, n: int, tmp_path: Path):
-        super().__init__(engine, n, tmp_path)
-        self.etcd = etcd
-
-    def store_env(self) -> dict[str, str]:
-        return {"ETCD_HOST": self.etcd.endpoint}
-
-    def keys(self) -> dict[str, str]:
-        """What etcd holds under this test's prefix, read with etcdctl."""
-        return self.etcd.values(self.prefix + "/")
-
-    def expected_keys(self) -> dict[str, str]:
-        """The keys docker-register should hold for the running test containers (no labels, no
-        healthchecks), worked out from the docker CLI alone."""
-        expected = {}
-        for line in self.engine.docker("ps", "--no-trunc", "--format", "{{.ID}} {{.Image}}").stdout.splitlines():
-            cid, image = line.split()
-            name = image.rsplit("/", 1)[-1].split(":", 1)[0]
-            published: dict[str, int] = {}
-            for line in self.engine.docker("port", cid).stdout.splitlines():
-                private, _, binding = line.partition(" -> ")
-                if binding.startswith("0.0.0.0:"):
-                    published[private] = int(binding.rsplit(":", 1)[1])
-            for private, public in published.items():
-                port = private.split("/")[0]
-                service = name if len(published) == 1 else f"{name}-{port}"
-                expected[f"{self.prefix}/{service}/{cid[:12]}"] = f"{self.host_ip}:{public}"
-                expected[f"{self.prefix}/{service}/port"] = port
-        return expected
-
-
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def zookeeper(servers_root):
     """A private ZooKeeper for the run (sessions up to 20 s), shared by the ZooKeeper and failover tests."""
     server = ZooKeeper(servers_root / "zookeeper", max_session_timeout_ms=20000).start()
@@ -299,7 +163,7 @@ def zookeeper(servers_root):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def redis_server(servers_root):
     """A private redis-server for the run, shared by the Redis and failover tests."""
     server = Redis(servers_root / "redis").start()

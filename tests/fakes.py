@@ -3,15 +3,18 @@
 `FakeEtcd` keeps what etcd keeps (a global revision, per-key create/mod revisions and versions, leases with
 their attached keys) and enforces what etcd enforces (guarded transactions of at most 128 operations, puts
 only on live leases, a lease's keys deleted in one revision when it ends), so the orchestration runs on it
-as it runs on etcd. `FakeDocker` answers GET /containers/json from a list of Engine-API-shaped dicts.
-Both count what they are asked, so a test can say "this run wrote nothing". The unit-tier builders
-(`config`, `web`, `web_key`) and `start_sync_every` are shared by the orchestration and events tests.
+as it runs on etcd; tests/test_contract.py runs the same scenarios on it and on a real etcd. `FakeDocker` answers GET /containers/json from a list of Engine-API-shaped dicts.
+Both count what they are asked, so a test can say "this run wrote nothing". `FakeClock` is the module's Clock
+moved by the code that waits on it, so backoff and pass timing run in no time. The unit-tier builders (`config`,
+`web`, `web_key`) are shared by the orchestration and events tests.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import heapq
+import itertools
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,20 +83,56 @@ def config(tmp_path, ttl: int = 30, **overrides) -> dr.Config:
     return dr.Config(**{**settings, **overrides})
 
 
-def start_sync_every(cfg, connect, interval, report, stop,
-                     triggers: Optional[dr.Triggers] = None) -> tuple[threading.Thread, dict]:
-    """Run sync_every in a thread; its return value ("code") or exception ("error") lands in the dict."""
-    result = {}
+# --- time -------------------------------------------------------------------------------
 
-    def target():
-        try:
-            result["code"] = dr.sync_every(cfg, connect, interval, report, stop, triggers)
-        except BaseException as error:  # handed to the test thread
-            result["error"] = error
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, result
+class FakeClock:
+    """The module's Clock, moved only by the code that waits on it, in one thread: a sleep returns at once with the
+    time advanced, and a wait on an event returns at once when the event is set, else with the time advanced to
+    the end of the wait or to the first thing scheduled (`at`, `after`) that sets it, as threading.Event.wait
+    would. What another thread or the outside world does during a real wait is scheduled with `at`/`after`."""
+
+    def __init__(self, now: float = 1000.0, limit: float = 3600.0):
+        self.now = now
+        #: A loop still waiting this long after the start fails the test instead of running on.
+        self.end = now + limit
+        #: The seconds asked of each sleep and wait, in order.
+        self.waits: list[float] = []
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        """Run action when the time reaches `when`."""
+        heapq.heappush(self._due, (when, next(self._order), action))
+
+    def after(self, seconds: float, action: Callable[[], None]) -> None:
+        """Run action `seconds` from now."""
+        self.at(self.now + seconds, action)
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self._pass(seconds, None)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        self.waits.append(seconds)
+        if not event.is_set():
+            self._pass(seconds, event)
+        return event.is_set()
+
+    def _pass(self, seconds: float, event: Optional[threading.Event]) -> None:
+        """Let the time pass, running what falls due, until the end or until the event waited on is set."""
+        end = self.now + max(0.0, seconds)
+        while self._due and self._due[0][0] <= end:
+            when, _, action = heapq.heappop(self._due)
+            self.now = max(self.now, when)
+            action()
+            if event is not None and event.is_set():
+                return
+        self.now = end
+        assert self.now <= self.end, f"still waiting {self.now - self.end:.1f} s past the clock's limit"
 
 
 # --- Docker -------------------------------------------------------------------------------

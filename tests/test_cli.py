@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer.main
 
 import docker_register as dr
-from conftest import BINARY
+from hosts import BINARY, checkout_env
 from fakes import FakeEtcd
 
 ENV_NAMES = ("ETCD_HOST", "HOST_IP", "DOCKER_REGISTER_PREFIX", "DOCKER_REGISTER_TTL", "DOCKER_REGISTER_TIMEOUT",
@@ -103,18 +104,28 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"docker-register {dr.__version__}"
 
 
+# The two real processes of this file (integration): the console script and `python -m`, each running the checkout.
+
+
+@pytest.mark.integration
 def test_installed_console_script_reports_usage_errors_as_exit_2():
-    result = subprocess.run([BINARY, "sync", "--ttl", "0"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([BINARY, "sync", "--ttl", "0"], capture_output=True, text=True, timeout=60,
+                            env=checkout_env())
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert subprocess.run([BINARY, "--version"], capture_output=True, text=True).stdout.startswith("docker-register")
+    version = subprocess.run([BINARY, "--version"], capture_output=True, text=True, timeout=60, env=checkout_env())
+    assert version.stdout.strip() == f"docker-register {dr.__version__}"
 
 
+@pytest.mark.integration
 def test_python_dash_m_runs_the_same_cli(tmp_path):
-    # Run from an empty directory so the installed module answers, as it would for a user.
+    # From an empty directory, as a user would run it.
     def module(*args):
         return subprocess.run([sys.executable, "-m", "docker_register", *args], capture_output=True, text=True,
-                              timeout=60, cwd=tmp_path)
+                              timeout=60, cwd=tmp_path, env=checkout_env())
 
+    imported = subprocess.run([sys.executable, "-c", "import docker_register; print(docker_register.__file__)"],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path, env=checkout_env())
+    assert imported.stdout.strip() == str(Path(dr.__file__).resolve()), "the checkout's module, not an install"
     version = module("--version")
     assert version.returncode == 0 and version.stdout.strip() == f"docker-register {dr.__version__}"
     usage = module("sync", "--ttl", "0")

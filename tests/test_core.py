@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 import docker_register as dr
-from fakes import FakeDocker, container, port
+from fakes import HOST, PREFIX, FakeDocker, container, port
 
-HOST = "10.0.0.5"
-PREFIX = "/backends"
 LEASE = dr.lease_id_for(HOST, PREFIX)
 OTHER_LEASE = 0x1234
 CONFIG = dr.Config(endpoints=(), host_ip=HOST, prefix=PREFIX, ttl=30, timeout=5.0)

@@ -6,14 +6,13 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 import docker_register as dr
-from conftest import BINARY
 from harness import wait_until
+from hosts import BINARY, Watch
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ("docker-register.service", "docker-register.timer", "docker-register-purge.service",
@@ -60,16 +59,19 @@ def verify(root: Path, *units: str) -> subprocess.CompletedProcess:
     return subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True)
 
 
+@pytest.mark.integration  # runs systemd-analyze
 def test_systemd_units_verify_clean(systemd_root):
     result = verify(systemd_root, *UNITS)
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
+@pytest.mark.integration  # runs systemd-analyze
 def test_units_with_the_readonly_drop_in_verify_clean(readonly_systemd_root):
     result = verify(readonly_systemd_root, *UNITS)
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
+@pytest.mark.integration  # runs systemd-analyze
 def test_systemd_verify_catches_a_broken_unit(systemd_root):
     broken = systemd_root / "etc/systemd/system/broken-register.timer"
     broken.write_text((ROOT / "systemd/docker-register.timer").read_text().replace("=10s", "=ten"))
@@ -168,6 +170,7 @@ def exposure(root: Path, unit: str) -> str:
     return re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1)
 
 
+@pytest.mark.integration  # runs systemd-analyze
 def test_exposure_scores_are_the_ones_the_readme_reports(systemd_root, readonly_systemd_root):
     readme = (ROOT / "README.md").read_text()
     for unit in ("docker-register.service", "docker-register-purge.service", "docker-register-watch.service"):
@@ -321,17 +324,16 @@ def test_purge_with_etcd_down_exits_1_with_one_line(world):
 
 
 def test_every_repeats_and_exits_0_promptly_on_sigterm(world):
-    with world.running("sync", "--every", "1") as proc:
+    watch = Watch(world.env(), every=1, events=False)
+    try:
         world.docker_run("-P", "local/web")
         wait_until(lambda: len(world.keys()) == 2, 15, "the repeating sync to register the container")
-        time.sleep(1.5)
-        proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = proc.wait(10)
-        assert code == 0 and time.monotonic() - started < 3
-    out = proc.stdout.read().splitlines()
-    assert len(out) >= 2 and any(line.startswith("added 2") for line in out)
-    assert any(line.startswith("added 0, updated 0, removed 0, unchanged 2") for line in out)
+        wait_until(lambda: any(line.startswith("added 0, updated 0, removed 0, unchanged 2") for _, line in watch.out),
+                   10, "a later pass with nothing to change")
+    finally:
+        watch.terminate()  # SIGTERM
+    assert watch.proc.returncode == 0 and watch.exit_seconds < 3, (watch.exit_seconds, watch.stderr_lines())
+    assert any(line.startswith("added 2") for _, line in watch.out)
 
 
 def test_every_needs_a_ttl_longer_than_the_interval(world):

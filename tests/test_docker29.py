@@ -16,7 +16,8 @@ import urllib3
 
 import docker_register as dr
 from harness import Docker29, require, stop_process, wait_until
-from test_events import SLOW_STOP, Watch, inspect, watching, web_key_of
+from hosts import SLOW_STOP, Watch, inspect, watching, web_key_of
+from tiers import server_fixture
 
 #: Docker 29's answer to a client pinned below its minimum (FACTS: Docker 29), for the SDK's default 1.24.
 TOO_OLD = ("client version 1.24 is too old. Minimum supported API version is 1.44, please upgrade your client to "
@@ -75,7 +76,7 @@ def test_an_answer_broken_off_is_described_as_such():
 # --- DockerSource against the stand-in with no engine behind it: only its own answers --------------------------
 
 
-@pytest.fixture
+@server_fixture
 def no_engine(tmp_path, monkeypatch):
     """The Docker 29 stand-in with nothing behind its forwarding (a forwarded request gets its connection
     closed), and DOCKER_HOST pointing at it."""

@@ -3,9 +3,8 @@ and against a real dockerd and etcd with the CLI running as a real process (part
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import signal
+import collections
+import functools
 import subprocess
 import threading
 import time
@@ -15,14 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import docker_register as dr
-from conftest import BINARY
-from fakes import PREFIX, FakeDocker, FakeEtcd, config, start_sync_every, web, web_key
+from fakes import PREFIX, FakeClock, FakeDocker, FakeEtcd, config, web, web_key
 from harness import Dockerd, free_port, require, stop_process, wait_until
+from hosts import SLOW_STOP, event_requests, inspect, watching, web_key_of
 
 CID = "7fe91677e659f6ee6808a10f73f1459016a7857fb39346bb4b7b2e69551f8643"
 NETWORK_ID = "2aca2ddac30e0d47d0237d750a93ad3b88479b56bf6ae3077b485045f7793b08"
-#: Bound on any wait in the unit tier; the passes themselves take milliseconds.
-JOIN_SECONDS = 5.0
 
 
 # === Part 1: no servers ======================================================================
@@ -116,12 +113,15 @@ def test_a_pass_event_wakes_without_draining_and_a_none_event_does_nothing():
 
 
 def test_forget_gone_forgets_only_containers_drained_before_the_list_and_not_running():
-    triggers = dr.Triggers()
+    clock = FakeClock()
+    triggers = dr.Triggers(clock)
     other = "b" * 64
-    before_drain = time.monotonic()
+    before_drain = clock.now
+    clock.sleep(0.1)
     triggers.note(dr.EventEffect.DRAIN, CID)
     triggers.note(dr.EventEffect.DRAIN, other)
-    after_drain = time.monotonic()
+    clock.sleep(0.1)
+    after_drain = clock.now
 
     triggers.forget_gone(frozenset(), before_drain)  # a list taken before the stops began proves nothing
     assert triggers.draining() == {CID, other}
@@ -132,10 +132,12 @@ def test_forget_gone_forgets_only_containers_drained_before_the_list_and_not_run
 
 
 def test_a_drained_container_that_starts_again_before_forget_gone_is_not_drained():
-    triggers = dr.Triggers()
+    clock = FakeClock()
+    triggers = dr.Triggers(clock)
     triggers.note(dr.EventEffect.DRAIN, CID)
     triggers.note(dr.EventEffect.UNDRAIN, CID)
-    triggers.forget_gone(frozenset({CID}), time.monotonic())
+    clock.sleep(0.1)
+    triggers.forget_gone(frozenset({CID}), clock.now)
     assert triggers.draining() == frozenset()
 
 
@@ -143,29 +145,38 @@ def test_a_drained_container_that_starts_again_before_forget_gone_is_not_drained
 
 
 class FakeEngine:
-    """Docker's event stream with real behaviour: while the engine is down, opening the stream fails;
-    while it is up, the stream yields what `emit` queues and waits when idle; the engine going down breaks it.
+    """Docker's event stream on a FakeClock: while the engine is down, opening the stream fails; while it is up, the
+    stream yields what `emit` queued and, when idle, lets the clock run (a real stream blocks); the engine going
+    down breaks it. A callable queued among the messages is run when the stream reaches it: what happens (or what
+    the test looks at) between two messages.
 
     `open_source()` is follow_events' open_source: each call is one new source (one connection), timed.
     Like DockerSource.events, `events()` connects when called (a refused connection raises then) and returns
     the stream of messages.
     """
 
-    def __init__(self, up: bool = True):
-        self.up = threading.Event()
-        if up:
-            self.up.set()
-        self.queue: queue.Queue = queue.Queue()
+    #: How long an idle stream lets the clock run before it looks at its queue again.
+    IDLE_SECONDS = 0.05
+
+    def __init__(self, clock: FakeClock, up: bool = True):
+        self.clock = clock
+        self.up = up
+        self.queue: collections.deque = collections.deque()
         self.opened: list[float] = []  # when each source was made
         self.connected: list[float] = []  # when each stream was really established
         self.closed = 0
 
-    def emit(self, *events: dict) -> None:
-        for event in events:
-            self.queue.put(event)
+    def emit(self, *items) -> None:
+        self.queue.extend(items)
+
+    def go_down(self) -> None:
+        self.up = False
+
+    def come_back(self) -> None:
+        self.up = True
 
     def open_source(self) -> "FakeEngine._Source":
-        self.opened.append(time.monotonic())
+        self.opened.append(self.clock.now)
         return FakeEngine._Source(self)
 
     class _Source:
@@ -176,20 +187,22 @@ class FakeEngine:
 
         def events(self):
             engine = self.engine
-            if not engine.up.is_set():
+            if not engine.up:
                 raise dr.DockerError("docker at fake: event stream (GET /events): Connection refused")
-            engine.connected.append(time.monotonic())
+            engine.connected.append(engine.clock.now)
             return self._messages()
 
         def _messages(self):
             engine = self.engine
             while True:
-                if not engine.up.is_set():
+                if not engine.up:
                     raise dr.DockerError("docker at fake: event stream (GET /events): the engine ended it")
-                try:
-                    yield engine.queue.get(timeout=0.02)
-                except queue.Empty:
-                    continue
+                if not engine.queue:
+                    engine.clock.sleep(engine.IDLE_SECONDS)
+                elif callable(engine.queue[0]):
+                    engine.queue.popleft()()
+                else:
+                    yield engine.queue.popleft()
 
         def close(self) -> None:
             self.engine.closed += 1
@@ -198,14 +211,15 @@ class FakeEngine:
 class Said:
     """follow_events' say(): the lines it printed, with when."""
 
-    def __init__(self):
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
         self.lines: list[tuple[float, str]] = []
 
     def __call__(self, text: str) -> None:
-        self.lines.append((time.monotonic(), text))
+        self.lines.append((self.clock.now, text))
 
     def texts(self) -> list[str]:
-        return [text for _, text in list(self.lines)]
+        return [text for _, text in self.lines]
 
     def broke(self) -> list[str]:
         return [text for text in self.texts() if "reconnecting" in text]
@@ -214,90 +228,73 @@ class Said:
         return [text for text in self.texts() if "is back" in text]
 
 
-def follow(engine: FakeEngine, triggers: dr.Triggers, stop: threading.Event, said: Said) -> threading.Thread:
-    thread = threading.Thread(target=dr.follow_events, args=(engine.open_source, triggers, stop, said), daemon=True)
-    thread.start()
-    return thread
+def following(up: bool = True):
+    """A fake clock, engine, triggers, stop event and say() for follow_events."""
+    clock = FakeClock()
+    return clock, FakeEngine(clock, up), dr.Triggers(clock), threading.Event(), Said(clock)
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in zip(times, times[1:])]
 
 
 def test_follow_events_turns_each_message_into_a_trigger():
-    engine, triggers, stop, said = FakeEngine(), dr.Triggers(), threading.Event(), Said()
-    thread = follow(engine, triggers, stop, said)
-    engine.emit(container_event("exec_die", exitCode="0", **EXEC), network_event("connect"))
-    time.sleep(0.2)
-    assert not triggers.wake.is_set()
-    engine.emit(container_event("kill", signal="15"))
-    assert triggers.wake.wait(JOIN_SECONDS)
-    assert triggers.draining() == {CID}
-    engine.emit(container_event("start"))
-    wait_until(lambda: triggers.draining() == frozenset(), JOIN_SECONDS, "the start to end the drain")
-    stop.set()
-    engine.emit(container_event("die"))  # the stream is idle otherwise: the next message lets the loop see stop
-    thread.join(JOIN_SECONDS)
-    assert not thread.is_alive()
+    clock, engine, triggers, stop, said = following()
+    seen = {}
+    engine.emit(container_event("exec_die", exitCode="0", **EXEC), network_event("connect"),
+                lambda: seen.update(others_woke=triggers.wake.is_set()),
+                container_event("kill", signal="15"),
+                lambda: seen.update(kill=(triggers.wake.is_set(), triggers.draining())),
+                container_event("start"),
+                lambda: seen.update(start=triggers.draining()),
+                stop.set, container_event("die"))  # the stream is idle otherwise: the next message lets it see stop
+    dr.follow_events(engine.open_source, triggers, stop, said, clock)
+    assert seen == {"others_woke": False, "kill": (True, {CID}), "start": frozenset()}
     assert said.texts() == []
     assert len(engine.opened) == 1 and engine.closed == 1
 
 
-def test_a_broken_stream_is_said_once_and_its_return_once_with_a_wake(monkeypatch):
-    monkeypatch.setattr(dr, "MAX_EVENTS_BACKOFF", 1.0)
-    engine, triggers, stop, said = FakeEngine(), dr.Triggers(), threading.Event(), Said()
-    thread = follow(engine, triggers, stop, said)
-    try:
-        wait_until(lambda: engine.connected, JOIN_SECONDS, "the stream to connect")
-        engine.up.clear()  # Docker restarts: the stream breaks, and reconnecting fails for a while
-        wait_until(said.broke, JOIN_SECONDS, "the break to be said")
-        triggers.wake.clear()
-        time.sleep(2.2)  # the retries at +0.5 s and +1.5 s fail
-        assert len(engine.opened) >= 3, engine.opened
-        assert said.texts() == ["docker at fake: event stream (GET /events): the engine ended it; passes go on every "
-                                "interval, reconnecting"]
-        assert not triggers.wake.is_set(), "no wake while the stream is still down"
+def test_a_broken_stream_is_said_once_and_its_return_once_with_a_wake():
+    clock, engine, triggers, stop, said = following()
+    start, seen = clock.now, {}
 
-        engine.up.set()  # Docker is back
-        assert triggers.wake.wait(JOIN_SECONDS), "the reconnect wakes a pass (events were missed meanwhile)"
-        assert len(engine.connected) == 2
-        time.sleep(0.3)
-        assert said.broke() == said.texts()[:1] and said.back() == ["docker events: stream is back"]
-        assert len(said.texts()) == 2
-        engine.emit(container_event("kill", signal="15"))
-        wait_until(lambda: triggers.draining() == {CID}, JOIN_SECONDS, "events to flow again")
-    finally:
-        stop.set()
-        engine.up.clear()  # breaks the idle stream, so the thread sees stop
-        thread.join(JOIN_SECONDS)
-    assert not thread.is_alive()
+    def docker_is_back():
+        seen["before"] = (triggers.wake.is_set(), said.texts(), len(engine.opened))
+        engine.come_back()
+        engine.emit(lambda: seen.update(back=(triggers.wake.is_set(), len(engine.connected), said.back())),
+                    container_event("kill", signal="15"), lambda: seen.update(drained=triggers.draining()),
+                    stop.set, container_event("die"))
+
+    engine.emit(engine.go_down)  # Docker restarts: the stream breaks, and reconnecting fails for a while
+    clock.at(start + 2.2, docker_is_back)
+    dr.follow_events(engine.open_source, triggers, stop, said, clock)
+
+    broke = ("docker at fake: event stream (GET /events): the engine ended it; passes go on every interval, "
+             "reconnecting")
+    assert seen["before"] == (False, [broke], 3), "no wake while the stream is down; the break said once"
+    assert gaps(engine.opened) == pytest.approx([0.5, 1.0, 2.0])  # refused at +0.5 and +1.5, back at +3.5
+    assert seen["back"] == (True, 2, ["docker events: stream is back"]), "the reconnect wakes a pass"
+    assert seen["drained"] == {CID}, "events flow again"
+    assert said.texts() == [broke, "docker events: stream is back"]
+    assert engine.closed == len(engine.opened)
 
 
-def test_reconnect_attempts_back_off_doubling_up_to_the_cap(monkeypatch):
-    monkeypatch.setattr(dr, "MAX_EVENTS_BACKOFF", 1.0)
-    engine, triggers, stop, said = FakeEngine(up=False), dr.Triggers(), threading.Event(), Said()
-    thread = follow(engine, triggers, stop, said)
-    try:
-        wait_until(lambda: len(engine.opened) >= 5, 8, "five attempts")
-    finally:
-        stop.set()
-        thread.join(JOIN_SECONDS)
-    assert not thread.is_alive()
-    gaps = [later - earlier for earlier, later in zip(engine.opened, engine.opened[1:])]
-    # 0.5 s, then doubled to 1.0 s, then capped at 1.0 s (MAX_EVENTS_BACKOFF here).
-    assert 0.45 <= gaps[0] < 0.8, gaps
-    assert all(0.95 <= gap < 1.4 for gap in gaps[1:4]), gaps
+def test_reconnect_attempts_back_off_doubling_up_to_the_cap():
+    clock, engine, triggers, stop, said = following(up=False)
+    clock.after(150, stop.set)
+    dr.follow_events(engine.open_source, triggers, stop, said, clock)
+    assert gaps(engine.opened) == pytest.approx([0.5, 1, 2, 4, 8, 16, dr.MAX_EVENTS_BACKOFF, dr.MAX_EVENTS_BACKOFF,
+                                                 dr.MAX_EVENTS_BACKOFF])
     assert len(said.broke()) == 1 and said.back() == [], said.texts()
     assert not triggers.wake.is_set()
 
 
-def test_stop_ends_follow_events_promptly_while_it_backs_off(monkeypatch):
-    monkeypatch.setattr(dr, "MAX_EVENTS_BACKOFF", 20.0)
-    engine, triggers, stop, said = FakeEngine(up=False), dr.Triggers(), threading.Event(), Said()
-    thread = follow(engine, triggers, stop, said)
-    wait_until(lambda: len(engine.opened) >= 3, JOIN_SECONDS, "three attempts")  # now waiting 2 s
-    started = time.monotonic()
-    stop.set()
-    thread.join(JOIN_SECONDS)
-    assert not thread.is_alive()
-    assert time.monotonic() - started < 0.3
-    assert engine.closed == len(engine.opened)
+def test_stop_ends_follow_events_promptly_while_it_backs_off():
+    clock, engine, triggers, stop, said = following(up=False)
+    clock.at(clock.now + 2.0, stop.set)  # attempts at +0, +0.5 and +1.5, which then waits 2 s
+    dr.follow_events(engine.open_source, triggers, stop, said, clock)
+    assert clock.now == 1002.0  # it waited on the stop event, not the whole backoff
+    assert len(engine.opened) == 3 and engine.closed == 3
 
 
 # --- follow_stops: engines whose stops begin without an event (Podman) ---------------------------
@@ -327,227 +324,151 @@ def test_stop_effects_drain_each_container_new_to_the_stopping_list_once():
     assert dr.stop_effects(frozenset({CID}), frozenset()) == []  # gone: its die event runs the pass
 
 
-def follow_stops_on(docker: FakeDocker, period: float = 0.05):
-    """follow_stops in a thread over a FakeDocker (each open_source call the same engine)."""
-    triggers, stop = dr.Triggers(), threading.Event()
-    thread = threading.Thread(target=dr.follow_stops, args=(lambda: docker, triggers, stop, period), daemon=True)
-    thread.start()
-    return triggers, stop, thread
-
-
 def test_on_docker_follow_stops_asks_the_engine_once_and_lists_nothing():
-    docker = FakeDocker([web(1, public=32769)])
-    triggers, stop, thread = follow_stops_on(docker)
-    thread.join(JOIN_SECONDS)
-    assert not thread.is_alive() and docker.calls == 0 and not triggers.wake.is_set()
+    docker, clock, stop = FakeDocker([web(1, public=32769)]), FakeClock(), threading.Event()
+    triggers = dr.Triggers(clock)
+    dr.follow_stops(lambda: docker, triggers, stop, clock=clock)
+    assert docker.calls == 0 and not triggers.wake.is_set() and clock.waits == []
 
 
 def test_on_podman_a_stopping_container_drains_once_even_after_a_failed_list():
     docker = FakeDocker([web(1, public=32769), web(2, public=32770)], engine=PODMAN)
-    triggers, stop, thread = follow_stops_on(docker)
-    try:
-        wait_until(lambda: docker.calls >= 2, JOIN_SECONDS, "two lists")
-        assert not triggers.wake.is_set()
-        docker.fail_next(2)  # the engine is unreachable for two periods, and a stop begins meanwhile
+    clock, stop, seen = FakeClock(), threading.Event(), {}
+    triggers = dr.Triggers(clock)
+    period, start = dr.STOP_POLL_SECONDS, clock.now
+
+    def engine_unreachable_while_a_stop_begins():  # after two lists, for two periods
+        seen["before"] = (docker.calls, triggers.wake.is_set())
+        docker.fail_next(2)
         docker.containers[0]["State"] = "stopping"
-        wait_until(lambda: triggers.draining() == {web(1)["Id"]}, JOIN_SECONDS, "the stopping container to drain")
-        assert triggers.wake.is_set()
-        triggers.forget_gone(frozenset({web(2)["Id"]}), time.monotonic())  # the pass after the drain
+
+    def the_pass_after_the_drain():  # after the failed lists and the one that saw the stop
+        seen["drained"] = (docker.calls, triggers.draining(), triggers.wake.is_set())
+        triggers.forget_gone(frozenset({web(2)["Id"]}), clock.now)
         triggers.wake.clear()
-        calls = docker.calls
-        wait_until(lambda: docker.calls >= calls + 3, JOIN_SECONDS, "three more lists")
-        assert not triggers.wake.is_set() and triggers.draining() == frozenset(), "one drain per stop"
-    finally:
-        stop.set()
-        thread.join(JOIN_SECONDS)
-    assert not thread.is_alive()
+
+    clock.at(start + 1.5 * period, engine_unreachable_while_a_stop_begins)
+    clock.at(start + 4.5 * period, the_pass_after_the_drain)
+    clock.at(start + 7.5 * period, stop.set)
+    dr.follow_stops(lambda: docker, triggers, stop, clock=clock)
+
+    assert seen["before"] == (2, False)
+    assert seen["drained"] == (5, {web(1)["Id"]}, True)
+    assert docker.calls == 8 and not triggers.wake.is_set() and triggers.draining() == frozenset(), "one drain per stop"
 
 
 # --- sync_every with triggers ------------------------------------------------------------------
 
-class Passes:
-    """sync_every's report(): the outcomes, with a condition to wait on."""
 
-    def __init__(self):
+class EveryLoop:
+    """sync_every with triggers over the fakes on a fake clock. run(*steps): after pass n, steps[n - 1] runs (what
+    happens meanwhile, and what the test looks at then); the pass after the last step sets stop."""
+
+    def __init__(self, tmp_path, docker: FakeDocker, store: FakeEtcd, interval: float = 60):
+        self.config, self.docker, self.store, self.interval = config(tmp_path, ttl=90), docker, store, interval
+        self.clock, self.stop = FakeClock(), threading.Event()
+        self.triggers = dr.Triggers(self.clock)
         self.outcomes: list[dr.Outcome] = []
-        self.times: list[float] = []
-        self.changed = threading.Condition()
+        self.times: list[float] = []  # when each pass was reported
+        self.steps: tuple = ()
 
-    def __call__(self, outcome) -> None:
-        with self.changed:
-            self.outcomes.append(outcome)
-            self.times.append(time.monotonic())
-            self.changed.notify_all()
+    def run(self, *steps) -> None:
+        self.steps = steps
+        assert dr.sync_every(self.config, lambda: dr.Adapters(self.docker, self.store), self.interval, self.report,
+                             self.stop, self.triggers, self.clock) == 0
 
-    def wait_for(self, count: int, timeout: float = JOIN_SECONDS) -> float:
-        """Wait until `count` passes were reported; return when the last of them was."""
-        with self.changed:
-            assert self.changed.wait_for(lambda: len(self.outcomes) >= count, timeout), (
-                f"{len(self.outcomes)} passes, not {count}, within {timeout}s")
-            return self.times[count - 1]
+    def report(self, outcome) -> None:
+        self.outcomes.append(outcome)
+        self.times.append(self.clock.now)
+        if len(self.outcomes) > len(self.steps):
+            self.stop.set()
+        else:
+            self.steps[len(self.outcomes) - 1]()
 
-
-@contextlib.contextmanager
-def running_sync_every(tmp_path, docker: FakeDocker, store: FakeEtcd, triggers: dr.Triggers, interval: float = 60):
-    """sync_every in a thread over the fakes; stopped (and checked to have ended with 0) on the way out."""
-    stop, passes = threading.Event(), Passes()
-    thread, result = start_sync_every(config(tmp_path, ttl=90), lambda: dr.Adapters(docker, store), interval,
-                                      passes, stop, triggers)
-    try:
-        yield passes
-    finally:
-        stop.set()
-        thread.join(JOIN_SECONDS)
-    assert not thread.is_alive() and result == {"code": 0}
+    def note(self, event: dict) -> None:
+        """Docker sends this event (follow_events' part)."""
+        self.triggers.note(*dr.event_effect(event))
 
 
 def test_a_drained_container_leaves_in_the_next_pass_while_still_running_and_comes_back_on_start(tmp_path):
-    docker, store, triggers = FakeDocker([web(1, public=32769), web(2, public=32770)]), FakeEtcd(), dr.Triggers()
-    draining_id = web(1)["Id"]
-    with running_sync_every(tmp_path, docker, store, triggers) as passes:
-        passes.wait_for(1)
-        assert set(store.values()) == {web_key(1), web_key(2), f"{PREFIX}/web/port"}
+    docker, store = FakeDocker([web(1, public=32769), web(2, public=32770)]), FakeEtcd()
+    loop, draining_id, seen = EveryLoop(tmp_path, docker, store), web(1)["Id"], {}
 
-        triggers.note(*dr.event_effect(container_event("kill", cid=draining_id, signal="15")))
-        passes.wait_for(2, timeout=2.0)
-        assert [c["State"] for c in docker.containers] == ["running", "running"]
-        assert set(store.values()) == {web_key(2), f"{PREFIX}/web/port"}
-        assert passes.outcomes[1].plan.count(dr.ChangeKind.REMOVE) == 1
+    def first():
+        seen[1] = set(store.values())
+        loop.note(container_event("kill", cid=draining_id, signal="15"))
 
-        triggers.note(dr.EventEffect.PASS, web(2)["Id"])  # any other event: the drained one stays out
-        passes.wait_for(3, timeout=2.0)
-        assert web_key(1) not in store.values() and triggers.draining() == {draining_id}
+    def drained():
+        seen[2] = ([c["State"] for c in docker.containers], set(store.values()))
+        loop.triggers.note(dr.EventEffect.PASS, web(2)["Id"])  # any other event: the drained one stays out
 
+    def another():
+        seen[3] = (web_key(1) in store.values(), loop.triggers.draining())
         docker.stop(draining_id)  # it exits: the die event's pass sees it gone and forgets the drain
-        triggers.note(*dr.event_effect(container_event("die", cid=draining_id, exitCode="0")))
-        passes.wait_for(4, timeout=2.0)
-        assert triggers.draining() == frozenset()
+        loop.note(container_event("die", cid=draining_id, exitCode="0"))
 
+    def exited():
+        seen[4] = loop.triggers.draining()
         docker.containers[0]["State"] = "running"  # docker start
-        triggers.note(*dr.event_effect(container_event("start", cid=draining_id)))
-        passes.wait_for(5, timeout=2.0)
-        assert set(store.values()) == {web_key(1), web_key(2), f"{PREFIX}/web/port"}
+        loop.note(container_event("start", cid=draining_id))
+
+    loop.run(first, drained, another, exited)
+    everything = {web_key(1), web_key(2), f"{PREFIX}/web/port"}
+    assert seen[1] == everything
+    assert seen[2] == (["running", "running"], everything - {web_key(1)})
+    assert loop.outcomes[1].plan.count(dr.ChangeKind.REMOVE) == 1
+    assert seen[3] == (False, {draining_id})
+    assert seen[4] == frozenset()
+    assert set(store.values()) == everything
+    assert all(gap < 2.0 for gap in gaps(loop.times)), "each event's pass came at once, not at the interval"
     assert docker.calls == 5  # one list call per pass, no inspects
     assert docker.inspects == 0
 
 
 def test_a_wake_runs_a_pass_long_before_the_interval_and_a_burst_is_one_pass(tmp_path):
-    docker, store, triggers = FakeDocker([web(1, public=32769)]), FakeEtcd(), dr.Triggers()
-    with running_sync_every(tmp_path, docker, store, triggers, interval=60) as passes:
-        passes.wait_for(1)
+    docker, store = FakeDocker([web(1, public=32769)]), FakeEtcd()
+    loop, woken = EveryLoop(tmp_path, docker, store, interval=60), []
+
+    def a_burst():
         docker.containers.append(web(2, public=32770))
-        woken = time.monotonic()
-        for n in range(10):  # a burst of events, all within the coalescing window
-            triggers.note(dr.EventEffect.PASS, f"{n:064x}")
-        second = passes.wait_for(2, timeout=2.0)
-        assert dr.COALESCE_SECONDS * 0.9 <= second - woken < 2.0
-        assert web_key(2) in store.values()
-        time.sleep(dr.COALESCE_SECONDS + 0.5)
-        assert len(passes.outcomes) == 2, "the burst made one pass"
+        woken.append(loop.clock.now)
+        for n in range(10):  # a burst of events 20 ms apart, each within the coalescing window of the one before
+            loop.clock.after(0.02 * n, functools.partial(loop.triggers.note, dr.EventEffect.PASS, f"{n:064x}"))
+
+    loop.run(a_burst, lambda: None)  # the third pass, which ends the loop, is the interval's
+    assert web_key(2) in store.values()
+    assert loop.times[1] - woken[0] == pytest.approx(0.18 + dr.COALESCE_SECONDS, abs=0.06), "one pass, once it settled"
+    assert loop.times[2] - loop.times[1] == pytest.approx(60), "the burst made one pass"
+
+
+def test_a_burst_that_goes_on_gets_its_pass_after_the_longest_coalescing_wait(tmp_path):
+    docker, store = FakeDocker([web(1, public=32769)]), FakeEtcd()
+    loop, woken = EveryLoop(tmp_path, docker, store, interval=60), []
+
+    def an_endless_burst():
+        woken.append(loop.clock.now)
+        for n in range(100):  # an event every 100 ms for 10 s
+            loop.clock.after(0.1 * n, functools.partial(loop.triggers.note, dr.EventEffect.PASS, f"{n:064x}"))
+
+    loop.run(an_endless_burst)
+    assert loop.times[1] - woken[0] == pytest.approx(dr.COALESCE_MAX_SECONDS, abs=0.06)
 
 
 def test_stop_ends_sync_every_promptly_while_it_coalesces_a_burst(tmp_path):
-    docker, store, triggers = FakeDocker([web(1, public=32769)]), FakeEtcd(), dr.Triggers()
-    stop, passes = threading.Event(), Passes()
-    thread, result = start_sync_every(config(tmp_path, ttl=90), lambda: dr.Adapters(docker, store), 60, passes,
-                                      stop, triggers)
-    passes.wait_for(1)
-    triggers.wake.set()
-    time.sleep(0.05)  # inside the coalescing wait
-    started = time.monotonic()
-    stop.set()
-    thread.join(JOIN_SECONDS)
-    assert not thread.is_alive() and time.monotonic() - started < 0.3
-    assert len(passes.outcomes) == 1
-    assert result == {"code": 0}
+    docker, store = FakeDocker([web(1, public=32769)]), FakeEtcd()
+    loop, stopped = EveryLoop(tmp_path, docker, store), []
+
+    def a_wake_then_a_signal():
+        loop.triggers.wake.set()
+        stopped.append(loop.clock.now + 0.05)
+        loop.clock.at(stopped[0], loop.stop.set)  # inside the coalescing wait
+
+    loop.run(a_wake_then_a_signal, lambda: None)
+    assert len(loop.outcomes) == 1
+    assert loop.clock.now - stopped[0] <= 0.05
 
 
 # === Part 2: real dockerd and etcd =============================================================
-
-#: A web container that keeps serving 6 s after SIGTERM (FACTS: busybox httpd as PID 1 ignores SIGTERM).
-SLOW_STOP = ["sh", "-c", "httpd -f -p 80 -h /www & trap 'sleep 6; exit 0' TERM; wait; wait"]
-
-
-class Watch:
-    """A running `docker-register sync --every N --events`, its output lines read as they come, with times."""
-
-    def __init__(self, env: dict[str, str], every: int, ttl: int):
-        self.proc = subprocess.Popen([BINARY, "sync", "--every", str(every), "--events", "--ttl", str(ttl)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        self.out: list[tuple[float, str]] = []
-        self.err: list[tuple[float, str]] = []
-        self.readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-                        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
-        for reader in self.readers:
-            reader.start()
-        self.exit_seconds: float | None = None
-
-    @staticmethod
-    def _read(stream, lines) -> None:
-        for line in stream:
-            lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def passes(self, since: float = 0.0) -> list[float]:
-        """When each summary line came (one per pass), from `since` on."""
-        return [t for t, line in list(self.out) if line.startswith("added ") and t >= since]
-
-    def stderr_lines(self) -> list[str]:
-        return [line for _, line in list(self.err)]
-
-    def wait_passes(self, count: int, timeout: float, since: float = 0.0) -> list[float]:
-        def enough():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"docker-register exited {self.proc.returncode}: {self.stderr_lines()}")
-            return len(self.passes(since)) >= count
-        wait_until(enough, timeout, f"{count} passes", interval=0.02)
-        return self.passes(since)
-
-    def terminate(self) -> None:
-        """SIGTERM, then wait for the exit (SIGKILL after 10 s so nothing leaks)."""
-        if self.proc.poll() is None:
-            started = time.monotonic()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                stop_process(self.proc, signal.SIGKILL)
-            self.exit_seconds = time.monotonic() - started
-        for reader in self.readers:
-            reader.join(5)
-
-
-def event_requests(engine: Dockerd) -> int:
-    """GET /events requests the engine has received so far."""
-    return sum(1 for request in engine.api_requests() if "/events" in request)
-
-
-@contextlib.contextmanager
-def watching(world, engine: Dockerd | None = None, every: int = 60, ttl: int = 90):
-    """Run `sync --every --events` against world's etcd and the engine until the block ends; wait for its
-    first pass and its event stream first. On the way out: SIGTERM, and exit 0 within 3 s."""
-    engine = engine or world.engine
-    streams = event_requests(engine)
-    watch = Watch(world.env(DOCKER_HOST=engine.host), every, ttl)
-    try:
-        watch.wait_passes(1, 30)
-        wait_until(lambda: event_requests(engine) > streams, 10, "the event stream to open")
-        yield watch
-    finally:
-        watch.terminate()
-    assert watch.proc.returncode == 0, watch.stderr_lines()
-    assert watch.exit_seconds < 3, watch.exit_seconds
-    assert not [line for line in watch.stderr_lines() if "Traceback" in line or "Exception" in line], \
-        watch.stderr_lines()
-
-
-def web_key_of(world, cid: str, service: str = "web") -> str:
-    return f"{world.prefix}/{service}/{cid[:12]}"
-
-
-def inspect(engine: Dockerd, cid: str, template: str) -> str:
-    return engine.docker("inspect", "-f", template, cid, check=False).stdout.strip()
-
 
 def test_a_container_started_while_watching_is_registered_within_seconds(world):
     with watching(world, every=60) as watch:
@@ -623,7 +544,9 @@ def test_a_stopping_container_is_drained_while_it_still_runs_and_stays_out_until
             assert came_back == [], f"the key came back while the container was stopping: {came_back}"
             assert stopping.wait(20) == 0, stopping.stderr.read()
             assert 5 < time.monotonic() - began  # the 6 s of serving after SIGTERM really happened
-            time.sleep(0.5)
+            # A pass surely after the exit (another container's start event): the key stays out.
+            other = web_key_of(world, world.docker_run("-P", "local/web"))
+            wait_until(lambda: other in world.keys(), 5, "the other container's key")
             assert key not in world.keys()
         finally:
             stop_process(stopping)
@@ -647,7 +570,7 @@ def test_a_burst_of_twenty_starts_gives_a_few_passes(world):
             list(pool.map(lambda cid: world.engine.docker("start", cid), ids))
         wanted = {web_key_of(world, cid) for cid in ids}
         wait_until(lambda: wanted <= set(world.keys()), 10, "all twenty keys")
-        time.sleep(dr.COALESCE_SECONDS + 1.0)
+        watch.wait_quiet(dr.COALESCE_MAX_SECONDS + dr.COALESCE_SECONDS, 15)  # a pass the burst still makes has come
         passes = len(watch.passes(since))
         starts = start_event_times(world.engine, ids, since_unix - 1)
         assert len(starts) == 20
@@ -669,7 +592,8 @@ def test_a_docker_restart_breaks_the_stream_but_not_the_passes_and_events_work_a
         streams = event_requests(engine)
         stop_process(engine.proc)  # dockerd goes down (its containers stop); the stream breaks
         down_since = time.monotonic()
-        time.sleep(6)  # longer than the interval, and several reconnect attempts
+        wait_until(lambda: [line for line in watch.stderr_lines() if "docker-register: error:" in line], 15,
+                   "a periodic pass to fail while Docker is down")
         down_lines = list(watch.stderr_lines())
         engine.start()
         up_since = time.monotonic()

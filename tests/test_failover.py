@@ -14,7 +14,7 @@ import itertools
 import sys
 from pathlib import Path
 
-from conftest import BINARY
+from hosts import BINARY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import failover  # noqa: E402

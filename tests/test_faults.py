@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from conftest import BINARY
 from harness import free_port, silent_endpoint, start_cluster, stop_process, wait_until
+from hosts import BINARY
+from tiers import server_fixture
 
 
 def assert_converged(world, others: dict | None = None) -> None:
@@ -194,7 +195,7 @@ def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(world):
 # --- a 3-node cluster -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def cluster(tmp_path_factory):
     members = start_cluster(tmp_path_factory.mktemp("cluster"), 3)
     yield members

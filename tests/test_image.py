@@ -17,9 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from harness import require, wait_until
+from tiers import server_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "local/debian-python:bookworm"
@@ -34,7 +33,7 @@ def install_requires() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module", image=True)
 def base_image(dockerd, tmp_path_factory) -> str:
     """A Debian bookworm image with python3 and venv, made with debootstrap."""
     rootfs = tmp_path_factory.mktemp("bookworm")
@@ -53,7 +52,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module", image=True)
 def wheel_server(base_image, tmp_path_factory):
     """The package's dependencies as wheels for the image's Python, served on loopback."""
     wheels = tmp_path_factory.mktemp("wheels")
@@ -69,7 +68,7 @@ def wheel_server(base_image, tmp_path_factory):
     server.shutdown()
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module", image=True)
 def image(dockerd, base_image, wheel_server) -> str:
     result = subprocess.run(
         [require("docker"), "-H", dockerd.host, "build", "--network", "host",

@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 from harness import stop_process, wait_until
-from test_events import SLOW_STOP, Watch
+from hosts import SLOW_STOP, Watch
 
 def podman_run(world, *args: str) -> str:
     """Start a container on the Podman; return its full id."""

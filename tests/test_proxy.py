@@ -12,7 +12,7 @@ import time
 import pytest
 
 from harness import deny_write_execute, require, stop_process, wait_until
-from test_events import SLOW_STOP, Watch, event_requests, inspect
+from hosts import SLOW_STOP, Watch, event_requests, inspect
 from test_networks import Networks
 
 

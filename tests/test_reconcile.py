@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import threading
-import time
 from collections import Counter
 
 import pytest
 
 import docker_register as dr
-from fakes import (ETCD_MAX_TXN_OPS, HOST, PREFIX, FakeDocker, FakeEtcd, config, container, port, start_sync_every,
-                   web, web_key)
+from fakes import ETCD_MAX_TXN_OPS, HOST, PREFIX, FakeClock, FakeDocker, FakeEtcd, config, container, port, web, web_key
 
 LEASE = dr.lease_id_for(HOST, PREFIX)
 OTHER_LEASE = dr.lease_id_for("10.0.0.6", PREFIX)
@@ -19,8 +17,6 @@ WEB = "/backends/web/aaaaaaaaaaaa"
 WEB_PORT = "/backends/web/port"
 #: The port key's own lease, as this host writes it: any host serving web keeps it alive.
 PORT_LEASE = dr.shared_lease_id(HOST, WEB_PORT)
-#: Bound on any wait for a sync_every thread; the passes themselves take milliseconds.
-JOIN_SECONDS = 5.0
 
 
 def sync(cfg, docker, store, dry_run=False) -> dr.Outcome:
@@ -212,16 +208,20 @@ def test_a_dry_run_on_a_new_host_plans_the_grant_and_grants_nothing(tmp_path):
 
 
 def test_a_run_skips_its_pass_when_another_run_holds_the_lock_and_a_dry_run_does_not_wait(tmp_path):
-    docker, store = FakeDocker([container()]), FakeEtcd()
-    cfg = config(tmp_path, timeout=0.1)
+    docker, store, clock = FakeDocker([container()]), FakeEtcd(), FakeClock()
+    cfg = config(tmp_path, timeout=2.0)
     with open(cfg.lock_file, "a") as other_run:
         fcntl.flock(other_run, fcntl.LOCK_EX)
-        assert dr.locked_reconcile(cfg, docker, store, dry_run=False) is None
+        assert dr.locked_reconcile(cfg, docker, store, dry_run=False, clock=clock) is None
+        assert clock.now - 1000.0 == pytest.approx(cfg.timeout, abs=0.05)  # it waited the timeout for the lock
         assert docker.calls == 0
         assert store.calls == Counter()
-        assert dr.locked_reconcile(cfg, docker, store, dry_run=True).plan.count(dr.ChangeKind.ADD) == 2
+        waited = len(clock.waits)
+        assert dr.locked_reconcile(cfg, docker, store, dry_run=True, clock=clock).plan.count(dr.ChangeKind.ADD) == 2
+        assert len(clock.waits) == waited
     assert store.writes == Counter()
-    assert dr.locked_reconcile(cfg, docker, store, dry_run=False).plan.count(dr.ChangeKind.ADD) == 2
+    assert dr.locked_reconcile(cfg, docker, store, dry_run=False, clock=clock).plan.count(dr.ChangeKind.ADD) == 2
+    assert len(clock.waits) == waited
     assert store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
 
 
@@ -494,62 +494,54 @@ class Connector:
         self.closes += 1
 
 
-def test_sync_every_repeats_the_pass_on_the_same_adapters_until_stopped(tmp_path):
-    connect, stop, outcomes = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), []
+def sync_every(cfg, connect, interval, report, stop, clock) -> int:
+    """sync_every in this thread on the fake clock: each wait returns at once, time advanced."""
+    return dr.sync_every(cfg, connect, interval, report, stop, clock=clock)
+
+
+def test_sync_every_repeats_the_pass_every_interval_on_the_same_adapters_until_stopped(tmp_path):
+    connect, stop, clock = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), FakeClock()
+    outcomes, times = [], []
 
     def report(outcome):
         outcomes.append(outcome)
+        times.append(clock.now)
         if len(outcomes) == 3:
             stop.set()
 
-    thread, result = start_sync_every(config(tmp_path), connect, 0.01, report, stop)
-    thread.join(JOIN_SECONDS)
-
-    assert not thread.is_alive()
-    assert result == {"code": 0}
+    assert sync_every(config(tmp_path), connect, 10, report, stop, clock) == 0
     assert [(o.plan.count(dr.ChangeKind.ADD), o.plan.unchanged) for o in outcomes] == [(2, 0), (0, 2), (0, 2)]
+    assert [later - earlier for earlier, later in zip(times, times[1:])] == pytest.approx([10, 10])
     assert (connect.connects, connect.closes, connect.docker.calls) == (1, 1, 3)
     assert connect.store.writes == Counter(grant=2, txn=1, put=2)  # the host's lease and the port key's
     assert connect.store.leases[LEASE].renewals == connect.store.leases[PORT_LEASE].renewals == 2
 
 
 def test_sync_every_reports_a_failed_pass_and_opens_the_adapters_again(tmp_path, capsys):
-    connect, stop, outcomes = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), []
+    connect, stop, clock = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), FakeClock()
+    outcomes = []
     connect.docker.fail_next()
 
     def report(outcome):
         outcomes.append(outcome)
         stop.set()
 
-    thread, result = start_sync_every(config(tmp_path), connect, 0.01, report, stop)
-    thread.join(JOIN_SECONDS)
-
-    assert not thread.is_alive()
-    assert result == {"code": 0}
+    assert sync_every(config(tmp_path), connect, 10, report, stop, clock) == 0
     assert capsys.readouterr().err == ("docker-register: error: docker at fake: cannot list containers "
                                        "(GET /containers/json): Connection refused\n")
+    assert clock.now == pytest.approx(1010)  # the next pass came at the interval, not at once
     assert len(outcomes) == 1 and outcomes[0].plan.count(dr.ChangeKind.ADD) == 2
     assert (connect.connects, connect.closes, connect.docker.calls) == (2, 2, 2)
     assert connect.store.values() == {WEB: "10.0.0.5:32768", WEB_PORT: "80"}
 
 
 def test_setting_the_stop_event_ends_sync_every_promptly_between_passes(tmp_path):
-    connect, stop, passed = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), threading.Event()
+    connect, stop, clock = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), FakeClock()
     outcomes = []
+    clock.after(7.2, stop.set)  # a signal, long before the next pass at 60 s
 
-    def report(outcome):
-        outcomes.append(outcome)
-        passed.set()
-
-    thread, result = start_sync_every(config(tmp_path), connect, 60.0, report, stop)
-    assert passed.wait(JOIN_SECONDS)
-    started = time.monotonic()
-    stop.set()
-    thread.join(JOIN_SECONDS)
-
-    assert not thread.is_alive()
-    assert time.monotonic() - started < 1.0
-    assert result == {"code": 0}
+    assert sync_every(config(tmp_path), connect, 60.0, outcomes.append, stop, clock) == 0
+    assert 7.2 <= clock.now - 1000 <= 7.7  # it looks at the stop event at least every 0.5 s
     assert len(outcomes) == 1
     assert (connect.connects, connect.closes) == (1, 1)
 
@@ -560,20 +552,18 @@ def test_sync_every_ends_on_a_usage_error_instead_of_retrying_it(tmp_path):
     cfg = config(tmp_path, lock_file=str(blocker / "sync.lock"))  # its folder is a file: cannot be opened
     connect, stop = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event()
 
-    thread, result = start_sync_every(cfg, connect, 0.01, lambda outcome: None, stop)
-    thread.join(JOIN_SECONDS)
-
-    assert not thread.is_alive()
-    assert isinstance(result.get("error"), dr.UsageError), result
-    assert result["error"].exit_code == 2
-    assert str(result["error"]).startswith(f"--lock-file: cannot open {blocker / 'sync.lock'}")
+    with pytest.raises(dr.UsageError) as raised:
+        sync_every(cfg, connect, 10, lambda outcome: None, stop, FakeClock())
+    assert raised.value.exit_code == 2
+    assert str(raised.value).startswith(f"--lock-file: cannot open {blocker / 'sync.lock'}")
     assert connect.connects == 1
     assert connect.store.calls == Counter()
 
 
 def test_sync_every_reports_a_pass_skipped_for_the_lock_and_writes_nothing(tmp_path):
-    cfg = config(tmp_path, timeout=0.05)
-    connect, stop, outcomes = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), []
+    cfg = config(tmp_path, timeout=0.5)
+    connect, stop, clock = Connector(FakeDocker([container()]), FakeEtcd()), threading.Event(), FakeClock()
+    outcomes = []
 
     def report(outcome):
         outcomes.append(outcome)
@@ -581,51 +571,15 @@ def test_sync_every_reports_a_pass_skipped_for_the_lock_and_writes_nothing(tmp_p
 
     with open(cfg.lock_file, "a") as other_run:
         fcntl.flock(other_run, fcntl.LOCK_EX)
-        thread, result = start_sync_every(cfg, connect, 0.01, report, stop)
-        thread.join(JOIN_SECONDS)
+        assert sync_every(cfg, connect, 10, report, stop, clock) == 0
 
-    assert not thread.is_alive()
-    assert result == {"code": 0}
     assert outcomes == [None]
+    assert clock.now - 1000 == pytest.approx(cfg.timeout, abs=0.05)
     assert connect.docker.calls == 0
     assert connect.store.calls == Counter()
 
 
-# --- the fake keeps etcd's rules -------------------------------------------------------------
-
-
-def plan_of(*changes_, lease_action=dr.LeaseAction.KEEP) -> dr.Plan:
-    return dr.Plan(LEASE, lease_action, tuple(changes_), 0)
-
-
-def add(key, value="v") -> dr.Change:
-    return dr.Change(dr.ChangeKind.ADD, key, value, None, 0)
-
-
-def test_fake_etcd_refuses_a_put_on_a_missing_lease_and_writes_nothing():
-    store = FakeEtcd()
-    with pytest.raises(dr.Conflict, match="requested lease not found"):
-        store.apply(plan_of(add("/backends/a/1")), ttl=30)
-    assert (store.values(), store.revision, store.writes) == ({}, 1, Counter())
-
-
-def test_fake_etcd_writes_nothing_of_a_transaction_whose_compare_fails():
-    store = FakeEtcd()
-    store.put("/backends/a/2", "taken")
-    with pytest.raises(dr.Conflict):
-        store.apply(plan_of(add("/backends/a/1"), add("/backends/a/2"), lease_action=dr.LeaseAction.GRANT), ttl=30)
-    assert store.values() == {"/backends/a/2": "taken"}
-    assert store.revision == 2
-    assert store.writes == Counter(grant=1)
-
-
-def test_fake_etcd_tolerates_granting_a_live_lease_again_as_the_real_store_does():
-    store = FakeEtcd()
-    store.grant(LEASE, 30)
-    store.apply(plan_of(add("/backends/a/1"), lease_action=dr.LeaseAction.GRANT), ttl=60)
-    assert store.leases[LEASE].granted_ttl == 30  # etcd keeps the lease it has
-    assert store.writes == Counter(txn=1, put=1)
-    assert store.rpcs["grant"] == 1
+# --- the fake's own test hooks (tests/test_contract.py runs the scenarios it shares with etcd on both) --------
 
 
 def test_fake_etcd_keeps_per_key_revisions_and_raises_short_ttls_to_etcds_minimum():

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,10 +22,11 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import LAYOUT_KEYS, Host
 from harness import (REDIS_VALUE_WRITES, Certs, Redis, Traefik, free_port, redis_commands, silent_endpoint,
                      wait_until)
-from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
+from consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
+from hosts import LAYOUT_KEYS, Host, Watch, checkout_env
+from tiers import server_fixture
 
 _numbers = itertools.count(1)
 
@@ -95,13 +95,14 @@ def test_tls_files_need_a_rediss_url(monkeypatch, capsys, tmp_path):
     assert code == 2 and "use a rediss:// URL" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_an_etcd_run_imports_neither_backend_client():
     # The whole CLI up to the adapters of an etcd run, in a fresh interpreter: kazoo and redis stay out.
     code = ("import sys, docker_register as dr\n"
             "config = dr.build_config(dr.Settings(host_ip='192.0.2.10', layout=dr.LayoutName.traefik, timeout=1.0))\n"
             "adapters = dr.open_adapters(config); adapters.close()\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kazoo', 'redis')))\n")
-    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    env = checkout_env({**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
                          env=env, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -451,20 +452,21 @@ def test_every_layout_registers_dry_runs_and_purges(rd, layout):
 
 
 def test_sync_every_registers_deregisters_and_writes_nothing_under_the_root_between(rd):
-    with rd.running("sync", "--every", "1") as proc:
+    watch = Watch(rd.env(), every=1, events=False)
+    try:
         cid = rd.docker_run("-P", "local/web")
         wait_until(lambda: rd.keys() == rd.web_keys(cid), 15, "the repeating sync to register the container")
         with keyspace_events(rd.look, rd.prefix) as events:
-            before = rd.commands()
-            time.sleep(2.5)  # two or three passes with nothing to change
+            before, since = rd.commands(), time.monotonic()
+            watch.wait_passes(3, 10, since=since)  # two or three passes with nothing to change
             after, seen = rd.commands(), events()
         assert set(writes(before, after)) == {"set"} and after["pexpire"] == before["pexpire"]  # heartbeats only
         assert seen == [], "no keyspace event under the root between changes"
         rd.engine.docker("rm", "-f", cid)
         wait_until(lambda: rd.keys() == {}, 15, "the repeating sync to remove the key")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    assert proc.stderr.read() == ""
+    finally:
+        watch.terminate()  # SIGTERM
+    assert watch.proc.returncode == 0 and watch.stderr_lines() == []
 
 
 def test_a_server_down_fails_in_one_line_within_the_timeout(rd):
@@ -523,7 +525,7 @@ def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(rd):
 # --- over TLS (rediss://) -----------------------------------------------------------------------
 
 
-@pytest.fixture
+@server_fixture
 def tls_rd(engine, certs, tmp_path):
     """Start a redis-server that speaks TLS only (with client_certs, one that also requires a client certificate)
     and give a RedisWorld on it, whose own client looks over TLS."""
@@ -595,7 +597,7 @@ def test_a_wrong_ca_is_one_line_on_stderr_and_exit_1(tls_rd, certs, tmp_path):
 # --- through a real Traefik ------------------------------------------------------------------
 
 
-@pytest.fixture
+@server_fixture
 def redis_edge(rd, tmp_path):
     """A Traefik whose redis provider reads a root of the test's own (a harmless key written first)."""
     root = f"traefik-r{next(_numbers):04d}"

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from conftest import Host
+from consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 from harness import Redis, RedisSentinels, Traefik, wait_until
-from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
+from hosts import Host
+from tiers import server_fixture
 
 _numbers = itertools.count(1)
 
@@ -47,7 +48,7 @@ def test_sentinels_default_to_port_26379_and_take_ipv6_in_brackets():
 # --- a Sentinel deployment for the module ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def sentinels(servers_root):
     group = RedisSentinels(servers_root / "sentinels").start()
     yield group

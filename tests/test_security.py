@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from harness import Certs, Etcd
+from tiers import server_fixture
 
 PASSWORD = "s3cr3t-Pa55word-7f1c"
 
@@ -18,7 +19,7 @@ def role_for(prefix: str) -> dict[str, str]:
     return {prefix + "/": "readwrite", "/readonly/": "read"}
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def tls_etcd(tmp_path_factory, certs):
     """TLS, auth enabled, password login."""
     member = Etcd(tmp_path_factory.mktemp("tls"), "tls", tls=certs).start()
@@ -27,7 +28,7 @@ def tls_etcd(tmp_path_factory, certs):
     member.stop()
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def mtls_etcd(tmp_path_factory, certs):
     """TLS with client-certificate auth; the certificate's CN is the user."""
     member = Etcd(tmp_path_factory.mktemp("mtls"), "mtls", tls=certs, extra=("--client-cert-auth",)).start()
@@ -36,7 +37,7 @@ def mtls_etcd(tmp_path_factory, certs):
     member.stop()
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def http_auth_etcd(tmp_path_factory):
     """Plain HTTP with auth enabled: the client's call-credentials trap."""
     member = Etcd(tmp_path_factory.mktemp("httpauth"), "httpauth").start()
@@ -193,6 +194,7 @@ def test_bad_tls_and_auth_flags_exit_2_with_one_line(world, certs, tmp_path, fla
     assert len(lines) == 1 and message in lines[0], lines
 
 
+@pytest.mark.integration  # makes certificates with openssl and forks a child
 def test_unreadable_key_file_exits_2(certs, tmp_path):
     import os
     import pwd
@@ -241,7 +243,7 @@ def test_unreadable_key_file_exits_2(certs, tmp_path):
 # --- etcd's refusals --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def small_etcd(tmp_path_factory):
     """An etcd with low limits: 8 operations per transaction, 2 KiB per request."""
     member = Etcd(tmp_path_factory.mktemp("small"), "small",

@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 import docker_register as dr
-from conftest import LAYOUT_KEYS
 from harness import free_port, silent_endpoint, wait_until
+from hosts import BINARY, LAYOUT_KEYS
 
 
 def short(container_id: str) -> str:
@@ -318,8 +318,6 @@ def test_detected_host_ip_is_the_default_route_address_or_a_usage_error(world):
     world.docker_run("-P", "local/web")
     env = world.env()
     del env["HOST_IP"]
-    from conftest import BINARY
-
     result = subprocess.run([BINARY, "sync", "--dry-run", "--output", "json"], capture_output=True, text=True,
                             env=env, timeout=60)
     route = subprocess.run(["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import stat
 import sys
 import time
@@ -20,9 +19,10 @@ from types import SimpleNamespace
 import pytest
 
 import docker_register as dr
-from conftest import LAYOUT_KEYS, Host
+from consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 from harness import Certs, Traefik, ZooKeeper, free_port, silent_endpoint, wait_until, zookeeper_nodes
-from test_consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
+from hosts import LAYOUT_KEYS, Host, Watch
+from tiers import server_fixture
 
 #: The server's cap on session timeouts: docker-register refuses a TTL above it.
 MAX_SESSION_SECONDS = 20
@@ -360,19 +360,20 @@ def test_every_layout_registers_dry_runs_and_purges(zk, layout):
 
 
 def test_sync_every_keeps_one_session_registers_deregisters_and_writes_nothing_between(zk):
-    with zk.running("sync", "--every", "1") as proc:
+    watch = Watch(zk.env(), every=1, events=False)
+    try:
         cid = zk.docker_run("-P", "local/web")
         wait_until(lambda: zk.keys() == zk.web_keys(cid), 15, "the repeating sync to register the container")
         session = zk.session()
-        zxid = zk.server.zxid()
-        time.sleep(2.5)  # two or three passes with nothing to change
+        zxid, since = zk.server.zxid(), time.monotonic()
+        watch.wait_passes(3, 10, since=since)  # two or three passes with nothing to change
         assert zk.server.zxid() == zxid
         zk.engine.docker("rm", "-f", cid)
         wait_until(lambda: zk.keys() == {}, 15, "the repeating sync to remove the key")
         assert zk.session() == session
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    assert proc.stderr.read() == ""
+    finally:
+        watch.terminate()  # SIGTERM
+    assert watch.proc.returncode == 0 and watch.stderr_lines() == []
 
 
 def test_a_state_file_that_cannot_be_written_is_a_store_failure_exit_1_not_a_usage_error(zk, tmp_path):
@@ -457,7 +458,7 @@ def test_a_lost_state_file_converges_without_touching_another_hosts_nodes(zk):
 ALICE, BOB = ("alice", "alice-pw-7c1e9d"), ("bob", "bob-pw-3a8f52")
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def digest_zookeeper(tmp_path_factory):
     """A ZooKeeper of the digest tests' own: the nodes their runs make belong to a digest user, and on the shared
     server those above every test's prefix (the hosts' folders) would then be closed to the other tests."""
@@ -554,7 +555,7 @@ def test_another_digest_user_on_another_host_cannot_change_the_nodes(zk_digest):
     assert ALICE[1] not in shown(runs, zk) and BOB[1] not in shown(runs, zk)
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def tls_zookeeper(tmp_path_factory, certs):
     """A ZooKeeper with a secure client port that requires a client certificate (and a plain one to look with)."""
     server = ZooKeeper(tmp_path_factory.mktemp("zk-tls"), max_session_timeout_ms=MAX_SESSION_SECONDS * 1000,
@@ -640,7 +641,7 @@ def test_nested_traefik_labels_keep_the_keys_below(zk):
 # --- through a real Traefik ------------------------------------------------------------------
 
 
-@pytest.fixture
+@server_fixture
 def zk_edge(zk, tmp_path):
     """A Traefik whose zooKeeper provider reads a root of the test's own (with a harmless node in it first:
     an empty root makes the provider back off), and this machine's address as the host's."""

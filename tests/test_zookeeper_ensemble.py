@@ -13,10 +13,11 @@ import time
 import pytest
 
 from harness import start_ensemble, wait_until
+from tiers import server_fixture
 from test_zookeeper import ZkWorld, _numbers
 
 
-@pytest.fixture(scope="module")
+@server_fixture(scope="module")
 def zk_ensemble(tmp_path_factory):
     """Three ZooKeeper members (myid 1-3) for the module, sessions up to 20 s."""
     members = start_ensemble(tmp_path_factory.mktemp("zk-ensemble"), 3, max_session_timeout_ms=20000)
