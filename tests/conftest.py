@@ -26,12 +26,12 @@ BINARY = str(Path(sys.executable).with_name("docker-register"))
 _counter = itertools.count(1)
 _proxies = itertools.count(1)
 
-#: Fixtures that start a real server (dockerd or etcd); a test needing any of them, even through
-#: another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
+#: Fixtures that start a real server (dockerd or etcd), or run a server's own tool (promtool); a test needing any
+#: of them, even through another fixture, is in the `integration` tier. A new fixture that starts a server belongs here.
 SERVER_FIXTURES = frozenset({"dockerd", "etcd", "cluster", "tls_etcd", "mtls_etcd", "http_auth_etcd", "small_etcd",
                              "second_dockerd", "second_engine", "edge", "zookeeper", "redis_server",
                              "digest_zookeeper", "tls_zookeeper", "tls_rd", "docker29", "proxy", "podman_service",
-                             "podman", "sentinels", "zk_ensemble"})
+                             "podman", "sentinels", "zk_ensemble", "node_exporter", "prometheus", "promtool"})
 #: Fixtures that build the Docker image (tests/test_image.py): the `image` tier, also `integration`.
 IMAGE_FIXTURES = frozenset({"base_image", "wheel_server", "image"})
 
