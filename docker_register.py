@@ -43,6 +43,8 @@ DEFAULT_ETCD = "127.0.0.1:2379"
 DEFAULT_PREFIX = "/backends"
 #: Lease TTL in seconds; three times the timer's 10 s interval.
 DEFAULT_TTL = 30
+#: Run intervals in a lease TTL, as the shipped timer and cron file set them: the interval a timer's run assumes.
+TTL_INTERVALS = 3
 #: etcd refuses shorter leases (it raises them to 2 s).
 MIN_TTL = 2
 #: A lease longer than a day would keep a dead host's keys for a day.
@@ -3131,6 +3133,8 @@ class Outcome:
     seconds: float
     #: Ids of the containers the pass saw running.
     running: frozenset[str] = frozenset()
+    #: Container ports the pass registered.
+    registrations: int = 0
 
 
 @dataclass(frozen=True)
@@ -3140,6 +3144,20 @@ class Purged:
     lease_id: int
     keys: tuple[str, ...]
     seconds: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A run or pass that ended, as the metrics see it: when, how long, and what it did or why it failed."""
+
+    ended: float  # unix time
+    seconds: float
+    #: What it did; None when it failed (error says why) or, with no error, found another run holding the lock.
+    outcome: Optional[Outcome] = None
+    error: Optional[RegisterError] = None
+    #: sync --every: what started the pass, "interval" or "event"; with --events, whether Docker's stream was up.
+    trigger: Optional[str] = None
+    events_up: Optional[bool] = None
 
 
 def current_registrations(docker: ContainerSource, config: Config, draining: frozenset[str] = frozenset()
@@ -3202,7 +3220,7 @@ def reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bo
             if attempt == MAX_ATTEMPTS:
                 raise StoreError(f"{store.where}: keys kept changing under this run; "
                                  "is another docker-register writing for this host?") from None
-    return Outcome(config, plan, tuple(skips), dry_run, time.monotonic() - started, running)
+    return Outcome(config, plan, tuple(skips), dry_run, time.monotonic() - started, running, len(registrations))
 
 
 def locked_reconcile(config: Config, docker: ContainerSource, store: Store, dry_run: bool,
@@ -3278,6 +3296,7 @@ class Triggers:
         self.wake = threading.Event()
         self._lock = threading.Lock()
         self._draining: dict[str, float] = {}  # container id -> when its stop began
+        self.events_up: Optional[bool] = None  # whether Docker's event stream is open; None: not followed
 
     def note(self, effect: EventEffect, container_id: str) -> None:
         """Take in one event's effect."""
@@ -3313,6 +3332,7 @@ def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers
             source = open_source()
             try:
                 events = source.events()
+                triggers.events_up = True
                 if broken:
                     say("docker events: stream is back")
                     triggers.wake.set()  # events may have been missed while it was down
@@ -3324,6 +3344,7 @@ def follow_events(open_source: Callable[[], ContainerSource], triggers: Triggers
             finally:
                 source.close()
         except RegisterError as error:
+            triggers.events_up = False
             if not broken:
                 say(f"{error}; passes go on every interval, reconnecting")
                 broken = True
@@ -3376,19 +3397,22 @@ def settle(triggers: Triggers, stop: threading.Event, clock: Clock = CLOCK) -> N
 
 
 def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: float, report: Callable,
-               stop: threading.Event, triggers: Optional[Triggers] = None, clock: Clock = CLOCK) -> int:
+               stop: threading.Event, triggers: Optional[Triggers] = None, clock: Clock = CLOCK,
+               observe: Callable[[RunResult], None] = lambda result: None) -> int:
     """Reconcile every interval seconds until stop is set, and soon after an event when triggers are given;
-    a failed pass is reported, not fatal.
+    a failed pass is reported, not fatal. Each pass that the loop goes on after is handed to observe.
 
     The adapters are kept from pass to pass and opened afresh after a failure (a failed etcd endpoint
     stays marked failed in its client).
     """
     triggers = triggers or Triggers(clock)
     adapters = None
+    trigger = "interval"
     try:
         while not stop.is_set():
             started = clock.monotonic()
             triggers.wake.clear()
+            outcome, failure = None, None
             try:
                 adapters = adapters or connect()
                 outcome = locked_reconcile(config, adapters.docker, adapters.store, False, triggers.draining(), clock)
@@ -3400,10 +3424,14 @@ def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: floa
             except RegisterError as error:
                 report_error(error)
                 adapters = close_quietly(adapters)
+                failure = error
+            observe(RunResult(time.time(), clock.monotonic() - started, outcome, failure, trigger, triggers.events_up))
+            trigger = "interval"
             next_pass = started + interval
             while not stop.is_set() and clock.monotonic() < next_pass:
                 if clock.wait(triggers.wake, max(0.0, min(0.5, next_pass - clock.monotonic()))):
                     settle(triggers, stop, clock)
+                    trigger = "event"
                     break
     finally:
         close_quietly(adapters)
@@ -3502,6 +3530,192 @@ def print_outcome(outcome: Optional[Outcome], output: str) -> None:
     if outcome.dry_run:
         print_dry_run(outcome)
     print(summary_line(outcome), flush=True)  # flushed: a long-running sync --every is read line by line
+
+
+# --- Metrics: Prometheus' text format, for node_exporter's textfile collector ------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsSetup:
+    """How this process runs sync: the same for every run or pass it records."""
+
+    mode: str  # "once", "every" or "events"
+    interval: float
+    ttl: int
+    backend: str
+    layout: str
+
+
+#: The metrics of --metrics-file, in the file's order: name -> (type, help). None holds a secret, a key or an address.
+METRICS = {
+    "docker_register_info": ("gauge", "This host's docker-register: version, store, key layout and mode (always 1)."),
+    "docker_register_last_run_timestamp_seconds": ("gauge", "When the last run or pass ended, in unix time."),
+    "docker_register_last_success_timestamp_seconds": (
+        "gauge", "When the last successful run or pass ended, in unix time (absent until one succeeded)."),
+    "docker_register_last_run_success": ("gauge", "1 if the last run or pass succeeded, 0 if it failed."),
+    "docker_register_last_run_duration_seconds": ("gauge", "How long the last run or pass took."),
+    "docker_register_interval_seconds": (
+        "gauge", "Seconds between runs: --every, else a third of the lease TTL (as the shipped timer and cron set it)."),
+    "docker_register_lease_ttl_seconds": ("gauge", "TTL of the lease this host's keys are on."),
+    "docker_register_registrations": ("gauge", "Container ports the last successful run or pass registered."),
+    "docker_register_skipped_containers": (
+        "gauge", "Containers or ports the last successful run or pass left out; noted=\"true\" for those it printed "
+                 "a note about (labels, addresses), \"false\" for the quiet ones (ignored, stopping, not healthy)."),
+    "docker_register_runs_total": ("counter", "Runs and passes that ended, whatever their result."),
+    "docker_register_failures_total": ("counter", "Runs and passes that failed, by what failed: docker, store or "
+                                                  "usage (a bad setting)."),
+    "docker_register_changes_total": ("counter", "Keys written, by kind of change."),
+    "docker_register_lock_busy_total": ("counter", "Runs and passes left out because another run held this host's "
+                                                   "lock."),
+    "docker_register_passes_total": ("counter", "Passes of sync --every, by what started them: the interval or a "
+                                                "Docker event."),
+    "docker_register_event_stream_up": ("gauge", "1 while Docker's event stream is open (sync --every --events)."),
+    "docker_register_purged_timestamp_seconds": (
+        "gauge", "When purge took this host out of service on purpose, in unix time; the next sync writes the rest."),
+}
+#: What a run carries on from the file it replaces: the counters, and what only a successful run tells.
+CARRIED = frozenset({"docker_register_runs_total", "docker_register_failures_total", "docker_register_changes_total",
+                     "docker_register_lock_busy_total", "docker_register_passes_total",
+                     "docker_register_last_success_timestamp_seconds", "docker_register_last_run_success",
+                     "docker_register_registrations", "docker_register_skipped_containers"})
+#: A sample as this module writes it: name, then labels with plain values. Anything else in an old file is dropped.
+SAMPLE_KEY = re.compile(r'docker_register_[a-z_]+(\{[a-z_]+="[^"\\\n]*"(,[a-z_]+="[^"\\\n]*")*\})?')
+#: Most of an old metrics file read back (it holds about 3 kB).
+MAX_METRICS_FILE = 65536
+
+
+def sample(name: str, **labels: str) -> str:
+    """A sample's name and labels as the text format writes them."""
+    if not labels:
+        return name
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for value in labels.values())
+    return name + "{" + ",".join(f'{label}="{value}"' for label, value in zip(labels, escaped)) + "}"
+
+
+def failure_kind(error: RegisterError) -> str:
+    """What failed, as the metrics name it: usage (a bad setting), docker or store."""
+    if isinstance(error, UsageError):
+        return "usage"
+    return "docker" if isinstance(error, DockerError) else "store"
+
+
+def metrics_after(result: RunResult, before: Mapping[str, float], setup: MetricsSetup) -> dict[str, float]:
+    """The samples after a run or pass: its own gauges, and the counters and last success's gauges carried on from
+    before (every label a counter can have starts at 0, so a first failure is an increase, not a new series)."""
+    samples = {key: value for key, value in before.items() if key.partition("{")[0] in CARRIED}
+
+    def count(key: str, amount: float = 1.0) -> None:
+        samples[key] = samples.get(key, 0.0) + amount
+
+    count("docker_register_runs_total")
+    count("docker_register_lock_busy_total", 0.0)
+    for kind in ("docker", "store", "usage"):
+        count(sample("docker_register_failures_total", kind=kind), 0.0)
+    for change_kind in ChangeKind:
+        count(sample("docker_register_changes_total", kind=change_kind.value), 0.0)
+    outcome = result.outcome
+    if result.error is not None:
+        count(sample("docker_register_failures_total", kind=failure_kind(result.error)))
+        samples["docker_register_last_run_success"] = 0.0
+    elif outcome is None:
+        count("docker_register_lock_busy_total")  # the other run keeps the keys: neither a success nor a failure
+    else:
+        samples["docker_register_last_run_success"] = 1.0
+        samples["docker_register_last_success_timestamp_seconds"] = result.ended
+        samples["docker_register_registrations"] = float(outcome.registrations)
+        for noted in (True, False):
+            samples[sample("docker_register_skipped_containers", noted=str(noted).lower())] = float(
+                sum(1 for skip in outcome.skips if skip.quiet is not noted))
+        for change in outcome.plan.changes:
+            count(sample("docker_register_changes_total", kind=change.kind.value))
+    samples = {key: value for key, value in samples.items() if result.trigger or not key.startswith(
+        "docker_register_passes_total")}
+    if result.trigger:
+        for trigger in ("interval", "event"):
+            count(sample("docker_register_passes_total", trigger=trigger), 0.0)
+        count(sample("docker_register_passes_total", trigger=result.trigger))
+    samples.update({
+        sample("docker_register_info", version=__version__, backend=setup.backend, layout=setup.layout,
+               mode=setup.mode): 1.0,
+        "docker_register_last_run_timestamp_seconds": result.ended,
+        "docker_register_last_run_duration_seconds": result.seconds,
+        "docker_register_interval_seconds": setup.interval,
+        "docker_register_lease_ttl_seconds": float(setup.ttl),
+    })
+    if setup.mode == "events":
+        samples["docker_register_event_stream_up"] = 1.0 if result.events_up else 0.0
+    return samples
+
+
+def metric_value(value: float) -> str:
+    """A sample's value: whole numbers without a fraction, others to the microsecond."""
+    return str(int(value)) if value == int(value) else repr(round(value, 6))
+
+
+def metrics_text(samples: Mapping[str, float]) -> str:
+    """The samples in Prometheus' text format, each family after its HELP and TYPE lines."""
+    families: dict[str, list[str]] = {}
+    for key in sorted(samples):
+        families.setdefault(key.partition("{")[0], []).append(f"{key} {metric_value(samples[key])}")
+    lines = []
+    for name, (kind, text) in METRICS.items():
+        if name in families:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *families[name]]
+    return "\n".join(lines) + "\n"
+
+
+def carried_samples(text: str) -> dict[str, float]:
+    """What the file an earlier run wrote says that the next run carries on; any other line, or a sample that is
+    not a finite number >= 0, is left out (the counters then start again: Prometheus reads that as a reset)."""
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key.partition("{")[0] in CARRIED and SAMPLE_KEY.fullmatch(key):
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if 0 <= number < float("inf"):
+                found[key] = number
+    return found
+
+
+def read_metrics_file(path: str) -> str:
+    """The metrics file an earlier run wrote, or "" when there is none to read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read(MAX_METRICS_FILE)
+    except (OSError, ValueError):
+        return ""
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace the file at path in one step: a temporary file next to it, readable by all, renamed over it, so a
+    reader sees the old content or the new, never part of it."""
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # not *.prom: node_exporter leaves it alone
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # the units' UMask=0077 would keep node_exporter's user from reading it
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def write_metrics(path: str, text: str) -> None:
+    """Write the metrics file; a failure is said in one line and changes nothing else (the run's exit code stays)."""
+    try:
+        write_atomically(path, text)
+    except OSError as error:
+        print_note(f"--metrics-file {path}: not written: {error.strerror or error}")
 
 
 # ---------------------------------------------------------------------------
@@ -3641,6 +3855,10 @@ class Settings:
     redis_master: Optional[str] = option(
         None, "--redis-master", envvar="REDIS_MASTER", rich_help_panel=REDIS_PANEL, show_default=False,
         help="With --redis-sentinel: the name the Sentinels monitor the primary under.")
+    metrics_file: Optional[str] = option(
+        None, "--metrics-file", envvar="DOCKER_REGISTER_METRICS_FILE", show_default=False,
+        help="After every run or pass, write Prometheus metrics to this *.prom file, for node_exporter's textfile "
+             "collector (docs/metrics.md).")
 
 
 def settings_parameters() -> list[inspect.Parameter]:
@@ -3733,6 +3951,41 @@ def build_config(settings: Settings) -> Config:
                   layout.name, domain, settings.internal, settings.network, backend, zookeeper, redis)
 
 
+def parse_metrics_file(path: Optional[str]) -> Optional[str]:
+    """The metrics file asked for, None when none is (unset or empty); node_exporter reads only *.prom files."""
+    if not path or not path.strip():
+        return None
+    if not os.path.basename(path).endswith(".prom"):
+        raise UsageError(f"--metrics-file / DOCKER_REGISTER_METRICS_FILE: {path!r} does not end in .prom, the files "
+                         "node_exporter's textfile collector reads")
+    return path
+
+
+class MetricsFile:
+    """The metrics file of one sync process: written anew after every run or pass, its counters carried on."""
+
+    def __init__(self, path: str, setup: MetricsSetup):
+        self.path, self.setup = path, setup
+        self.samples: Optional[dict[str, float]] = None  # as last written; read back from the file the first time
+
+    def record(self, result: RunResult) -> None:
+        """Write the metrics after this run or pass."""
+        if self.samples is None:
+            self.samples = carried_samples(read_metrics_file(self.path))
+        self.samples = metrics_after(result, self.samples, self.setup)
+        write_metrics(self.path, metrics_text(self.samples))
+
+
+def metrics_file(settings: Settings, every: Optional[float], events: bool) -> Optional[MetricsFile]:
+    """The metrics file of a sync, None when none is asked for."""
+    path = parse_metrics_file(settings.metrics_file)
+    if path is None:
+        return None
+    mode = "events" if events else "once" if every is None else "every"
+    interval = settings.ttl / TTL_INTERVALS if every is None else every
+    return MetricsFile(path, MetricsSetup(mode, interval, settings.ttl, settings.backend.value, settings.layout.value))
+
+
 def fail(error: RegisterError) -> typer.Exit:
     """Print a run's error as one line and return the exit to raise."""
     report_error(error)
@@ -3791,7 +4044,12 @@ def sync_command(
 ) -> None:
     """Bring this host's keys in the store in line with its running containers."""
     output = settings.output.value
+    started = time.monotonic()
+    metrics = None
     try:
+        metrics = metrics_file(settings, every, events)
+        if dry_run:
+            metrics = None  # a dry run writes nothing, its metrics neither
         config = build_config(settings)
         if events and every is None:
             raise UsageError("--events needs --every (the periodic pass that repairs missed events)")
@@ -3811,15 +4069,19 @@ def sync_command(
                 threading.Thread(target=follow_stops, daemon=True, name="docker-stops",
                                  args=(open_source, triggers, stop)).start()
             raise typer.Exit(sync_every(config, functools.partial(open_adapters, config), every, report, stop,
-                                        triggers))
+                                        triggers, metrics.record if metrics else lambda result: None))
         adapters = open_adapters(config)
         try:
             outcome = locked_reconcile(config, adapters.docker, adapters.store, dry_run)
         finally:
             adapters.close()
     except RegisterError as error:
+        if metrics:  # the error that ends the command (sync --every records the passes it goes on after)
+            metrics.record(RunResult(time.time(), time.monotonic() - started, error=error))
         raise fail(error) from None
     print_outcome(outcome, output)
+    if metrics:
+        metrics.record(RunResult(time.time(), time.monotonic() - started, outcome))
 
 
 @app.command("purge")
@@ -3827,6 +4089,7 @@ def sync_command(
 def purge_command(settings: Settings) -> None:
     """Take this host out of service now: revoke its lease, deleting all its keys and no other host's."""
     try:
+        metrics_path = parse_metrics_file(settings.metrics_file)
         config = build_config(settings)
         store, close = open_store(config, purging=True)
         try:
@@ -3836,6 +4099,8 @@ def purge_command(settings: Settings) -> None:
     except RegisterError as error:
         raise fail(error) from None
     print_purged(purged, settings.output.value)
+    if metrics_path:  # out of service on purpose: no series left for the stale-host alert, and the file stays
+        write_metrics(metrics_path, metrics_text({"docker_register_purged_timestamp_seconds": time.time()}))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -11,16 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (BINARY, PYTHON, SERVICE, ChildRun, Delta, Dockerd, Etcd, Gateway, b64, check, check_no_change,
-                    child_env, delta, log, make_config, median, preload_clients, print_table, print_targets,
-                    reported_seconds, run_child, running_ids, snapshot, spread, start_containers, synthetic_source,
-                    table_rows, timed_sync)
+from common import (BINARY, HOST_IP, PYTHON, SERVICE, ChildRun, Delta, Dockerd, Etcd, Gateway, b64, check,
+                    check_no_change, child_env, delta, log, make_config, median, preload_clients, print_table,
+                    print_targets, reported_seconds, run_child, running_ids, snapshot, spread, start_containers,
+                    synthetic_source, table_rows, timed_sync)
 from fakes import FakeEtcd
 
 IMPORT_FLOOR = "import docker, etcd3, typer"
@@ -67,6 +68,8 @@ class SizeResult:
     grpc_floor: list[ChildRun] = field(default_factory=list)
     bare: list[ChildRun] = field(default_factory=list)
     deltas: list[Delta] = field(default_factory=list)
+    #: No-change runs with --metrics-file, each next to one without (which comes first alternates).
+    metered: list[ChildRun] = field(default_factory=list)
 
 
 def measure_size(dockerd: Dockerd, etcd: Etcd, n: int, runs: int, lock: Path) -> SizeResult:
@@ -79,6 +82,7 @@ def measure_size(dockerd: Dockerd, etcd: Etcd, n: int, runs: int, lock: Path) ->
         log(f"N={n}: started {missing} in {result.start_seconds:.1f}s")
     env = child_env(dockerd, etcd, f"/bench/n{n}", lock)
     sync = [str(BINARY), "sync"]
+    metered = [*sync, "--metrics-file", str(lock.with_name(f"n{n}.prom"))]  # read back and replaced each run
 
     before = snapshot(etcd, dockerd)
     result.first = run_child(sync, env)
@@ -86,18 +90,23 @@ def measure_size(dockerd: Dockerd, etcd: Etcd, n: int, runs: int, lock: Path) ->
     check(result.first, "first sync")
     result.keys = len(etcd.get_prefix(f"/bench/n{n}/"))
 
-    run_child(sync, env)  # warm-up, not counted
-    log(f"N={n}: {runs} no-change runs, each next to an import-only run")
-    for _ in range(runs):
+    run_child(metered, env)  # warm-up, not counted (it also writes the metrics file a run reads back)
+    log(f"N={n}: {runs} no-change runs, each next to an import-only run and a run with --metrics-file")
+    for i in range(runs):
         result.bare.append(run_child([str(PYTHON), "-c", "pass"]))
         result.imports.append(run_child([str(PYTHON), "-c", IMPORT_FLOOR]))
         result.grpc_floor.append(run_child([str(PYTHON), "-c", GRPC_FLOOR], env))
         check(result.grpc_floor[-1], "import floor + one etcd call")
+        if i % 2:
+            result.metered.append(run_child(metered, env))
         before = snapshot(etcd, dockerd)
         run = run_child(sync, env)
         result.deltas.append(delta(before, snapshot(etcd, dockerd)))
         check_no_change(run, "no-change sync")
         result.syncs.append(run)
+        if not i % 2:
+            result.metered.append(run_child(metered, env))
+        check_no_change(result.metered[-1], "no-change sync with --metrics-file")
     return result
 
 
@@ -124,6 +133,17 @@ def size_rows(results: list[SizeResult]) -> list[tuple[str, list[str], str]]:
         ("ratio no-change / import floor", lambda r: f"{ratio(r):.2f}", "≤ 1.2 at N=50"),
         ("  same, fastest run / fastest floor", lambda r: f"{fastest_ratio(r.syncs, r.imports):.2f}",
          "(less sensitive to load)"),
+        ("no-change with --metrics-file: wall, median (s)", lambda r: spread((x.wall for x in r.metered), "{:.3f}")),
+        ("ratio with --metrics-file / import floor", lambda r: f"{wall_ratio(r.metered, r.imports):.2f}",
+         "≤ 1.0 (issue 18)"),
+        ("  same, fastest run / fastest floor", lambda r: f"{fastest_ratio(r.metered, r.imports):.2f}"),
+        ("ratio with --metrics-file / without, medians", lambda r: f"{wall_ratio(r.metered, r.syncs):.2f}",
+         "1.00: not measurable"),
+        ("  same, fastest / fastest", lambda r: f"{fastest_ratio(r.metered, r.syncs):.2f}"),
+        ("  with - without, paired (same round), median (ms)",
+         lambda r: f"{median(m.wall - s.wall for m, s in zip(r.metered, r.syncs)) * 1e3:+.1f}"),
+        ("  CPU with / without, medians",
+         lambda r: f"{median(x.cpu for x in r.metered) / median(x.cpu for x in r.syncs):.2f}"),
         ("no-change: peak RSS, median (MB)", lambda r: spread((x.maxrss_mb for x in r.syncs), "{:.1f}")),
         ("import floor: peak RSS, median (MB)", lambda r: spread((x.maxrss_mb for x in r.imports), "{:.1f}")),
         ("peak RSS over import floor, max / max", lambda r: f"{memory_excess(r):+.1%}", "≤ +10 %"),
@@ -187,6 +207,9 @@ def verdicts(results: list[SizeResult]) -> list[str]:
         ]
         if r.n == 50:
             checks.append((f"wall ratio ≤ 1.2 ({ratio(r):.2f})", ratio(r) <= 1.2))
+            metered = wall_ratio(r.metered, r.imports)
+            checks.append((f"wall ratio with --metrics-file ≤ 1.0 × import floor ({metered:.2f}; "
+                           f"{wall_ratio(r.metered, r.syncs):.2f} × the run without)", metered <= 1.0))
         lines += [f"N={r.n:<4} {'PASS' if ok else 'FAIL'}  {what}" for what, ok in checks]
     return lines
 
@@ -397,6 +420,26 @@ def intern_headroom(modules: str) -> str:
     return f"about {int(count)} names (then +{float(jump):.2f} MB)"
 
 
+def metrics_write_cost(folder: Path, writes: int = 501) -> str:
+    """Median time of one --metrics-file write as a one-shot run does it (read the old file back, build the
+    samples and the text, write a temporary file, rename it), in this process, after imports."""
+    import docker_register as dr
+
+    path = str(folder / "cost.prom")
+    config = make_config("127.0.0.1:2379", HOST_IP, "/bench/cost")
+    plan = dr.Plan(1, dr.LeaseAction.KEEP, (), 51)
+    setup = dr.MetricsSetup("once", 10.0, 30, "etcd", "discover")
+    seconds = []
+    for _ in range(writes):
+        started = time.perf_counter()
+        dr.MetricsFile(path, setup).record(dr.RunResult(time.time(), 0.03, dr.Outcome(config, plan, (), False, 0.03,
+                                                                                      frozenset(), 50)))
+        seconds.append(time.perf_counter() - started)
+    size = os.path.getsize(path)
+    return (f"{median(seconds) * 1e6:.0f} µs (max {max(seconds) * 1e6:.0f} µs over {writes} writes), "
+            f"a {size}-byte file")
+
+
 # ---------------------------------------------------------------------------
 # Synthetic sizes: docker_register.reconcile fed a generated container list
 # ---------------------------------------------------------------------------
@@ -485,6 +528,9 @@ def run(args: argparse.Namespace, dockerd: Dockerd, etcd: Etcd, lock: Path) -> N
     print("each adapter call marked; median of 5: seconds, and resident memory growth; an import's share depends")
     print("on what was imported before it):")
     print("\n".join("  " + line for line in phase_breakdown(env)))
+    print()
+    print(f"One --metrics-file write as a run does it (read back, build, write, rename), median: "
+          f"{metrics_write_cost(lock.parent)}")
     print()
     print("CPython's table of interned strings doubles when 2/3 full, a step of about 0.5 MB at this size.")
     print("Names a process can still intern before that step:")

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -1177,6 +1178,116 @@ class RedisSentinels:
             stop_process(proc)
         self.replica.stop()
         self.primary.stop()
+
+
+def parse_samples(text: str, prefix: str = "") -> dict[str, float]:
+    """Samples of a Prometheus text page whose name starts with prefix: 'name{labels}' -> value."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith(prefix) and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+class NodeExporter:
+    """Debian's prometheus-node-exporter on a free loopback port with only its textfile collector, reading the
+    *.prom files of a folder of its own (`textfiles`)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.textfiles = root / "textfile"
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "NodeExporter":
+        """Start it and wait until it serves /metrics."""
+        self.textfiles.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "node-exporter.log", "ab")
+        self.proc = subprocess.Popen(
+            [require("prometheus-node-exporter"), f"--web.listen-address={self.target}",
+             "--collector.disable-defaults", "--collector.textfile",
+             f"--collector.textfile.directory={self.textfiles}"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def serves():
+            try:
+                return "node_textfile_scrape_error" in self.scrape()
+            except OSError:
+                return False
+        wait_serving(self.proc, "node_exporter", self.root / "node-exporter.log", serves, 30, "node_exporter to serve")
+        return self
+
+    def scrape(self) -> str:
+        """Its /metrics page, as Prometheus reads it."""
+        return urllib.request.urlopen(f"http://{self.target}/metrics", timeout=5).read().decode()
+
+    def samples(self, prefix: str = "docker_register_") -> dict[str, float]:
+        """The samples of one scrape whose name starts with prefix, plus node_textfile_scrape_error."""
+        text = self.scrape()
+        return {**parse_samples(text, prefix), **parse_samples(text, "node_textfile_scrape_error")}
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_process(self.proc)
+
+
+class Prometheus:
+    """Debian's prometheus on a free loopback port with a data folder of its own, scraping the targets given every
+    `interval` and evaluating the rule files given as often."""
+
+    def __init__(self, root: Path, targets: list[str], rule_files: list[Path], interval: str = "1s"):
+        self.root = root
+        self.targets = targets
+        self.rule_files = rule_files
+        self.interval = interval
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Prometheus":
+        """Write its configuration (JSON, which it reads as YAML), start it and wait until it is ready."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "prometheus.yml"
+        config.write_text(json.dumps({
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "rule_files": [str(path) for path in self.rule_files],
+            "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": self.targets}]}],
+        }, indent=2) + "\n")
+        log = open(self.root / "prometheus.log", "ab")
+        self.proc = subprocess.Popen(
+            [require("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={self.root / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def ready():
+            try:
+                return urllib.request.urlopen(f"{self.url}/-/ready", timeout=2).status == 200
+            except OSError:
+                return False
+        wait_serving(self.proc, "prometheus", self.root / "prometheus.log", ready, 60, "prometheus to be ready")
+        return self
+
+    def api(self, path: str, **params: str):
+        """GET an /api/v1 path; its data."""
+        query = "?" + urllib.parse.urlencode(params) if params else ""
+        answer = json.loads(urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=5).read())
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def query(self, expr: str) -> dict[str, float]:
+        """An instant query's vector: the series' labels (as sorted name=value text) -> value."""
+        return {",".join(f"{k}={v}" for k, v in sorted(item["metric"].items())): float(item["value"][1])
+                for item in self.api("query", query=expr)["result"]}
+
+    def alerts(self, name: str) -> list[dict]:
+        """The alerts of that name, pending or firing, as /api/v1/alerts lists them."""
+        return [alert for alert in self.api("alerts")["alerts"] if alert["labels"].get("alertname") == name]
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_process(self.proc)
 
 
 def start_cluster(root: Path, size: int = 3) -> list[Etcd]:
