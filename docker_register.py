@@ -4069,7 +4069,7 @@ def sync_command(
                 threading.Thread(target=follow_stops, daemon=True, name="docker-stops",
                                  args=(open_source, triggers, stop)).start()
             raise typer.Exit(sync_every(config, functools.partial(open_adapters, config), every, report, stop,
-                                        triggers, metrics.record if metrics else lambda result: None))
+                                        triggers, observe=metrics.record if metrics else lambda result: None))
         adapters = open_adapters(config)
         try:
             outcome = locked_reconcile(config, adapters.docker, adapters.store, dry_run)
