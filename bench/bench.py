@@ -13,6 +13,7 @@
     .venv/bin/python bench/bench.py engines                # stop -> key gone on Docker and on Podman, ~2 min
     .venv/bin/python bench/bench.py failover               # losing the host that wrote a router, 3 stores, ~2 min
     .venv/bin/python bench/bench.py failover --backend etcd --module /tmp/before.py   # an older module
+    .venv/bin/python bench/bench.py fleet --hosts 10,100,300,1000 --plot   # also draws bench/fleet.png
 
 host     one host with a private dockerd and etcd: what a run costs (run_cost.py), how fast a stopped
          container's key goes (deregister.py), first syncs of large synthetic lists (run_cost.py).
@@ -31,6 +32,9 @@ engines  stop -> key gone with --events on Docker and on a Podman it starts (eng
 failover two hosts behind a real Traefik: failed requests when the host that wrote a service's router keys
          purges or is killed, and what Traefik answers once the last host purges, per store (failover.py).
 
+--plot (host, fleet, events, rolling) also draws the key results into bench/<name>.png (deregister.png,
+fleet.png, events.png, rolling.png), which bench/README.md shows; it needs the bench extra (matplotlib:
+pip install '.[bench]'), and without it the figures are printed as always, with one line saying so.
 Progress goes to stderr, figures to stdout.  The servers come from tests/harness.py (private socket,
 free loopback ports) and are stopped and removed at the end.  Exit 0 when every part ran (and, for
 layouts, events and rolling, met its target), 1 otherwise, 2 for a usage error.
@@ -51,6 +55,7 @@ import failover
 import fleet
 import fleet_stores
 import layouts
+import plots
 import rolling
 import run_cost
 from common import BINARY, backend_servers, child_env, cluster, installed_module, load, print_machine, scratch, servers
@@ -70,10 +75,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     layouts.add_arguments(commands.add_parser("layouts", help="first and no-change sync per key layout"))
     backends.add_arguments(commands.add_parser("backends", help="first and no-change sync on etcd, ZooKeeper "
                                                                "and Redis"))
-    events.add_arguments(commands.add_parser("events", help="sync --every --events next to the timer mode: "
-                                                           "latency and cost"))
-    rolling.add_arguments(commands.add_parser("rolling", help="rolling restart through a real Traefik: "
-                                                             "failed requests"))
+    events_parser = commands.add_parser("events", help="sync --every --events next to the timer mode: latency "
+                                                       "and cost")
+    events.add_arguments(events_parser)
+    rolling_parser = commands.add_parser("rolling", help="rolling restart through a real Traefik: failed requests")
+    rolling.add_arguments(rolling_parser)
+    for drawn in (host, fleet_parser, events_parser, rolling_parser):
+        plots.add_argument(drawn)
     engines.add_arguments(commands.add_parser("engines", help="stop -> key gone with --events on Docker and "
                                                              "Podman"))
     failover.add_arguments(commands.add_parser("failover", help="losing or purging the host that wrote a "

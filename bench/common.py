@@ -207,6 +207,11 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def stamp() -> str:
+    """The machine's cores, its load now and the date, for a picture's caption."""
+    return f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end, {time.strftime('%Y-%m-%d')}"
+
+
 def installed_module() -> str:
     """Path and content hash of the docker_register the CLI imports."""
     import hashlib

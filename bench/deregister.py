@@ -11,7 +11,8 @@ import argparse
 import random
 import time
 
-from common import HOST_IP, INTERVAL, SERVICE, Dockerd, Etcd, Gateway, Loop, Watch, log, median, running_ids
+import plots
+from common import HOST_IP, INTERVAL, SERVICE, Dockerd, Etcd, Gateway, Loop, Watch, log, median, running_ids, stamp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,9 +97,22 @@ def report(dereg: list[tuple[float, float]], ttl_only: list[tuple[float, float]]
     print()
 
 
+def strips(dereg: list[tuple[float, float]], ttl_only: list[tuple[float, float]]) -> list[plots.Strip]:
+    """The picture's rows: docker-register's stops, then the TTL-only keys' (from stop to gone, both)."""
+    label = "stopped → key gone"
+    return [plots.Strip(label, "timer", tuple(x[1] for x in dereg)),
+            plots.Strip(label, "ttl", tuple(x[0] for x in ttl_only))]
+
+
 def run(args: argparse.Namespace, dockerd: Dockerd, etcd: Etcd, env: dict[str, str], prefix: str) -> None:
     """Measure both designs and print them (the loop runs on the host's largest size, already registered)."""
     log(f"deregistration latency: {args.stops} stops with sync --every {INTERVAL:g}")
     dereg = measure_deregistration(dockerd, etcd, env, prefix, args.stops)
     log("TTL-only comparison")
-    report(dereg, measure_ttl_only(etcd, args.ttl_keys))
+    ttl_only = measure_ttl_only(etcd, args.ttl_keys)
+    report(dereg, ttl_only)
+    plots.draw(args, "deregister", plots.latency_figure, strips(dereg, ttl_only),
+               f"Deregistration latency: sync --every {INTERVAL:g} and the original TTL design", None,
+               f"docker-register: {len(dereg)} containers stopped (docker stop -t 0) at random phases; original: "
+               f"{len(ttl_only)} keys rewritten on a fresh TTL-15 lease every {INTERVAL:g} s, refreshes stopped "
+               f"at random phases; keys polled every 20 ms; {stamp()}")

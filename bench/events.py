@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import plots
 from common import (BINARY, IMAGE, INTERVAL, MODES, SERVICE, DockerEvents, Dockerd, Etcd, Gateway, Loop, Watch, check,
                     check_no_change, child_env, cpu_seconds, log, memory_kb, percentile, print_table,
-                    reported_seconds, run_child, run_container, running_ids, start_containers, table_rows,
+                    reported_seconds, run_child, run_container, running_ids, stamp, start_containers, table_rows,
                     thread_cpu_ns)
 
 #: A web server that exits at once on SIGTERM (busybox httpd as PID 1 would ignore it): a stop is quick,
@@ -36,6 +37,9 @@ PROMPT_EXIT = ("sh", "-c", "httpd -f -p 80 -h /www & trap 'exit 0' TERM; wait")
 #: A health check that passes: the container turns healthy at its first check, about a second after start.
 HEALTHCHECK = ("--health-cmd", "true", "--health-interval", "1s", "--health-timeout", "2s", "--health-retries", "1")
 KINDS = ("start", "healthy", "stop")
+#: What each kind of trial times, as the latency picture labels it.
+KIND_LABELS = {"start": "start event → key present", "healthy": "healthy event → key present",
+               "stop": "docker stop → key gone"}
 #: Target of the issue: p99 under 1 s with --events.
 TARGET_P99 = 1.0
 #: Longest wait for one trial's key (a timer-mode pass may be an interval away, or busy).
@@ -149,6 +153,17 @@ def latency_rows(results: list[Latencies]) -> list[tuple[str, list[str], str]]:
     return table_rows(results, specs)
 
 
+def latency_strips(results: list[Latencies]) -> list[plots.Strip]:
+    """The latency picture's rows: per kind, one row per mode."""
+    return [plots.Strip(KIND_LABELS[kind], r.mode, tuple(r.seconds[kind])) for kind in KINDS for r in results]
+
+
+def plot_note(trials: int) -> str:
+    """The conditions, under the latency picture's title."""
+    return (f"{trials} trials per row; --events: one after another; timer: at random moments over "
+            f"{2 * INTERVAL:g} s; keys polled every 10 ms; {stamp()}")
+
+
 # ---------------------------------------------------------------------------
 # Cost of the long-running process
 # ---------------------------------------------------------------------------
@@ -260,6 +275,9 @@ def run(args: argparse.Namespace, dockerd: Dockerd, etcd: Etcd, lock: Path) -> i
     for r in latencies:
         for note in r.notes:
             print(f"  note from {r.mode} loop: {note}")
+    plots.draw(args, "events", plots.latency_figure, latency_strips(latencies),
+               "Registration and deregistration latency: --events and the timer mode", TARGET_P99,
+               plot_note(args.trials))
     print()
     print(f"Cost with {args.containers} running containers (no events while idle; CPU per pass: the process's")
     print("threads' CPU between a pass's start and its line, sampled every 20 ms from /proc/<pid>/task/*/schedstat;")

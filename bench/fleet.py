@@ -26,8 +26,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+import plots
 from common import (INTERVAL, ListedContainers, cluster, cpu_seconds, load, log, make_config, num, percentile,
-                    preload_clients, print_table, scratch, synthetic_container, synthetic_containers,
+                    preload_clients, print_table, scratch, stamp, synthetic_container, synthetic_containers,
                     table_rows, TIMEOUT)
 
 #: The original design's TTL, and docker-register's lease TTL.
@@ -391,9 +392,15 @@ def needed_cores(r: FleetResult, idle: float) -> float:
     return idle + offered * (per_pass_ms(r, "etcd_cpu", idle) + per_pass_ms(r, "own_cpu")) / 1e3
 
 
+def asked_puts(r: FleetResult) -> float | None:
+    """Puts per second the design asks for when every pass runs on time; None when it writes only changes."""
+    return r.hosts * 2 * r.per_host / r.interval if r.design == "ttl" else None
+
+
 def offered_puts(r: FleetResult) -> str:
-    """Puts per second the design asks for when every pass runs on time."""
-    return f"{r.hosts * 2 * r.per_host / r.interval:.0f}" if r.design == "ttl" else "changes only"
+    """Puts per second the design asks for, as a table cell."""
+    asked = asked_puts(r)
+    return "changes only" if asked is None else f"{asked:.0f}"
 
 
 def seconds_text(values: list[float]) -> str:
@@ -465,6 +472,19 @@ def fleet_rows(results: list[FleetResult], idle: float) -> list[tuple[str, list[
     ])
 
 
+def fleet_point(r: FleetResult) -> plots.FleetPoint:
+    """What the fleet picture shows of one design at one K: writes etcd applied, writes asked, in time or not."""
+    writes = rate(r, "etcd_mvcc_put_total") + rate(r, "etcd_mvcc_delete_total")
+    return plots.FleetPoint(r.design, r.hosts, writes, asked_puts(r), all(map(r.spread.in_time, r.spread.passes)))
+
+
+def plot_note(args: argparse.Namespace) -> str:
+    """The conditions, under the picture's title."""
+    return (f"K simulated hosts, {args.per_host} registrations each, a pass every {args.interval:g} s, "
+            f"{args.churn:.0%} of hosts redeploy a container per pass; rates over {args.rounds} × "
+            f"{args.interval:g} s; 3-node etcd on loopback; {stamp()}")
+
+
 def print_intro(args: argparse.Namespace) -> None:
     """Say what is simulated and what is real."""
     print(f"Fleet: K simulated hosts, {args.per_host} synthetic registrations each over {args.services} services,")
@@ -510,5 +530,6 @@ def run(args: argparse.Namespace) -> int:
     if results:
         print_table(["", *(f"K={r.hosts} {r.design}" for r in results), "note"], fleet_rows(results, idle))
         print()
+        plots.draw(args, "fleet", plots.fleet_figure, [fleet_point(r) for r in results], plot_note(args))
     print(f"fleet simulation took {time.perf_counter() - total:.0f} s; load at end {load()}")
     return 0 if len(results) == len(counts) * len(designs) else 1

@@ -25,8 +25,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import plots
 from common import (IMAGE, INTERVAL, MODES, Background, Dockerd, Etcd, Loop, Traefik, Watch, child_env, log,
-                    print_table, run_container, spread, table_rows)
+                    print_table, run_container, spread, stamp, table_rows)
 
 #: The service's Host rule, and the labels of a container set up for a single-host Traefik.
 WEB_HOST = "web.example"
@@ -238,6 +239,11 @@ def run(args: argparse.Namespace, dockerd: Dockerd, etcd: Etcd, lock: Path) -> i
     print_table(["", *(f"throttle {r.throttle}, {'--events' if MODES[r.mode] else 'timer'}" for r in results),
                  "target"], result_rows(results))
     print()
+    plots.draw(args, "rolling", plots.rolling_figure,
+               [plots.Outcome(r.throttle, r.mode, len(r.failures), len(r.requests)) for r in results],
+               f"2 backends serving 5 s after SIGTERM, each replaced {args.rounds} times (stop, start, wait until "
+               f"Traefik lists it); client at up to {args.rate:g} requests/s through Traefik; "
+               f"sync --every {INTERVAL:g} --layout traefik; {stamp()}")
     lost = sum(len(r.failures) for r in results if MODES[r.mode])
     print(f"Target: 0 failed requests with --events: {'PASS' if lost == 0 else 'FAIL'} ({lost} failed)")
     print()
