@@ -8,6 +8,16 @@ lease whose id is derived from the host IP and the prefix, so a run needs no
 local state and a dead host's keys expire by themselves.
 
 Exit codes: 0 success, 1 Docker or etcd unreachable or failing, 2 usage error.
+
+Contents, top to bottom; a section uses what is above it, and what is below only through the seams named:
+  Constants, Errors, Data types
+  Pure core: flags and environment values, lease ids, containers -> registrations, events, layouts
+      (Layout, LAYOUTS), a run's settings (Config, after the layouts it names), plan
+  Adapters: Docker and etcd; the seams Store and ContainerSource, the protocols orchestration is handed;
+      ZooKeeper and Redis, the optional stores
+  Orchestration: gather -> plan -> apply, on the adapters and the reporting callbacks it is handed
+  Output: the lines, tables and JSON a run prints
+  CLI: settings from flags, the adapters and callbacks handed to orchestration, main()
 """
 
 from __future__ import annotations
@@ -274,7 +284,7 @@ class Registration:
     @property
     def address(self) -> str:
         """ip:port, IPv6 in brackets."""
-        return format_address(self.ip, self.port)
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -450,41 +460,14 @@ class RedisSettings:
     master: Optional[str] = None  #: the primary's name at the Sentinels
 
 
-@dataclass(frozen=True)
-class Config:
-    """Validated settings of one run."""
-
-    endpoints: tuple[EtcdEndpoint, ...]
-    host_ip: str
-    prefix: str
-    ttl: int
-    timeout: float
-    host_ip_detected: bool = False
-    tls: Optional[TlsFiles] = None
-    auth: Optional[Credentials] = None
-    lock_file: Optional[str] = None
-    layout_name: str = "discover"
-    domain: str = DEFAULT_DOMAIN
-    internal: bool = False
-    network: Optional[str] = None
-    backend: str = "etcd"
-    zookeeper: Optional[ZooKeeperSettings] = None
-    redis: Optional[RedisSettings] = None
-
-    @property
-    def layout(self) -> "Layout":
-        """The layout the keys follow."""
-        return LAYOUTS[self.layout_name]
-
-    @property
-    def lease_id(self) -> int:
-        """This host's lease id."""
-        return lease_id_for(self.host_ip, self.prefix)
-
-
 # ---------------------------------------------------------------------------
 # Pure core: Docker dicts -> registrations -> desired keys -> plan
 # ---------------------------------------------------------------------------
+# No clock, no sockets, no environment: everything comes in as arguments. Flags and environment values are parsed
+# here too (a bad one is a UsageError).
+
+
+# --- Flags and environment values: parsed and checked -------------------------------------------
 
 
 def parse_endpoints(text: str, tls: bool = False) -> tuple[EtcdEndpoint, ...]:
@@ -696,6 +679,9 @@ def default_route_interface(route_table: str) -> Optional[tuple[str, str]]:
     return (best[1], best[2]) if best else None
 
 
+# --- Lease ids: derived from the host, so that a run needs no local state -------------------------
+
+
 def lease_id_for(host_ip: str, prefix: str) -> int:
     """Derive this host's lease id: stable across runs, distinct across hosts and prefixes."""
     digest = hashlib.sha256(f"docker-register\0{host_ip}\0{prefix}".encode()).digest()
@@ -707,6 +693,9 @@ def shared_lease_id(host_ip: str, key: str) -> int:
     and the id tells the writer, who alone changes the value."""
     digest = hashlib.sha256(f"docker-register-shared\0{host_ip}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1 or 1
+
+
+# --- Containers: Engine API dicts -> registrations, and what is skipped -----------------------------
 
 
 def image_basename(image: str) -> Optional[str]:
@@ -724,11 +713,6 @@ def sanitize_name(name: str) -> Optional[str]:
     if not re.search(r"[A-Za-z0-9]", cleaned) or len(cleaned) > MAX_NAME_LENGTH:
         return None
     return cleaned
-
-
-def format_address(ip: str, port: int) -> str:
-    """Format ip:port, bracketing IPv6 addresses."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def health_of(container: Mapping) -> str:
@@ -925,6 +909,9 @@ def registrations_from(containers: Iterable[Mapping], host_ip: str, internal: bo
     return registrations, skips
 
 
+# --- Events: what Docker's events (or Podman's list of stopping containers) mean for the pass loop ----
+
+
 class EventEffect(enum.Enum):
     """What one Docker event means for the pass loop."""
 
@@ -990,6 +977,11 @@ class Layout:
     holders: Callable[[str, str, Mapping[str, "StoredKey"]], frozenset[str]]
     #: (own key, prefix) -> folders of the shared keys the own key may keep in use: read when the own key goes.
     shared_folders: Callable[[str, str], frozenset[str]] = lambda key, prefix: frozenset()
+
+
+def parent_folder(key: str) -> str:
+    """The folder a key is in, with its trailing slash."""
+    return key.rsplit("/", 1)[0] + "/"
 
 
 def instance_key(prefix: str, service: str, container_id: str) -> str:
@@ -1313,12 +1305,42 @@ def desired_keys(registrations: Sequence[Registration], config: "Config") -> Des
     return config.layout.desire(registrations, config)
 
 
+# --- A run's settings, checked (they name a layout, so they follow the layouts) -----------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings of one run."""
+
+    endpoints: tuple[EtcdEndpoint, ...]
+    host_ip: str
+    prefix: str
+    ttl: int
+    timeout: float
+    host_ip_detected: bool = False
+    tls: Optional[TlsFiles] = None
+    auth: Optional[Credentials] = None
+    lock_file: Optional[str] = None
+    layout_name: str = "discover"
+    domain: str = DEFAULT_DOMAIN
+    internal: bool = False
+    network: Optional[str] = None
+    backend: str = "etcd"
+    zookeeper: Optional[ZooKeeperSettings] = None
+    redis: Optional[RedisSettings] = None
+
+    @property
+    def layout(self) -> "Layout":
+        """The layout the keys follow."""
+        return LAYOUTS[self.layout_name]
+
+    @property
+    def lease_id(self) -> int:
+        """This host's lease id."""
+        return lease_id_for(self.host_ip, self.prefix)
+
+
 # --- Plan: desired keys against what the store holds ------------------------------------------
-
-
-def parent_folder(key: str) -> str:
-    """The folder a key is in, with its trailing slash."""
-    return key.rsplit("/", 1)[0] + "/"
 
 
 def stale_shared(desired: Desired, keys: Iterable[str], layout: Layout, prefix: str) -> list[str]:
@@ -1364,8 +1386,8 @@ def as_planned(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
     return {**stored, **written}
 
 
-def reads_for(desired: Desired, lease_keys: Iterable[str], prefix: str, limit: int = MAX_TXN_OPS,
-              layout: Layout = DISCOVER) -> Reads:
+def reads_for(desired: Desired, lease_keys: Iterable[str], prefix: str, layout: Layout,
+              limit: int = MAX_TXN_OPS) -> Reads:
     """The least a plan needs to read, in one transaction of at most limit reads.
 
     That is this host's desired keys and the keys on its lease, the folders of the shared keys that its
@@ -1389,7 +1411,7 @@ def reads_for(desired: Desired, lease_keys: Iterable[str], prefix: str, limit: i
 
 
 def more_reads_for(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int, read: Reads, prefix: str,
-                   layout: Layout = DISCOVER, limit: int = MAX_TXN_OPS,
+                   layout: Layout, limit: int = MAX_TXN_OPS,
                    shared_lease: Optional[Callable[[str], int]] = None) -> Optional[Reads]:
     """Holder folders that only the values just read name (a router's service), not read yet; None if none."""
     if read.whole_prefix:
@@ -1421,7 +1443,7 @@ class Tally:
 
 
 def plan_changes(desired: Desired, stored: Mapping[str, StoredKey], lease_id: int,
-                 lease_state: LeaseState, prefix: str, layout: Layout = DISCOVER,
+                 lease_state: LeaseState, prefix: str, layout: Layout,
                  shared_lease: Optional[Callable[[str], int]] = None, releases: bool = False) -> Plan:
     """Compare desired keys with what the store holds and list the writes that make them equal.
 
@@ -1547,7 +1569,7 @@ def batches(changes: Sequence[Change], size: int = MAX_TXN_OPS) -> Iterator[Sequ
 
 
 # ---------------------------------------------------------------------------
-# Adapters: Docker and etcd
+# Adapters: Docker and etcd (translate, decide nothing), and the Store and ContainerSource seams
 # ---------------------------------------------------------------------------
 
 
@@ -2261,7 +2283,7 @@ class ZooKeeperStore:
     max_reads = ZOOKEEPER_READS  # a multiRead request
 
     def __init__(self, settings: ZooKeeperSettings, prefix: str, ttl: Optional[int], timeout: float,
-                 layout: Layout = DISCOVER):
+                 layout: Layout):
         self.settings = settings
         self.layout = layout
         self.prefix = prefix
@@ -2803,7 +2825,7 @@ class RedisStore:
     max_reads = REDIS_READS  # one pipeline takes any number; a folder is a SCAN of the whole database
 
     def __init__(self, settings: RedisSettings, prefix: str, ttl: int, timeout: float, lease_id: int,
-                 layout: Layout = DISCOVER):
+                 layout: Layout):
         redis = backend_module("redis")
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -3193,7 +3215,7 @@ def plan_against(store: Store, desired: Desired, config: Config, lease_state: Le
     if store.tree:
         desired = leaves_only(desired)
     lease_id, shared_lease = store.host_lease(config), store.shared_lease_of(config)
-    reads = reads_for(desired, lease_keys, config.prefix, store.max_reads, config.layout)
+    reads = reads_for(desired, lease_keys, config.prefix, config.layout, store.max_reads)
     stored = store.read(reads)
     more = more_reads_for(desired, stored, lease_id, reads, config.prefix, config.layout, store.max_reads,
                           shared_lease)
@@ -3398,9 +3420,11 @@ def settle(triggers: Triggers, stop: threading.Event, clock: Clock = CLOCK) -> N
 
 def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: float, report: Callable,
                stop: threading.Event, triggers: Optional[Triggers] = None, clock: Clock = CLOCK,
-               observe: Callable[[RunResult], None] = lambda result: None) -> int:
+               observe: Callable[[RunResult], None] = lambda result: None, *,
+               report_failure: Callable[[RegisterError], None]) -> int:
     """Reconcile every interval seconds until stop is set, and soon after an event when triggers are given;
-    a failed pass is reported, not fatal. Each pass that the loop goes on after is handed to observe.
+    a pass's outcome goes to report, a failed pass to report_failure (not fatal). Each pass that the loop goes
+    on after is handed to observe.
 
     The adapters are kept from pass to pass and opened afresh after a failure (a failed etcd endpoint
     stays marked failed in its client).
@@ -3422,7 +3446,7 @@ def sync_every(config: Config, connect: Callable[[], "Adapters"], interval: floa
             except UsageError:
                 raise
             except RegisterError as error:
-                report_error(error)
+                report_failure(error)
                 adapters = close_quietly(adapters)
                 failure = error
             observe(RunResult(time.time(), clock.monotonic() - started, outcome, failure, trigger, triggers.events_up))
@@ -4069,7 +4093,8 @@ def sync_command(
                 threading.Thread(target=follow_stops, daemon=True, name="docker-stops",
                                  args=(open_source, triggers, stop)).start()
             raise typer.Exit(sync_every(config, functools.partial(open_adapters, config), every, report, stop,
-                                        triggers, observe=metrics.record if metrics else lambda result: None))
+                                        triggers, observe=metrics.record if metrics else lambda result: None,
+                                        report_failure=report_error))
         adapters = open_adapters(config)
         try:
             outcome = locked_reconcile(config, adapters.docker, adapters.store, dry_run)

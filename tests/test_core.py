@@ -227,7 +227,7 @@ ALIVE = dr.LeaseState.ALIVE
 
 
 def plan(want, have, state=ALIVE):
-    return dr.plan_changes(want, have, LEASE, state, PREFIX)
+    return dr.plan_changes(want, have, LEASE, state, PREFIX, dr.DISCOVER)
 
 
 def actions(p):
@@ -288,7 +288,7 @@ def test_plan_should_leave_its_port_key_to_a_host_still_serving_the_service():
     assert p.changes == () and p.unchanged == 1  # not renewed by this host any more: the other keeps it alive
     assert p.renewals == () and p.lease_action is dr.LeaseAction.KEEP
     # A store that records its shared keys (Redis's index, ZooKeeper's claims) drops that record.
-    released = dr.plan_changes(desired(), have, LEASE, ALIVE, PREFIX, releases=True)
+    released = dr.plan_changes(desired(), have, LEASE, ALIVE, PREFIX, dr.DISCOVER, releases=True)
     assert released.changes == (dr.Change("release", "/backends/web/port", "80", "80", 5, shared=True),)
 
 

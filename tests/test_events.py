@@ -375,7 +375,7 @@ class EveryLoop:
     def run(self, *steps) -> None:
         self.steps = steps
         assert dr.sync_every(self.config, lambda: dr.Adapters(self.docker, self.store), self.interval, self.report,
-                             self.stop, self.triggers, self.clock) == 0
+                             self.stop, self.triggers, self.clock, report_failure=dr.report_error) == 0
 
     def report(self, outcome) -> None:
         self.outcomes.append(outcome)

@@ -353,7 +353,7 @@ def gone_router_state(other_server: bool) -> dict:
 def reads_then_plan(want, have):
     """Read as a run does (reads_for, then more_reads_for on what came back) and plan on that view."""
     on_lease = [key for key, kv in have.items() if kv.lease == LEASE]
-    first = dr.reads_for(want, on_lease, "traefik", layout=dr.TRAEFIK)
+    first = dr.reads_for(want, on_lease, "traefik", dr.TRAEFIK)
     view = view_of(have, first)
     second = dr.more_reads_for(want, view, LEASE, first, "traefik", dr.TRAEFIK)
     if second is not None:
@@ -399,8 +399,8 @@ def test_a_run_reads_the_shared_keys_folders_only_when_the_last_server_of_a_serv
     # reads no folder, the run where the last one goes reads where web's shared keys are.
     ours = {server("web"): stored("http://10.0.0.5:32768"), server("web", B): stored("http://10.0.0.5:32769")}
     one_stays = dr.Desired({server("web", B): "http://10.0.0.5:32769"}, {})
-    assert dr.reads_for(one_stays, list(ours), "traefik", layout=dr.TRAEFIK).folders == ()
-    assert dr.reads_for(dr.Desired({}, {}), list(ours), "traefik", layout=dr.TRAEFIK).folders == (
+    assert dr.reads_for(one_stays, list(ours), "traefik", dr.TRAEFIK).folders == ()
+    assert dr.reads_for(dr.Desired({}, {}), list(ours), "traefik", dr.TRAEFIK).folders == (
         "traefik/http/middlewares/", "traefik/http/routers/", "traefik/http/services/web/")
 
 
@@ -793,7 +793,7 @@ def read_as_a_run_does(world):
     config = world.config
     on_lease = [] if world.lease_state is dr.LeaseState.MISSING else [
         key for key, kv in world.state.items() if kv.lease == config.lease_id]  # what LeaseTimeToLive lists
-    first = dr.reads_for(world.desired, on_lease, config.prefix, layout=config.layout)
+    first = dr.reads_for(world.desired, on_lease, config.prefix, config.layout)
     view = view_of(world.state, first)
     second = dr.more_reads_for(world.desired, view, config.lease_id, first, config.prefix, config.layout)
     if second is not None:

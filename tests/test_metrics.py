@@ -302,7 +302,8 @@ def test_sync_every_hands_each_pass_over_with_what_started_it(tmp_path):
 
     triggers.events_up = True  # as follow_events sets it once Docker's stream is open
     thread = threading.Thread(target=dr.sync_every, daemon=True, args=(
-        config(tmp_path), lambda: dr.Adapters(docker, store), 60.0, lambda outcome: None, stop, triggers), kwargs={"observe": observe})
+        config(tmp_path), lambda: dr.Adapters(docker, store), 60.0, lambda outcome: None, stop, triggers),
+        kwargs={"observe": observe, "report_failure": dr.report_error})
     thread.start()
     assert first.wait(JOIN_SECONDS)
     triggers.note(dr.EventEffect.PASS, "a" * 64)  # an event: the next pass comes at once, not in 60 s
@@ -323,7 +324,8 @@ def test_sync_every_hands_a_failed_pass_over_with_its_error(tmp_path):
             stop.set()
 
     thread = threading.Thread(target=dr.sync_every, daemon=True, args=(
-        config(tmp_path), lambda: dr.Adapters(docker, store), 0.01, lambda outcome: None, stop, None), kwargs={"observe": observe})
+        config(tmp_path), lambda: dr.Adapters(docker, store), 0.01, lambda outcome: None, stop, None),
+        kwargs={"observe": observe, "report_failure": dr.report_error})
     thread.start()
     thread.join(JOIN_SECONDS)
     assert isinstance(results[0].error, dr.DockerError) and results[0].outcome is None

@@ -113,7 +113,7 @@ def test_reading_what_reads_for_names_gives_the_same_plan_as_reading_the_whole_p
     """A run reads its own keys and lease keys (or their folders, or all): that view plans alike."""
     on_lease = [] if world.lease_state is dr.LeaseState.MISSING else [
         key for key, kv in world.state.items() if kv.lease == world.lease]  # what LeaseTimeToLive lists
-    reads = dr.reads_for(world.desired, on_lease, world.prefix, limit)
+    reads = dr.reads_for(world.desired, on_lease, world.prefix, dr.DISCOVER, limit)
     assert len(reads.keys) + len(reads.folders) <= limit or reads.whole_prefix
     note(f"reads: {reads}")
     assert world.plan(view_of(world.state, reads)) == world.plan()

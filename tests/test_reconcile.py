@@ -495,8 +495,9 @@ class Connector:
 
 
 def sync_every(cfg, connect, interval, report, stop, clock) -> int:
-    """sync_every in this thread on the fake clock: each wait returns at once, time advanced."""
-    return dr.sync_every(cfg, connect, interval, report, stop, clock=clock)
+    """sync_every in this thread on the fake clock: each wait returns at once, time advanced; a failed pass is
+    reported as the CLI does."""
+    return dr.sync_every(cfg, connect, interval, report, stop, clock=clock, report_failure=dr.report_error)
 
 
 def test_sync_every_repeats_the_pass_every_interval_on_the_same_adapters_until_stopped(tmp_path):

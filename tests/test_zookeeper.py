@@ -132,12 +132,13 @@ def test_a_store_that_records_its_shared_keys_releases_one_another_host_uses():
     # What the planner does for ZooKeeper and Redis: the port key stays, and this host's claim on it goes.
     lease, other = 11, 22
     stored = {"/b/web/port": dr.StoredKey("80", lease, 5), "/b/web/bbbbbbbbbbbb": dr.StoredKey("10.0.0.6:1", other, 6)}
-    leaving = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b")
+    leaving = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", dr.DISCOVER)
     assert leaving.changes == () and leaving.unchanged == 1  # etcd: its own lease is no longer renewed here
-    releasing = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", releases=True)
+    releasing = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", dr.DISCOVER,
+                                releases=True)
     assert [(c.kind, c.key) for c in releasing.changes] == [(dr.ChangeKind.RELEASE, "/b/web/port")]
     del stored["/b/web/bbbbbbbbbbbb"]  # nobody uses it any more: it goes, whatever the store
-    alone = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", releases=True)
+    alone = dr.plan_changes(dr.Desired({}, {}), stored, lease, dr.LeaseState.ALIVE, "/b", dr.DISCOVER, releases=True)
     assert [(c.kind, c.key) for c in alone.changes] == [(dr.ChangeKind.REMOVE, "/b/web/port")]
 
 
