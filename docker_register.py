@@ -13,8 +13,8 @@ Contents, top to bottom; a section uses what is above it, and what is below only
   Constants, Errors, Data types
   Pure core: flags and environment values, lease ids, containers -> registrations, events, layouts
       (Layout, LAYOUTS), a run's settings (Config, after the layouts it names), plan
-  Adapters: Docker and etcd; the seams Store and ContainerSource, the protocols orchestration is handed;
-      ZooKeeper and Redis, the optional stores
+  Adapters: Docker and etcd; the seams Store and ContainerSource, the protocols orchestration is handed
+  Adapters: ZooKeeper (session, fleet, store) and Redis (connection, fleet, store), the optional stores
   Orchestration: gather -> plan -> apply, on the adapters and the reporting callbacks it is handed
   Output: the lines, tables and JSON a run prints
   CLI: settings from flags, the adapters and callbacks handed to orchestration, main()
@@ -165,45 +165,8 @@ BACKEND_MODULES = {"zookeeper": "kazoo", "redis": "redis"}
 #: Default ZooKeeper ensemble and Redis server.
 DEFAULT_ZOOKEEPER = "127.0.0.1:2181"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-#: A Sentinel's port when --redis-sentinel names none.
-REDIS_SENTINEL_PORT = 26379
-#: ZooKeeper keeps its own nodes under this path: no prefix may go there.
-ZOOKEEPER_RESERVED = "/zookeeper"
-#: A node created and deleted under the root in every ZooKeeper write transaction: readers that watch only
-#: the root's children (Traefik's zooKeeper provider) then read the tree again. No reader ever sees it.
-ZOOKEEPER_SIGNAL = "docker-register-change-{session:x}"
-#: Where each host's session keeps an ephemeral node, one folder per root (outside it: readers never see it).
-#: A host that dies takes its node along; the leader (the lowest session listed) then deletes the folders
-#: the dead host's keys leave behind, which ZooKeeper keeps, and signals the root.
-ZOOKEEPER_HOSTS = "/docker-register/hosts"
-#: Redis key of a host's index: the set of its keys. ':' is never in a prefix, so no layout's keys meet it.
-REDIS_INDEX = "docker-register:hosts:{lease:016x}"
-#: Redis key a host sets every run with the TTL as its expiry: its heartbeat, outside every prefix, so no reader
-#: wakes. The keys under the root carry no short expiry: a host whose heartbeat ran out is swept by the leader.
-REDIS_ALIVE = "docker-register:alive:{lease:016x}"
-#: Per root, outside it: the set of hosts (lease ids) that registered there, whose lowest live one is the leader
-#: that sweeps the others once their heartbeat ran out...
-REDIS_HOSTS = "docker-register:roots:{prefix}:hosts"
-#: ...and the hash of shared keys to the lease id of the host that wrote them (their claims: who may change them).
-REDIS_CLAIMS = "docker-register:roots:{prefix}:claims"
-#: Keys under the root, the indexes and the root's sets expire after this many TTLs (an hour at the default TTL)
-#: unless renewed, which a run does only once less than half is left: a fleet whose hosts all died leaves nothing
-#: for good, and a run with nothing to change renews nothing under the root.
-REDIS_KEEP_TTLS = 120
-#: Exact keys a Redis run reads in its pipeline before it reads their folders instead (each a SCAN of the
-#: whole database): a pipeline takes any number, so this only bounds its size.
-REDIS_READS = 2000
-#: StoredKey.lease of a Redis key that carries an expiry but is not in this host's index: another host's.
-FOREIGN_LEASE = -1
-#: Where a ZooKeeper host claims the shared nodes it wrote (persistent nodes, which no session owns): one
-#: ephemeral node per shared key, one folder per root, outside the root. The claim says who may change the
-#: value; a writer that dies takes its claims along, and the next host wanting another value takes the key.
-ZOOKEEPER_CLAIMS = "/docker-register/claims"
-#: StoredKey.lease of a shared key that no live host claims (ZooKeeper, after its writer's session ended).
+#: StoredKey.lease of a shared key that no live host claims (ZooKeeper, Redis: after its writer ended).
 UNCLAIMED = -2
-#: Reads in one ZooKeeper multiRead request (3.6+): a run's reads cost a request per this many keys, and the
-#: answer stays far below the server's 1 MiB packet limit (jute.maxbuffer).
-ZOOKEEPER_READS = 2000
 
 #: Base class of the CLI parser's usage errors (typer may vendor click, so take it from typer).
 CLI_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
@@ -464,7 +427,7 @@ class RedisSettings:
 # Pure core: Docker dicts -> registrations -> desired keys -> plan
 # ---------------------------------------------------------------------------
 # No clock, no sockets, no environment: everything comes in as arguments. Flags and environment values are parsed
-# here too (a bad one is a UsageError).
+# here too (a bad one is a UsageError); the stores' own checks sit in their adapter sections.
 
 
 # --- Flags and environment values: parsed and checked -------------------------------------------
@@ -514,117 +477,6 @@ def parse_credentials(user: Optional[str], password: Optional[str], flag: str = 
         raise UsageError(f"--{flag}user {name}: give a password with --{flag}password, {env}_PASSWORD "
                          f"or {name}:PASSWORD")
     return Credentials(name, secret)
-
-
-def parse_zookeeper_hosts(text: str) -> str:
-    """Check a comma-separated ZooKeeper ensemble, host:port each (IPv6 in brackets); return it as kazoo takes it."""
-    hosts = []
-    for item in text.split(","):
-        item = item.strip()
-        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d+)", item)
-        if not match:
-            raise UsageError(f"--zookeeper / ZOOKEEPER_HOSTS: {item!r} is not host:port "
-                             "(a comma-separated ensemble; no chroot path)")
-        if not 0 < int(match.group(2)) < 65536:
-            raise UsageError(f"--zookeeper / ZOOKEEPER_HOSTS: port {match.group(2)} in {item!r} is out of range")
-        hosts.append(item)
-    return ",".join(hosts)
-
-
-def parse_redis_url(text: str) -> tuple[str, Optional[str]]:
-    """Check redis://[user[:password]@]host[:port][/db] (rediss:// for TLS); return the URL without its password,
-    and the password."""
-    from urllib.parse import unquote, urlsplit
-
-    flag = "--redis / REDIS_URL"
-    try:
-        url = urlsplit(text.strip())
-        port = url.port
-    except ValueError as error:
-        raise UsageError(f"{flag}: {error}") from None
-    if url.scheme not in ("redis", "rediss") or not url.hostname:
-        raise UsageError(f"{flag}: {text.split('@')[-1]!r} is not redis://host:port/db or rediss://host:port/db")
-    if url.path.strip("/") and not url.path.strip("/").isdigit() or url.query or url.fragment:
-        raise UsageError(f"{flag}: the path must be a database number, like /0 (got {url.path!r})")
-    user = f"{url.username}@" if url.username else ""
-    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    clean = f"{url.scheme}://{user}{host}:{port or 6379}/{url.path.strip('/') or '0'}"
-    return clean, unquote(url.password) if url.password else None
-
-
-def parse_redis_sentinels(text: str) -> tuple[tuple[str, int], ...]:
-    """Check a comma-separated list of Sentinels, host[:port] each (port 26379 by default, IPv6 in brackets)."""
-    sentinels = []
-    for item in text.split(","):
-        item = item.strip()
-        match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::(\d+))?", item)
-        if not match:
-            raise UsageError(f"--redis-sentinel / REDIS_SENTINELS: {item!r} is not host:port (comma-separated)")
-        port = int(match.group(3) or REDIS_SENTINEL_PORT)
-        if not 0 < port < 65536:
-            raise UsageError(f"--redis-sentinel / REDIS_SENTINELS: port {port} in {item!r} is out of range")
-        sentinels.append((match.group(1) or match.group(2), port))
-    return tuple(sentinels)
-
-
-def zookeeper_path(key: str) -> str:
-    """The ZooKeeper path of a key: a key without a leading / (the traefik layout's) gets one."""
-    return key if key.startswith("/") else "/" + key
-
-
-def zookeeper_key(path: str, prefix: str) -> str:
-    """The key of a ZooKeeper path, for a prefix with or without a leading /."""
-    return path if prefix.startswith("/") else path[1:]
-
-
-def zookeeper_hosts_folder(root: str) -> str:
-    """The folder of the hosts' presence nodes for one root."""
-    from urllib.parse import quote
-
-    return f"{ZOOKEEPER_HOSTS}/{quote(root, safe='')}"
-
-
-def zookeeper_claims_folder(root: str) -> str:
-    """The folder of the claims on one root's shared nodes."""
-    from urllib.parse import quote
-
-    return f"{ZOOKEEPER_CLAIMS}/{quote(root, safe='')}"
-
-
-def zookeeper_claim(root: str, path: str) -> str:
-    """The node by which a host claims the shared node at path (below root): one flat name per key."""
-    from urllib.parse import quote
-
-    return f"{zookeeper_claims_folder(root)}/{quote(path[len(root) + 1:], safe='')}"
-
-
-def zookeeper_state_file(lock_file: Optional[str], host_ip: str, prefix: str) -> str:
-    """Where the host's ZooKeeper session is kept: next to the lock file, one file per host IP and prefix."""
-    folder = os.path.dirname(lock_file or DEFAULT_LOCK_FILE)
-    return os.path.join(folder, f"zookeeper-{lease_id_for(host_ip, prefix):016x}.session")
-
-
-def redis_index_key(lease_id: int) -> str:
-    """The Redis key listing a host's keys."""
-    return REDIS_INDEX.format(lease=lease_id)
-
-
-def glob_escape(text: str) -> str:
-    """Escape Redis glob characters, so that a SCAN pattern built on text matches text literally."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def leaves_only(desired: Desired) -> Desired:
-    """Leave out keys that other desired keys are below, with a note: in a tree store (ZooKeeper), a node of a
-    session cannot have nodes below it. The keys below are kept (traefik ...tls/certresolver makes ...tls)."""
-    keys = sorted({*desired.own, *desired.shared})
-    parents = {key for key, after in zip(keys, keys[1:]) if after.startswith(key + "/")}
-    if not parents:
-        return desired
-    notes = tuple(f"{key} has keys below it, which a ZooKeeper node of a session cannot have; left out, "
-                  "the keys below kept" for key in sorted(parents))
-    return Desired({k: v for k, v in desired.own.items() if k not in parents},
-                   {k: v for k, v in desired.shared.items() if k not in parents}, desired.notes + notes)
 
 
 def parse_prefix(prefix: str, absolute: bool = True, example: str = DEFAULT_PREFIX) -> str:
@@ -977,6 +829,11 @@ class Layout:
     holders: Callable[[str, str, Mapping[str, "StoredKey"]], frozenset[str]]
     #: (own key, prefix) -> folders of the shared keys the own key may keep in use: read when the own key goes.
     shared_folders: Callable[[str, str], frozenset[str]] = lambda key, prefix: frozenset()
+
+
+def is_shared_key(layout: Layout, key: str, prefix: str) -> bool:
+    """Whether a key has the layout's shape and hosts share it."""
+    return layout.fits(key, prefix) and layout.is_shared(key, prefix)
 
 
 def parent_folder(key: str) -> str:
@@ -1343,6 +1200,19 @@ class Config:
 # --- Plan: desired keys against what the store holds ------------------------------------------
 
 
+def leaves_only(desired: Desired) -> Desired:
+    """Leave out keys that other desired keys are below, with a note: in a tree store (ZooKeeper), a node of a
+    session cannot have nodes below it. The keys below are kept (traefik ...tls/certresolver makes ...tls)."""
+    keys = sorted({*desired.own, *desired.shared})
+    parents = {key for key, after in zip(keys, keys[1:]) if after.startswith(key + "/")}
+    if not parents:
+        return desired
+    notes = tuple(f"{key} has keys below it, which a ZooKeeper node of a session cannot have; left out, "
+                  "the keys below kept" for key in sorted(parents))
+    return Desired({k: v for k, v in desired.own.items() if k not in parents},
+                   {k: v for k, v in desired.shared.items() if k not in parents}, desired.notes + notes)
+
+
 def stale_shared(desired: Desired, keys: Iterable[str], layout: Layout, prefix: str) -> list[str]:
     """Shared keys among keys (this host's) that no container here wants any more."""
     return [key for key in keys if layout.is_shared(key, prefix) and key not in desired.shared]
@@ -1700,6 +1570,10 @@ class Store(Protocol):
         """Renew the lease before planning, where the store does (etcd renews it with the plan); False when it
         no longer exists."""
 
+    def sweep_departed(self) -> None:
+        """As the live hosts' leader, delete what departed hosts left behind, where the store does not do that by
+        itself (ZooKeeper's emptied folders, Redis's keys; etcd's leases expire with their keys)."""
+
     def lease(self, lease_id: int) -> Optional[LeaseInfo]:
         """The lease's granted TTL and attached keys; None when it does not exist."""
 
@@ -2018,6 +1892,9 @@ class EtcdStore:
         (a stream costs more than its messages), and LeaseTimeToLive, next, tells whether the lease exists."""
         return True
 
+    def sweep_departed(self) -> None:
+        """Nothing: a departed host's lease expires, and its keys with it."""
+
     def lease(self, lease_id: int) -> Optional[LeaseInfo]:
         """LeaseTimeToLive with keys: one RPC, no write."""
         info = self.connection.call("read lease", lambda: self.client.get_lease_info(lease_id))
@@ -2140,7 +2017,9 @@ def describe_etcd_error(error: Optional[BaseException]) -> str:
     return first_line(error) if error else "no endpoint answered"
 
 
-# --- Other backends: ZooKeeper and Redis (optional clients, imported only when chosen) ---------
+# ---------------------------------------------------------------------------
+# Adapters: ZooKeeper and Redis, the optional stores (a run imports a client only when it chooses its store)
+# ---------------------------------------------------------------------------
 
 
 def backend_module(backend: str):
@@ -2153,6 +2032,93 @@ def backend_module(backend: str):
     except ImportError:
         raise UsageError(f"--backend {backend} needs the {name} client: "
                          f"pip install 'docker-register[{backend}]'") from None
+
+
+# --- ZooKeeper: the host's session is its lease ---------------------------------------------
+# Three pieces, one job each: ZooKeeperSession keeps the host's session (connect, re-attach, the state file) and
+# sends the requests on it; ZooKeeperFleet keeps the root's hosts folder (this host's presence, and the leader's
+# sweep of what departed hosts left); ZooKeeperStore is the Store on the two.
+
+
+#: ZooKeeper keeps its own nodes under this path: no prefix may go there.
+ZOOKEEPER_RESERVED = "/zookeeper"
+#: A node created and deleted under the root in every ZooKeeper write transaction: readers that watch only
+#: the root's children (Traefik's zooKeeper provider) then read the tree again. No reader ever sees it.
+ZOOKEEPER_SIGNAL = "docker-register-change-{session:x}"
+#: Where each host's session keeps an ephemeral node, one folder per root (outside it: readers never see it).
+#: A host that dies takes its node along; the leader (the lowest session listed) then deletes the folders
+#: the dead host's keys leave behind, which ZooKeeper keeps, and signals the root.
+ZOOKEEPER_HOSTS = "/docker-register/hosts"
+#: Where a ZooKeeper host claims the shared nodes it wrote (persistent nodes, which no session owns): one
+#: ephemeral node per shared key, one folder per root, outside the root. The claim says who may change the
+#: value; a writer that dies takes its claims along, and the next host wanting another value takes the key.
+ZOOKEEPER_CLAIMS = "/docker-register/claims"
+#: Reads in one ZooKeeper multiRead request (3.6+): a run's reads cost a request per this many keys, and the
+#: answer stays far below the server's 1 MiB packet limit (jute.maxbuffer).
+ZOOKEEPER_READS = 2000
+#: ZooKeeper's opcodes of the reads a multiRead request carries.
+GET_DATA, GET_CHILDREN = 4, 8
+
+
+def parse_zookeeper_hosts(text: str) -> str:
+    """Check a comma-separated ZooKeeper ensemble, host:port each (IPv6 in brackets); return it as kazoo takes it."""
+    hosts = []
+    for item in text.split(","):
+        item = item.strip()
+        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d+)", item)
+        if not match:
+            raise UsageError(f"--zookeeper / ZOOKEEPER_HOSTS: {item!r} is not host:port "
+                             "(a comma-separated ensemble; no chroot path)")
+        if not 0 < int(match.group(2)) < 65536:
+            raise UsageError(f"--zookeeper / ZOOKEEPER_HOSTS: port {match.group(2)} in {item!r} is out of range")
+        hosts.append(item)
+    return ",".join(hosts)
+
+
+def check_zookeeper_root(prefix: str) -> None:
+    """Refuse a prefix whose root node is where ZooKeeper or docker-register keep nodes of their own."""
+    root, ours = zookeeper_path(prefix), ZOOKEEPER_HOSTS.rsplit("/", 1)[0]
+    if root == ZOOKEEPER_RESERVED or root.startswith(ZOOKEEPER_RESERVED + "/"):
+        raise UsageError(f"--prefix {prefix}: ZooKeeper keeps its own nodes under {ZOOKEEPER_RESERVED}")
+    if root == ours or root.startswith(ours + "/"):
+        raise UsageError(f"--prefix {prefix}: docker-register keeps its hosts' nodes under {ZOOKEEPER_HOSTS}")
+
+
+def zookeeper_path(key: str) -> str:
+    """The ZooKeeper path of a key: a key without a leading / (the traefik layout's) gets one."""
+    return key if key.startswith("/") else "/" + key
+
+
+def zookeeper_key(path: str, prefix: str) -> str:
+    """The key of a ZooKeeper path, for a prefix with or without a leading /."""
+    return path if prefix.startswith("/") else path[1:]
+
+
+def zookeeper_hosts_folder(root: str) -> str:
+    """The folder of the hosts' presence nodes for one root."""
+    from urllib.parse import quote
+
+    return f"{ZOOKEEPER_HOSTS}/{quote(root, safe='')}"
+
+
+def zookeeper_claims_folder(root: str) -> str:
+    """The folder of the claims on one root's shared nodes."""
+    from urllib.parse import quote
+
+    return f"{ZOOKEEPER_CLAIMS}/{quote(root, safe='')}"
+
+
+def zookeeper_claim(root: str, path: str) -> str:
+    """The node by which a host claims the shared node at path (below root): one flat name per key."""
+    from urllib.parse import quote
+
+    return f"{zookeeper_claims_folder(root)}/{quote(path[len(root) + 1:], safe='')}"
+
+
+def zookeeper_state_file(lock_file: Optional[str], host_ip: str, prefix: str) -> str:
+    """Where the host's ZooKeeper session is kept: next to the lock file, one file per host IP and prefix."""
+    folder = os.path.dirname(lock_file or DEFAULT_LOCK_FILE)
+    return os.path.join(folder, f"zookeeper-{lease_id_for(host_ip, prefix):016x}.session")
 
 
 @dataclass(frozen=True)
@@ -2170,24 +2136,6 @@ def session_text(saved: SavedSession) -> str:
     """The state file's content."""
     data = {"session": f"{saved.session:x}", "password": saved.password.hex(), "ttl": saved.ttl}
     return json.dumps({**data, **({"watched": list(saved.watched)} if saved.watched else {})}) + "\n"
-
-
-def was_folder(stat) -> bool:
-    """Whether a ZooKeeper node is only a folder: no value, not ephemeral, and it has had children."""
-    return not stat.ephemeralOwner and not stat.dataLength and stat.cversion > 0
-
-
-def emptied_folder(stat) -> bool:
-    """Whether a ZooKeeper node is a folder whose children are all gone."""
-    return was_folder(stat) and not stat.numChildren
-
-
-def hosts_departed(before: Optional[tuple[int, int]], now: tuple[int, int]) -> bool:
-    """Whether a presence node went since the last look: cversion counts creates and deletes, numChildren their
-    difference; None (not the leader then) counts as a departure, as the last leader may be the one gone."""
-    if before is None or now[0] < before[0]:  # or the folder was made again
-        return True
-    return (now[0] - before[0]) - (now[1] - before[1]) > 0
 
 
 def parse_session(text: str) -> Optional[SavedSession]:
@@ -2210,6 +2158,24 @@ def parse_watched(value) -> Optional[tuple[int, int]]:
         return None
 
 
+def was_folder(stat) -> bool:
+    """Whether a ZooKeeper node is only a folder: no value, not ephemeral, and it has had children."""
+    return not stat.ephemeralOwner and not stat.dataLength and stat.cversion > 0
+
+
+def emptied_folder(stat) -> bool:
+    """Whether a ZooKeeper node is a folder whose children are all gone."""
+    return was_folder(stat) and not stat.numChildren
+
+
+def hosts_departed(before: Optional[tuple[int, int]], now: tuple[int, int]) -> bool:
+    """Whether a presence node went since the last look: cversion counts creates and deletes, numChildren their
+    difference; None (not the leader then) counts as a departure, as the last leader may be the one gone."""
+    if before is None or now[0] < before[0]:  # or the folder was made again
+        return True
+    return (now[0] - before[0]) - (now[1] - before[1]) > 0
+
+
 def zookeeper_error(where: str, what: str, error: BaseException) -> ZooKeeperError:
     """One line for a kazoo error."""
     names = {"ConnectionLoss": "connection lost", "SessionExpiredError": "session expired",
@@ -2218,10 +2184,6 @@ def zookeeper_error(where: str, what: str, error: BaseException) -> ZooKeeperErr
              "TimeoutError": "no answer in time", "KazooTimeoutError": "no answer in time"}
     text = names.get(type(error).__name__) or first_line(error)
     return ZooKeeperError(f"{where}: {what}: {text}")
-
-
-#: ZooKeeper's opcodes of the reads a multiRead request carries.
-GET_DATA, GET_CHILDREN = 4, 8
 
 
 class MultiRead(tuple):
@@ -2265,49 +2227,68 @@ class MultiRead(tuple):
                 results.append(EXCEPTIONS[code]())
 
 
-class ZooKeeperStore:
-    """The Store on ZooKeeper: the host's session is its lease, its keys are ephemeral nodes of the session.
+class GetEphemerals(tuple):
+    """ZooKeeper's getEphemerals request (opcode 103, 3.6+; kazoo has no call for it): the paths of the session's
+    ephemeral nodes that start with a prefix, (prefix,)."""
 
-    The session id and password are kept in a state file (mode 0600) so that the next run re-attaches to the
-    same session, which writes nothing. The lease id the planner sees is the session id, a key's lease its
-    node's ephemeralOwner, its revision the node's version. Persistent parents are created and removed with
-    the keys, in the same multi transaction, which also signals the root (see ZOOKEEPER_SIGNAL).
+    type = 103
 
-    A shared key is a persistent node, which outlives its writer's session; the writer claims it with an
-    ephemeral node outside the root (ZOOKEEPER_CLAIMS), and its lease is that claim's session (UNCLAIMED when
-    none). The live hosts' leader deletes a shared node no live key uses and no host claims.
-    """
+    def serialize(self) -> bytearray:
+        from kazoo.protocol.serialization import write_string
 
-    releases = True  # letting go of a shared node deletes this session's claim on it
-    tree = True
-    max_reads = ZOOKEEPER_READS  # a multiRead request
+        return bytearray(write_string(self[0]))
 
-    def __init__(self, settings: ZooKeeperSettings, prefix: str, ttl: Optional[int], timeout: float,
-                 layout: Layout):
+    @classmethod
+    def deserialize(cls, buffer, offset) -> list[str]:
+        from kazoo.protocol.serialization import GetChildren
+
+        return GetChildren.deserialize(buffer, offset)  # a vector of strings, like GetChildren's reply
+
+
+class KazooLog:
+    """What a kazoo client logs, kept instead of printed (it logs every reconnect; a run's error is one line): why
+    the last connection attempt failed."""
+
+    def __init__(self):
+        self.reason = "no answer in time"
+
+    def warning(self, message: str, *args, **_) -> None:
+        self.reason = first_line(message % args if args else message).removeprefix("Connection dropped: ")
+
+    warn = error = exception = warning
+
+    def debug(self, *_, **__) -> None:
+        """Nothing: below a warning."""
+
+    info = log = debug
+
+
+class ZooKeeperSession:
+    """The host's ZooKeeper session, which is its lease: connected on first use, re-attached to the session the
+    state file keeps when that is alive (which writes nothing), else a new one; and the requests sent on it, their
+    failures turned into one line (Conflict for a guarded write that met a moved node).
+
+    The state file (mode 0600) keeps the session's id and password for the next run; a file that is missing or
+    not one means a new session, one that cannot be written is a store failure (exit 1)."""
+
+    def __init__(self, settings: ZooKeeperSettings, ttl: Optional[int], timeout: float):
         self.settings = settings
-        self.layout = layout
-        self.prefix = prefix
-        self.root = zookeeper_path(prefix)
         #: The TTL the session must be granted; None (purge): the saved session's, unchecked.
         self.ttl = ttl
         self.timeout = timeout
         self.where = f"zookeeper at {settings.hosts}"
+        #: The state file's session, as loaded or last saved; None when there is none.
+        self.saved: Optional[SavedSession] = None
         self._client = None
-        self._saved: Optional[SavedSession] = None
         self._granted_ms = 0
-        self._owners: dict[str, int] = {}  # path -> ephemeralOwner, as the last read saw it
-        self._claims: dict[str, int] = {}  # path of a shared node -> the session claiming it, as last read
-        self._emptied: dict[str, int] = {}  # path -> version of the emptied folders the last read saw
-
-    # --- the session ------------------------------------------------------------------------
 
     @property
     def client(self):
         """The started kazoo client: re-attached to the saved session when it is alive, else on a new one."""
         if self._client is None:
-            self._saved = self._load()
-            ttl = self.ttl or (self._saved.ttl if self._saved else DEFAULT_TTL)
-            self._client = self._start(ttl, self._saved)
+            self.saved = self._load()
+            ttl = self.ttl or (self.saved.ttl if self.saved else DEFAULT_TTL)
+            self._client = self._start(ttl, self.saved)
             if self.ttl is not None and self._granted_ms != self.ttl * 1000:
                 granted = self._granted_ms
                 self.close()
@@ -2317,10 +2298,19 @@ class ZooKeeperStore:
         return self._client
 
     @property
+    def id(self) -> int:
+        """The session id (connecting on first use)."""
+        return self.client.client_id[0]
+
+    @property
     def kept(self) -> bool:
         """Whether the client's session is the one in the state file (re-attached, or saved by this run)."""
         client_id = self._client.client_id if self._client is not None else None
-        return bool(self._saved and client_id and client_id[0] == self._saved.session)
+        return bool(self.saved and client_id and client_id[0] == self.saved.session)
+
+    def start_new(self, ttl: int) -> None:
+        """Start a new session for a TTL (after end(): a session cannot change its TTL)."""
+        self._client = self._start(ttl, None)
 
     def _start(self, ttl: int, saved: Optional[SavedSession]):
         import logging
@@ -2329,18 +2319,15 @@ class ZooKeeperStore:
         from kazoo.retry import KazooRetry
         from kazoo.security import make_acl, make_digest_acl
 
-        quiet = logging.getLogger("docker_register.kazoo")  # kazoo logs every reconnect; errors come as one line
-        dropped = logging.Handler(logging.WARNING)  # keeps why the last connection attempt failed (TLS, say)
-        dropped.emit = lambda record: setattr(
-            dropped, "reason", first_line(record.getMessage()).removeprefix("Connection dropped: "))
-        quiet.handlers, quiet.propagate = [dropped], False
-        logging.getLogger("kazoo").addHandler(logging.NullHandler())
+        log = KazooLog()
+        if not logging.getLogger("kazoo").handlers:  # kazoo's own modules: quiet too
+            logging.getLogger("kazoo").addHandler(logging.NullHandler())
         auth, acl = self.settings.auth, None
         if auth:  # our nodes: all rights to our user, read to everyone (the consumers)
             acl = [make_digest_acl(auth.user, auth.password, all=True), make_acl("world", "anyone", read=True)]
         client = KazooClient(
             hosts=self.settings.hosts, timeout=ttl, client_id=(saved.session, saved.password) if saved else None,
-            connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1), logger=quiet,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1), logger=log,
             use_ssl=bool(self.settings.ca or self.settings.cert), ca=self.settings.ca, certfile=self.settings.cert,
             keyfile=self.settings.key, default_acl=acl,
             auth_data=[("digest", f"{auth.user}:{auth.password}")] if auth else None)
@@ -2363,12 +2350,13 @@ class ZooKeeperStore:
         handshake.wait(max(0.0, deadline - time.monotonic()))
         if not client.connected or not handshake.is_set():
             reason = "authentication failed" if "AUTH_FAILED" in str(client.client_state) else \
-                getattr(dropped, "reason", "no answer in time")
+                log.reason
             self._detach(client)
             raise ZooKeeperError(f"{self.where}: connect: {reason}")
         return client
 
-    def _detach(self, client) -> None:
+    @staticmethod
+    def _detach(client) -> None:
         """Stop a client without closing its session (what stop() does, without the closeSession request); a kept
         session lives on until the next run re-attaches. The connection's thread ends by itself (after kazoo's
         retry pause, 0.1 s, not waited for)."""
@@ -2386,9 +2374,9 @@ class ZooKeeperStore:
         except (OSError, UnicodeDecodeError):
             return None
 
-    def _save(self, saved: Optional[SavedSession] = None) -> None:
-        """Keep the session (this run's, by default) for the next runs: written whole, readable by the owner only."""
-        session, password = self._client.client_id
+    def save(self, saved: Optional[SavedSession] = None) -> None:
+        """Keep the session (this one, by default) for the next runs: written whole, readable by the owner only."""
+        session, password = self.client.client_id
         saved = saved or SavedSession(session, password, self.ttl or DEFAULT_TTL)
         path = self.settings.state_file
         temporary = f"{path}.{os.getpid()}.tmp"
@@ -2405,14 +2393,34 @@ class ZooKeeperStore:
             # A store failure (exit 1, tried again by the next run), not a usage error: the watch unit would
             # never restart after exit 2, and a full disk or a read-only mount can pass.
             raise ZooKeeperError(f"{self.where}: --zookeeper-state: cannot write {path}: {error.strerror}") from None
-        self._saved = saved
+        self.saved = saved
 
-    def _forget(self) -> None:
+    def end(self) -> None:
+        """Close the session (the server deletes whatever ephemeral node of it is left) and forget it."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.stop()
+                client.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.settings.state_file)
-        self._saved = None
+        self.saved = None
 
-    def _wait(self, what: str, pending, ignore: type[Exception] | tuple = ()):
+    def close(self) -> None:
+        """Leave a kept session open for the next run (no write); close a session nobody will re-attach to."""
+        client, kept, self._client = self._client, self.kept, None
+        if client is None:
+            return
+        if kept or not client.connected:
+            self._detach(client)
+            return
+        with contextlib.suppress(Exception):  # a session of this run only (a dry run's): it holds no node
+            client.stop()
+            client.close()
+
+    # --- requests on the session ---------------------------------------------------------------
+
+    def wait(self, what: str, pending, ignore: type[Exception] | tuple = ()):
         """The result of one asynchronous call, bounded by the timeout; None for an error of the ignored kind."""
         try:
             return pending.get(timeout=self.timeout)
@@ -2421,50 +2429,199 @@ class ZooKeeperStore:
         except Exception as error:
             raise zookeeper_error(self.where, what, error) from None
 
-    def _wait_optional(self, what: str, pending):
+    def wait_optional(self, what: str, pending):
         """The result of a call on a node that may be missing; None if it is."""
         from kazoo.exceptions import NoNodeError
 
-        return self._wait(what, pending, NoNodeError)
+        return self.wait(what, pending, NoNodeError)
 
-    def _end_session(self) -> list[str]:
-        """Delete the session's keys (with their emptied parents, signalling the root), close the session and
-        forget it; the paths deleted."""
-        paths = self._ephemerals() if self.kept else []
-        if paths:
-            self._multi([Change(ChangeKind.REMOVE, zookeeper_key(path, self.prefix), None, None, -1)
-                         for path in paths])
-        client, self._client = self._client, None
-        with contextlib.suppress(Exception):
-            client.stop()  # closeSession: the server deletes whatever ephemeral node is left
-            client.close()
-        self._forget()
-        return paths
+    def read_many(self, what: str, ops: Sequence[tuple[int, str]]) -> list:
+        """Many reads (GET_DATA: (data, stat); GET_CHILDREN: names; None for a missing node) in one multiRead
+        request per ZOOKEEPER_READS, all sent before the first answer is waited for."""
+        from kazoo.exceptions import NoNodeError
 
-    def _ephemerals(self) -> list[str]:
-        """The session's nodes under the root (GetEphemerals, ZooKeeper 3.6+; kazoo has no call for it)."""
-        from collections import namedtuple
+        pending = []
+        for start in range(0, len(ops), ZOOKEEPER_READS):
+            pending.append(self.client.handler.async_result())
+            self.client._call(MultiRead(tuple(ops[start:start + ZOOKEEPER_READS])), pending[-1])
+        results = [result for answer in pending for result in self.wait(what, answer)]
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, NoNodeError):
+                raise zookeeper_error(self.where, what, result)
+        return [None if isinstance(result, Exception) else result for result in results]
 
-        from kazoo.protocol.serialization import GetChildren, write_string
-
-        class GetEphemerals(namedtuple("GetEphemerals", "path")):
-            type = 103
-
-            def serialize(self):
-                return bytearray(write_string(self.path))
-
-            deserialize = GetChildren.deserialize  # a vector of strings, like GetChildren's reply
-
+    def ephemerals(self, root: str) -> list[str]:
+        """The session's nodes below root, in one getEphemerals request."""
         pending = self.client.handler.async_result()
-        self.client._call(GetEphemerals(self.root + "/"), pending)
-        return sorted(path for path in self._wait("list the session's nodes", pending)
-                      if path.startswith(self.root + "/"))
+        self.client._call(GetEphemerals((root + "/",)), pending)
+        return sorted(path for path in self.wait("list the session's nodes", pending) if path.startswith(root + "/"))
 
-    # --- the Store protocol ---------------------------------------------------------------
+    def claims(self, root: str, paths: Sequence[str]) -> dict[str, int]:
+        """The session claiming each shared node at paths below root (0: none), in one multiRead request."""
+        found = self.read_many("read claims", [(GET_DATA, zookeeper_claim(root, path)) for path in paths])
+        return {path: claim[1].ephemeralOwner if claim else 0 for path, claim in zip(paths, found)}
+
+    def signal(self, root: str) -> list[tuple]:
+        """The operations that create and delete a node of this session below root: its readers read it again."""
+        signal = f"{root}/{ZOOKEEPER_SIGNAL.format(session=self.id)}"
+        return [("create", signal, b"", None, True), ("delete", signal)]
+
+    def commit(self, what: str, ops: Sequence[tuple]) -> None:
+        """One multi transaction of (operation, path, *arguments); Conflict when a compared node moved, a one-line
+        error when the server refused it."""
+        from kazoo import exceptions
+
+        transaction = self.client.transaction()
+        for name, path, *args in ops:
+            getattr(transaction, name)(path, *args)
+        for (_, path, *_), result in zip(ops, self.wait(what, transaction.commit_async())):
+            if not isinstance(result, Exception) or isinstance(
+                    result, (exceptions.RolledBackError, exceptions.RuntimeInconsistency)):
+                continue
+            if isinstance(result, (exceptions.BadVersionError, exceptions.NodeExistsError, exceptions.NoNodeError,
+                                   exceptions.NotEmptyError)):
+                raise Conflict(f"{path}: {type(result).__name__}")
+            if isinstance(result, exceptions.NoChildrenForEphemeralsError):
+                raise ZooKeeperError(f"{self.where}: {what}: cannot create {path}: a node above it is a key of "
+                                     "a session, which cannot have nodes below it")
+            raise zookeeper_error(self.where, f"write {path}", result)
+
+
+class ZooKeeperFleet:
+    """The hosts of one root: each live host's session keeps an ephemeral presence node in the root's hosts folder
+    (outside the root); the lowest session listed is the leader, which deletes what departed hosts' keys leave
+    behind (folders ZooKeeper keeps, shared nodes no live host uses or claims) and signals the root."""
+
+    def __init__(self, session: ZooKeeperSession, prefix: str, layout: Layout):
+        self.session = session
+        self.prefix = prefix
+        self.root = zookeeper_path(prefix)
+        self.layout = layout
+        self.folder = zookeeper_hosts_folder(self.root)
+        #: What check_in saw: the sessions listed and the folder's stat; None when it had to announce this host.
+        self._seen: Optional[tuple[list[int], Any]] = None
+
+    def announce(self) -> None:
+        """Create this session's presence node, and the folders above it, which stay: the two shared by every
+        root let anyone add to them; the root's own has this host's ACL, like the folders under the root."""
+        from kazoo.exceptions import NodeExistsError
+        from kazoo.security import make_acl
+
+        client, shared = self.session.client, [make_acl("world", "anyone", read=True, create=True)]
+        self.session.wait("announce this host", client.ensure_path_async(self.folder.rsplit("/", 1)[0], acl=shared))
+        for path, ephemeral in ((self.folder, False), (f"{self.folder}/{self.session.id:x}", True)):
+            self.session.wait("announce this host", client.create_async(path, ephemeral=ephemeral), NodeExistsError)
+
+    def check_in(self) -> None:
+        """One read of the hosts folder; announce this session if it is missing there."""
+        listed = self.session.client.get_children_async(self.folder, include_data=True)
+        children, stat = self.session.wait_optional("read the hosts", listed) or ([], None)
+        sessions = sorted(int(name, 16) for name in children if re.fullmatch(r"-?[0-9a-f]{1,16}", name))
+        self._seen = (sessions, stat) if self.session.id in sessions else None
+        if self._seen is None:
+            self.announce()  # its own node changed the folder: the next run looks
+
+    def sweep_if_leader(self) -> None:
+        """As the leader (the lowest session check_in listed), sweep when a host departed since the leader's last
+        look, or it has just become leader; what it saw is kept in the state file after the sweep (a failed one
+        is then tried again)."""
+        if self._seen is None:
+            return
+        sessions, stat = self._seen
+        saved = self.session.saved
+        watched = (stat.cversion, stat.numChildren) if sessions[0] == self.session.id else None
+        if watched and hosts_departed(saved.watched, watched):
+            # A departure seen before (not only a new leader's first look) is signalled even when nothing is
+            # left to delete: a run that deleted and then failed to signal is made good here.
+            self._sweep(signal=saved.watched is not None)
+        if watched != saved.watched:
+            self.session.save(replace(saved, watched=watched))
+
+    def _sweep(self, signal: bool) -> None:
+        """Delete the shared nodes that no live key uses and no host claims, and the folders under the root that
+        have no key below them any more (ZooKeeper keeps a parent when its ephemeral children expire), deepest
+        first, then signal the root so readers drop the departed keys. (Traefik's keys always sit in a folder
+        of their own, so a departed host always leaves one.)"""
+        from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
+
+        client, found, level = self.session.client, {}, [self.root]
+        while level:
+            pending = [(path, client.get_children_async(path, include_data=True)) for path in level]
+            level = []
+            for path, answer in pending:
+                children, stat = self.session.wait_optional("read the tree", answer) or ([], None)
+                if stat is not None:
+                    found[path] = (stat, children)
+                    level.extend(f"{path}/{child}" for child in children)
+        empty = self._unused_shared(found)
+        for path, (stat, children) in sorted(found.items(), key=lambda item: -item[0].count("/")):
+            if path != self.root and was_folder(stat) and all(f"{path}/{child}" in empty for child in children):
+                empty.add(path)
+        deletes = [client.delete_async(path, version=found[path][0].version)
+                   for path in sorted(empty, key=lambda p: -p.count("/"))]
+        deadline, deleted = time.monotonic() + self.session.timeout, 0
+        for pending in deletes:
+            try:
+                pending.get(timeout=max(0.0, deadline - time.monotonic()))
+                deleted += 1
+            except (NotEmptyError, BadVersionError, NoNodeError):
+                pass  # a key was written below it meanwhile (the folder is in use), or another leader was first
+            except Exception as error:
+                raise zookeeper_error(self.session.where, "delete emptied folders", error) from None
+        if not deleted and not signal:
+            return  # a key that went without leaving a folder is no change a root-watching reader misses
+        try:
+            self.session.commit("signal the root", self.session.signal(self.root))
+        except Conflict as conflict:
+            raise ZooKeeperError(f"{self.session.where}: signal the root: {conflict}") from None
+
+    def _unused_shared(self, found: Mapping[str, tuple]) -> set[str]:
+        """The paths of the shared nodes in a walked tree that no live host's key uses and no host claims."""
+        leaves = [path for path, (stat, children) in found.items() if path != self.root and not children
+                  and not stat.ephemeralOwner and not was_folder(stat)
+                  and is_shared_key(self.layout, zookeeper_key(path, self.prefix), self.prefix)]
+        values = {}
+        for path, node in zip(leaves, self.session.read_many("read the tree", [(GET_DATA, path) for path in leaves])):
+            if node is not None:
+                values[zookeeper_key(path, self.prefix)] = StoredKey((node[0] or b"").decode("utf-8", "replace"), 0,
+                                                                     node[1].version)
+        claimed = self.session.claims(self.root, [zookeeper_path(key) for key in values])
+        live = [zookeeper_key(path, self.prefix) for path, (stat, _) in found.items() if stat.ephemeralOwner]
+        return {zookeeper_path(key) for key in values if not claimed[zookeeper_path(key)] and not any(
+            other.startswith(folder) for folder in self.layout.holders(key, self.prefix, values) for other in live)}
+
+
+class ZooKeeperStore:
+    """The Store on ZooKeeper: the host's session is its lease, its keys are ephemeral nodes of the session.
+
+    Re-attaching to the saved session writes nothing. The lease id the planner sees is the session id, a key's lease
+    its node's ephemeralOwner, its revision the node's version. Persistent parents are created and removed with
+    the keys, in the same multi transaction, which also signals the root (see ZOOKEEPER_SIGNAL).
+
+    A shared key is a persistent node, which outlives its writer's session; the writer claims it with an
+    ephemeral node outside the root (ZOOKEEPER_CLAIMS), and its lease is that claim's session (UNCLAIMED when
+    none). The live hosts' leader (ZooKeeperFleet) deletes a shared node no live key uses and no host claims.
+    """
+
+    releases = True  # letting go of a shared node deletes this session's claim on it
+    tree = True
+    max_reads = ZOOKEEPER_READS  # a multiRead request
+
+    def __init__(self, settings: ZooKeeperSettings, prefix: str, ttl: Optional[int], timeout: float, layout: Layout):
+        self.session = ZooKeeperSession(settings, ttl, timeout)
+        self.fleet = ZooKeeperFleet(self.session, prefix, layout)
+        self.layout = layout
+        self.prefix = prefix
+        self.root = zookeeper_path(prefix)
+        self.ttl = ttl
+        self.where = self.session.where
+        self._owners: dict[str, int] = {}  # path -> ephemeralOwner, as the last read saw it
+        self._claims: dict[str, int] = {}  # path of a shared node -> the session claiming it, as last read
+        self._emptied: dict[str, int] = {}  # path -> version of the emptied folders the last read saw
 
     def host_lease(self, config: Config) -> int:
         """The session id (connecting, or re-attaching, on first use)."""
-        return self.client.client_id[0]
+        return self.session.id
 
     def shared_lease_of(self, config: Config) -> None:
         """None: the session's claims record the shared nodes it wrote."""
@@ -2472,18 +2629,24 @@ class ZooKeeperStore:
 
     def keep_alive(self, lease_id: int) -> bool:
         """Re-attaching renewed it; False when the saved session was gone (or none was saved). A kept session
-        also tends the hosts folder: its own presence there, and as the leader the folders of departed hosts."""
-        self.client
-        if self.kept:
-            self._tend_hosts()
-        return self.kept
+        checks in at the hosts folder (its presence node)."""
+        self.session.client
+        if self.session.kept:
+            self.fleet.check_in()
+        return self.session.kept
+
+    def sweep_departed(self) -> None:
+        """As the live hosts' leader, delete what departed hosts left (a kept session only)."""
+        if self.session.kept:
+            self.fleet.sweep_if_leader()
 
     def lease(self, lease_id: int) -> Optional[LeaseInfo]:
         """The saved session's TTL and its nodes under the root; None for a new session."""
-        self.client
-        if not self.kept:
+        self.session.client
+        if not self.session.kept:
             return None
-        return LeaseInfo(self._saved.ttl, tuple(zookeeper_key(path, self.prefix) for path in self._ephemerals()))
+        return LeaseInfo(self.session.saved.ttl,
+                         tuple(zookeeper_key(path, self.prefix) for path in self.session.ephemerals(self.root)))
 
     def read(self, reads: Reads) -> dict[str, StoredKey]:
         """Exact keys in one multiRead request; folders (or the whole prefix) walked a level a round."""
@@ -2501,7 +2664,7 @@ class ZooKeeperStore:
             """Record the nodes; those with nodes below them."""
             paths = list(paths)
             below = []
-            for path, node in zip(paths, self._read_many("read keys", [(GET_DATA, path) for path in paths])):
+            for path, node in zip(paths, self.session.read_many("read keys", [(GET_DATA, path) for path in paths])):
                 if node is not None:
                     record(path, *node)
                     below += [path] if node[1].numChildren else []
@@ -2510,77 +2673,55 @@ class ZooKeeperStore:
         record_all(zookeeper_path(key) for key in reads.keys)
         level = [self.root] if reads.whole_prefix else [zookeeper_path(folder.rstrip("/")) for folder in reads.folders]
         while level:
-            children = self._read_many("read keys", [(GET_CHILDREN, path) for path in level])
+            children = self.session.read_many("read keys", [(GET_CHILDREN, path) for path in level])
             level = record_all(f"{path}/{child}" for path, names in zip(level, children) for child in names or [])
-        shared = [key for key, kv in found.items() if not kv.lease and self._shared(key)]
-        replaced = self.ttl is not None and self.kept and self._saved.ttl != self.ttl  # its claims go with it
-        for key, claim in self._claims_of([zookeeper_path(key) for key in shared]).items():
+        shared = [zookeeper_path(key) for key, kv in found.items()
+                  if not kv.lease and is_shared_key(self.layout, key, self.prefix)]
+        self._claims.update(self.session.claims(self.root, shared))
+        replaced = self.ttl is not None and self.session.kept and self.session.saved.ttl != self.ttl  # claims go too
+        for path in shared:
+            key, claim = zookeeper_key(path, self.prefix), self._claims[path]
             found[key] = replace(found[key], lease=UNCLAIMED if not claim or replaced else claim)
         return found
 
-    def _claims_of(self, paths: Sequence[str]) -> dict[str, int]:
-        """The session claiming each shared node (0: none), in one multiRead request; kept for writes."""
-        claims = self._read_many("read claims", [(GET_DATA, zookeeper_claim(self.root, path)) for path in paths])
-        for path, claim in zip(paths, claims):
-            self._claims[path] = claim[1].ephemeralOwner if claim else 0
-        return {zookeeper_key(path, self.prefix): self._claims[path] for path in paths}
-
-    def _read_many(self, what: str, ops: Sequence[tuple[int, str]]) -> list:
-        """Many reads (GET_DATA: (data, stat); GET_CHILDREN: names; None for a missing node) in one multiRead
-        request per ZOOKEEPER_READS, all sent before the first answer is waited for."""
-        from kazoo.exceptions import NoNodeError
-
-        pending = []
-        for start in range(0, len(ops), ZOOKEEPER_READS):
-            pending.append(self.client.handler.async_result())
-            self.client._call(MultiRead(tuple(ops[start:start + ZOOKEEPER_READS])), pending[-1])
-        results = [result for answer in pending for result in self._wait(what, answer)]
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(result, NoNodeError):
-                raise zookeeper_error(self.where, what, result)
-        return [None if isinstance(result, Exception) else result for result in results]
-
-    def _shared(self, key: str) -> bool:
-        return self.layout.fits(key, self.prefix) and self.layout.is_shared(key, self.prefix)
-
     def apply(self, plan: Plan, ttl: int) -> None:
         """The lease action (a new session for another TTL), then each batch of changes in one multi."""
-        self.client
+        self.session.client
         if plan.lease_action.revokes:
             self._end_session()
             if not plan.lease_action.grants:
                 return
-            self._client = self._start(ttl, None)
-        announce = not self.kept
+            self.session.start_new(ttl)
+        announce = not self.session.kept
         if announce:
-            self._save()  # before the first write: a run that dies after it leaves nodes the next run finds
+            self.session.save()  # before the first write: a run that dies after it leaves nodes the next run finds
         for batch in batches(plan.changes):
             self._multi(batch)
         if announce:  # after the writes: a run refused them leaves no trace (a kept session announces later)
-            self._announce()
+            self.fleet.announce()
 
     def revoke(self, lease_id: int) -> None:
         """Delete this host's keys and close its session (purge)."""
-        if self.kept:
+        if self.session.kept:
             self._end_session()
 
     def close(self) -> None:
         """Leave a kept session open for the next run (no write); close a session nobody will re-attach to."""
-        client, kept, self._client = self._client, self.kept, None
-        if client is None:
-            return
-        if kept or not client.connected:
-            self._detach(client)
-            return
-        with contextlib.suppress(Exception):  # a session of this run only (a dry run's): it holds no node
-            client.stop()
-            client.close()
+        self.session.close()
 
-    # --- writes -----------------------------------------------------------------------------
+    def _end_session(self) -> list[str]:
+        """Delete the session's keys (with their emptied parents, signalling the root), close the session and
+        forget it; the paths deleted."""
+        paths = self.session.ephemerals(self.root) if self.session.kept else []
+        if paths:
+            self._multi([Change(ChangeKind.REMOVE, zookeeper_key(path, self.prefix), None, None, -1)
+                         for path in paths])
+        self.session.end()
+        return paths
 
     def _multi(self, batch: Sequence[Change]) -> None:
         """One multi transaction: missing parents, the changes, parents they leave empty, and the root signal."""
-        client, session = self.client, self.client.client_id[0]
+        client, session = self.session.client, self.session.id
         put = {zookeeper_path(c.key): c for c in batch if c.kind in (ChangeKind.ADD, ChangeKind.UPDATE)}
         removed = {zookeeper_path(c.key): c for c in batch if c.kind is ChangeKind.REMOVE}
         released = [zookeeper_path(c.key) for c in batch if c.kind is ChangeKind.RELEASE]
@@ -2590,46 +2731,39 @@ class ZooKeeperStore:
         above_removed = {parent for path in removed for parent in self._parents(path)} - above_puts
         stats = {path: client.exists_async(path) for path in above_puts | above_removed}
         kids = {path: client.get_children_async(path) for path in above_removed}
-        stats = {path: self._wait_optional("read parents", pending) for path, pending in stats.items()}
-        kids = {path: self._wait_optional("read parents", pending) or [] for path, pending in kids.items()}
+        stats = {path: self.session.wait_optional("read parents", pending) for path, pending in stats.items()}
+        kids = {path: self.session.wait_optional("read parents", pending) or [] for path, pending in kids.items()}
+        ops = [("create", parent, b"") for parent in sorted(above_puts, key=lambda p: p.count("/"))
+               if stats[parent] is None]
 
-        transaction, ops = client.transaction(), []
-
-        def op(name: str, path: str, *args, **kwargs) -> None:
-            getattr(transaction, name)(path, *args, **kwargs)
-            ops.append(path)
-
-        for parent in sorted(above_puts, key=lambda p: p.count("/")):
-            if stats[parent] is None:
-                op("create", parent, b"")
         def claim(path: str) -> None:
-            op("create", zookeeper_claim(self.root, path), b"", None, True)
+            ops.append(("create", zookeeper_claim(self.root, path), b"", None, True))
 
         def unclaim(path: str) -> None:
             if self._claims.get(path) == session:
-                op("delete", zookeeper_claim(self.root, path))
+                ops.append(("delete", zookeeper_claim(self.root, path)))
 
         for path, change in sorted({**put, **removed}.items()):
             value = (change.value or "").encode()
             if change.kind is ChangeKind.REMOVE:
-                op("delete", path, version=change.expected_mod)
+                ops.append(("delete", path, change.expected_mod))
                 unclaim(path)
             elif change.shared:  # a persistent node, claimed by its writer
                 if change.kind is ChangeKind.ADD:
-                    op("create", path, value)
+                    ops.append(("create", path, value))
                 else:
-                    op("set_data", path, value, version=change.expected_mod)
+                    ops.append(("set_data", path, value, change.expected_mod))
                 if change.kind is ChangeKind.ADD or self._claims.get(path) not in (session, None):
                     claim(path)
             elif change.kind is ChangeKind.ADD:
                 if path in self._emptied:  # a departed host's emptied folder where this key goes
-                    op("delete", path, version=self._emptied[path])
-                op("create", path, value, ephemeral=True)
-            elif self._owners.get(path) == client.client_id[0]:
-                op("set_data", path, value, version=change.expected_mod)
+                    ops.append(("delete", path, self._emptied[path]))
+                ops.append(("create", path, value, None, True))
+            elif self._owners.get(path) == session:
+                ops.append(("set_data", path, value, change.expected_mod))
             else:  # another session's node, or a persistent one: it becomes this session's
-                op("delete", path, version=change.expected_mod)
-                op("create", path, value, ephemeral=True)
+                ops.append(("delete", path, change.expected_mod))
+                ops.append(("create", path, value, None, True))
         for path in released:
             unclaim(path)
         gone = set(removed)
@@ -2638,114 +2772,18 @@ class ZooKeeperStore:
             if stat and not stat.ephemeralOwner and not stat.dataLength and all(
                     f"{parent}/{child}" in gone for child in kids[parent]):
                 gone.add(parent)
-                op("delete", parent, version=stat.version)
-        for name, path, *args in self._signal():
-            op(name, path, *args)
-        results = self._wait("write keys", transaction.commit_async())
-        self._check(results, ops)
+                ops.append(("delete", parent, stat.version))
+        self.session.commit("write keys", ops + self.session.signal(self.root))
 
     def _claims_folder(self) -> None:
         """Make the root's claims folder if it is missing (as the hosts folder: anyone may add to the two above)."""
         from kazoo.security import make_acl
 
-        folder = zookeeper_claims_folder(self.root)
+        client, folder = self.session.client, zookeeper_claims_folder(self.root)
         shared = [make_acl("world", "anyone", read=True, create=True)]
-        if self._wait("claim keys", self.client.exists_async(folder)) is None:
-            self._wait("claim keys", self.client.ensure_path_async(folder.rsplit("/", 1)[0], acl=shared))
-            self._wait("claim keys", self.client.ensure_path_async(folder))
-
-    def _signal(self) -> list[tuple]:
-        """The operations that create and delete a node under the root: its readers read the tree again."""
-        signal = f"{self.root}/{ZOOKEEPER_SIGNAL.format(session=self.client.client_id[0])}"
-        return [("create", signal, b"", None, True), ("delete", signal)]
-
-    # --- the hosts folder: presence, and the leader's sweep ---------------------------------------
-
-    def _announce(self) -> None:
-        """Create this session's presence node, and the folders above it, which stay: the two shared by every
-        root let anyone add to them; the root's own has this host's ACL, like the folders under the root."""
-        from kazoo.exceptions import NodeExistsError
-        from kazoo.security import make_acl
-
-        folder = zookeeper_hosts_folder(self.root)
-        shared = [make_acl("world", "anyone", read=True, create=True)]
-        self._wait("announce this host", self.client.ensure_path_async(folder.rsplit("/", 1)[0], acl=shared))
-        for path, ephemeral in ((folder, False), (f"{folder}/{self.client.client_id[0]:x}", True)):
-            self._wait("announce this host", self.client.create_async(path, ephemeral=ephemeral), NodeExistsError)
-
-    def _tend_hosts(self) -> None:
-        """One read of the hosts folder; announce this session if it is missing, and as the leader (the lowest
-        session listed) sweep when a host departed since the leader's last look, or it has just become leader."""
-        folder = zookeeper_hosts_folder(self.root)
-        listed = self.client.get_children_async(folder, include_data=True)
-        children, stat = self._wait_optional("read the hosts", listed) or ([], None)
-        sessions = sorted(int(name, 16) for name in children if re.fullmatch(r"-?[0-9a-f]{1,16}", name))
-        session = self.client.client_id[0]
-        if session not in sessions:
-            self._announce()
-            return  # its own node changed the folder: the next run looks
-        watched = (stat.cversion, stat.numChildren) if sessions[0] == session else None
-        if watched and hosts_departed(self._saved.watched, watched):
-            # A departure seen before (not only a new leader's first look) is signalled even when nothing is
-            # left to delete: a run that deleted and then failed to signal is made good here.
-            self._sweep(signal=self._saved.watched is not None)
-        if watched != self._saved.watched:
-            self._save(replace(self._saved, watched=watched))  # only after the sweep: a failed one is tried again
-
-    def _sweep(self, signal: bool) -> None:
-        """Delete the shared nodes that no live key uses and no host claims, and the folders under the root that
-        have no key below them any more (ZooKeeper keeps a parent when its ephemeral children expire), deepest
-        first, then signal the root so readers drop the departed keys. (Traefik's keys always sit in a folder
-        of their own, so a departed host always leaves one.)"""
-        from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
-
-        found, level = {}, [self.root]
-        while level:
-            pending = [(path, self.client.get_children_async(path, include_data=True)) for path in level]
-            level = []
-            for path, answer in pending:
-                children, stat = self._wait_optional("read the tree", answer) or ([], None)
-                if stat is not None:
-                    found[path] = (stat, children)
-                    level.extend(f"{path}/{child}" for child in children)
-        empty = self._unused_shared(found)
-        for path, (stat, children) in sorted(found.items(), key=lambda item: -item[0].count("/")):
-            if path != self.root and was_folder(stat) and all(f"{path}/{child}" in empty for child in children):
-                empty.add(path)
-        deletes = [self.client.delete_async(path, version=found[path][0].version)
-                   for path in sorted(empty, key=lambda p: -p.count("/"))]
-        deadline, deleted = time.monotonic() + self.timeout, 0
-        for pending in deletes:
-            try:
-                pending.get(timeout=max(0.0, deadline - time.monotonic()))
-                deleted += 1
-            except (NotEmptyError, BadVersionError, NoNodeError):
-                pass  # a key was written below it meanwhile (the folder is in use), or another leader was first
-            except Exception as error:
-                raise zookeeper_error(self.where, "delete emptied folders", error) from None
-        if not deleted and not signal:
-            return  # a key that went without leaving a folder is no change a root-watching reader misses
-        transaction, ops = self.client.transaction(), self._signal()
-        for name, path, *args in ops:
-            getattr(transaction, name)(path, *args)
-        try:
-            self._check(self._wait("signal the root", transaction.commit_async()), [path for _, path, *_ in ops])
-        except Conflict as conflict:
-            raise ZooKeeperError(f"{self.where}: signal the root: {conflict}") from None
-
-    def _unused_shared(self, found: Mapping[str, tuple]) -> set[str]:
-        """The paths of the shared nodes in a walked tree that no live host's key uses and no host claims."""
-        leaves = [path for path, (stat, children) in found.items() if path != self.root and not children
-                  and not stat.ephemeralOwner and not was_folder(stat) and self._shared(zookeeper_key(path, self.prefix))]
-        values = {}
-        for path, node in zip(leaves, self._read_many("read the tree", [(GET_DATA, path) for path in leaves])):
-            if node is not None:
-                values[zookeeper_key(path, self.prefix)] = StoredKey((node[0] or b"").decode("utf-8", "replace"), 0,
-                                                                     node[1].version)
-        claimed = self._claims_of([zookeeper_path(key) for key in values])
-        live = [zookeeper_key(path, self.prefix) for path, (stat, _) in found.items() if stat.ephemeralOwner]
-        return {zookeeper_path(key) for key in values if not claimed[key] and not any(
-            other.startswith(folder) for folder in self.layout.holders(key, self.prefix, values) for other in live)}
+        if self.session.wait("claim keys", client.exists_async(folder)) is None:
+            self.session.wait("claim keys", client.ensure_path_async(folder.rsplit("/", 1)[0], acl=shared))
+            self.session.wait("claim keys", client.ensure_path_async(folder))
 
     def _parents(self, path: str, include_root: bool = False) -> list[str]:
         """The nodes above a path, below the root (and the root and above it when include_root)."""
@@ -2753,21 +2791,85 @@ class ZooKeeperStore:
         parents = ["/".join(parts[:i]) for i in range(2, len(parts))]
         return [p for p in parents if include_root or (p.startswith(self.root + "/"))]
 
-    def _check(self, results: Sequence, ops: Sequence[str]) -> None:
-        """Raise Conflict when a compared node moved, a one-line error when the server refused the transaction."""
-        from kazoo import exceptions
 
-        for path, result in zip(ops, results):
-            if not isinstance(result, Exception) or isinstance(
-                    result, (exceptions.RolledBackError, exceptions.RuntimeInconsistency)):
-                continue
-            if isinstance(result, (exceptions.BadVersionError, exceptions.NodeExistsError, exceptions.NoNodeError,
-                                   exceptions.NotEmptyError)):
-                raise Conflict(f"{path}: {type(result).__name__}")
-            if isinstance(result, exceptions.NoChildrenForEphemeralsError):
-                raise ZooKeeperError(f"{self.where}: write keys: cannot create {path}: a node above it is a key of "
-                                     "a session, which cannot have nodes below it")
-            raise zookeeper_error(self.where, f"write {path}", result)
+# --- Redis: a heartbeat per host, an index of its keys ----------------------------------------
+# Three pieces, one job each: RedisConnection reaches the server (or the primary the Sentinels name) and turns
+# redis-py's errors into one line; RedisFleet keeps the host's heartbeat and the root's hosts, and as the leader
+# sweeps the departed; RedisStore is the Store on the two.
+
+
+#: A Sentinel's port when --redis-sentinel names none.
+REDIS_SENTINEL_PORT = 26379
+#: Redis key of a host's index: the set of its keys. ':' is never in a prefix, so no layout's keys meet it.
+REDIS_INDEX = "docker-register:hosts:{lease:016x}"
+#: Redis key a host sets every run with the TTL as its expiry: its heartbeat, outside every prefix, so no reader
+#: wakes. The keys under the root carry no short expiry: a host whose heartbeat ran out is swept by the leader.
+REDIS_ALIVE = "docker-register:alive:{lease:016x}"
+#: Per root, outside it: the set of hosts (lease ids) that registered there, whose lowest live one is the leader
+#: that sweeps the others once their heartbeat ran out...
+REDIS_HOSTS = "docker-register:roots:{prefix}:hosts"
+#: ...and the hash of shared keys to the lease id of the host that wrote them (their claims: who may change them).
+REDIS_CLAIMS = "docker-register:roots:{prefix}:claims"
+#: Keys under the root, the indexes and the root's sets expire after this many TTLs (an hour at the default TTL)
+#: unless renewed, which a run does only once less than half is left: a fleet whose hosts all died leaves nothing
+#: for good, and a run with nothing to change renews nothing under the root.
+REDIS_KEEP_TTLS = 120
+#: Exact keys a Redis run reads in its pipeline before it reads their folders instead (each a SCAN of the
+#: whole database): a pipeline takes any number, so this only bounds its size.
+REDIS_READS = 2000
+#: StoredKey.lease of a Redis key that carries an expiry but is not in this host's index: another host's.
+FOREIGN_LEASE = -1
+
+
+def parse_redis_url(text: str) -> tuple[str, Optional[str]]:
+    """Check redis://[user[:password]@]host[:port][/db] (rediss:// for TLS); return the URL without its password,
+    and the password."""
+    from urllib.parse import unquote, urlsplit
+
+    flag = "--redis / REDIS_URL"
+    try:
+        url = urlsplit(text.strip())
+        port = url.port
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}") from None
+    if url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise UsageError(f"{flag}: {text.split('@')[-1]!r} is not redis://host:port/db or rediss://host:port/db")
+    if url.path.strip("/") and not url.path.strip("/").isdigit() or url.query or url.fragment:
+        raise UsageError(f"{flag}: the path must be a database number, like /0 (got {url.path!r})")
+    user = f"{url.username}@" if url.username else ""
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    clean = f"{url.scheme}://{user}{host}:{port or 6379}/{url.path.strip('/') or '0'}"
+    return clean, unquote(url.password) if url.password else None
+
+
+def parse_redis_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """Check a comma-separated list of Sentinels, host[:port] each (port 26379 by default, IPv6 in brackets)."""
+    sentinels = []
+    for item in text.split(","):
+        item = item.strip()
+        match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::(\d+))?", item)
+        if not match:
+            raise UsageError(f"--redis-sentinel / REDIS_SENTINELS: {item!r} is not host:port (comma-separated)")
+        port = int(match.group(3) or REDIS_SENTINEL_PORT)
+        if not 0 < port < 65536:
+            raise UsageError(f"--redis-sentinel / REDIS_SENTINELS: port {port} in {item!r} is out of range")
+        sentinels.append((match.group(1) or match.group(2), port))
+    return tuple(sentinels)
+
+
+def redis_index_key(lease_id: int) -> str:
+    """The Redis key listing a host's keys."""
+    return REDIS_INDEX.format(lease=lease_id)
+
+
+def redis_alive_key(lease_id: int) -> str:
+    """The Redis key of a host's heartbeat."""
+    return REDIS_ALIVE.format(lease=lease_id)
+
+
+def glob_escape(text: str) -> str:
+    """Escape Redis glob characters, so that a SCAN pattern built on text matches text literally."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def redis_error(where: str, what: str, error: BaseException) -> RedisError:
@@ -2808,37 +2910,15 @@ def redis_sentinel_client(settings: RedisSettings, bounded: dict, tls: dict):
                                db=int(url.path.strip("/") or 0))
 
 
-class RedisStore:
-    """The Store on Redis, which has no leases: liveness is a heartbeat key per host (REDIS_ALIVE), set with the
-    TTL as expiry every run, outside every prefix; the keys under the root carry only a long safety expiry.
+class RedisConnection:
+    """A redis-py client of the server, or of the primary the Sentinels name now: each request bounded by the
+    timeout and tried once, its failure one line (Conflict for a transaction whose watched keys moved)."""
 
-    A host's index (a set outside every prefix) lists its keys; the root's claims (a hash) name the writer of each
-    shared key, who alone changes it. The live hosts' leader (the lowest lease id whose heartbeat lives, among the
-    root's hosts) deletes the keys of a host whose heartbeat ran out, and the shared keys no live host claims or
-    uses, as ZooKeeper's leader sweeps. A run with nothing to change sets its heartbeat and reads: no key under the
-    root is written, so no keyspace event wakes a reader. Changes go in MULTI transactions with the index and the
-    claims, guarded by WATCH.
-    """
-
-    releases = True  # a shared key another host uses leaves this host's index and claims
-    tree = False
-    max_reads = REDIS_READS  # one pipeline takes any number; a folder is a SCAN of the whole database
-
-    def __init__(self, settings: RedisSettings, prefix: str, ttl: int, timeout: float, lease_id: int,
-                 layout: Layout):
+    def __init__(self, settings: RedisSettings, timeout: float):
         redis = backend_module("redis")
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self.prefix = prefix
-        self.layout = layout
-        self.ttl = ttl
-        self.keep_ms = ttl * REDIS_KEEP_TTLS * 1000
-        self.lease_id = lease_id
-        self.index = redis_index_key(lease_id)
-        self.alive = REDIS_ALIVE.format(lease=lease_id)
-        self.hosts = REDIS_HOSTS.format(prefix=prefix)
-        self.claims = REDIS_CLAIMS.format(prefix=prefix)
         tls = dict(ssl_ca_certs=settings.ca, ssl_certfile=settings.cert, ssl_keyfile=settings.key)
         tls = tls if settings.url.startswith("rediss:") else {}
         bounded = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
@@ -2848,11 +2928,8 @@ class RedisStore:
         else:
             self.where = f"redis at {settings.url}"
             self.client = redis.Redis.from_url(settings.url, password=settings.password, **bounded, **tls)
-        self._members: Optional[set[str]] = None  # the index as this run last saw it
-        self._expiries: dict[str, int] = {}  # key -> milliseconds of expiry left, as this run read them
-        self._claimed: dict[str, Optional[str]] = {}  # shared key -> its claim as this run read it
 
-    def _call(self, what: str, action):
+    def call(self, what: str, action):
         """Run one request (or pipeline) and turn redis-py's errors into one line."""
         import redis
 
@@ -2863,6 +2940,187 @@ class RedisStore:
         except redis.exceptions.RedisError as error:
             raise redis_error(self.where, what, error) from None
 
+    def scan(self, patterns: Iterable[str]) -> list[str]:
+        """The keys matching the SCAN patterns."""
+        return [key.decode("utf-8", "replace") for pattern in patterns for key in self.call(
+            "find keys", lambda: list(self.client.scan_iter(match=pattern, count=1000)))]
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.client.close()
+
+
+class RedisFleet:
+    """The hosts of one root: each host's heartbeat (REDIS_ALIVE, set every run with the TTL as its expiry) and the
+    root's set of hosts (REDIS_HOSTS). The leader, the lowest lease id whose heartbeat lives, deletes the keys of
+    the hosts whose heartbeat ran out, and the shared keys no live host claims or uses, as ZooKeeper's leader
+    sweeps."""
+
+    def __init__(self, connection: RedisConnection, prefix: str, layout: Layout, ttl: int, lease_id: int):
+        self.connection = connection
+        self.client = connection.client
+        self.prefix = prefix
+        self.layout = layout
+        self.ttl = ttl
+        self.keep_ms = ttl * REDIS_KEEP_TTLS * 1000
+        self.lease_id = lease_id
+        self.alive = redis_alive_key(lease_id)
+        self.hosts = REDIS_HOSTS.format(prefix=prefix)
+        self.claims = REDIS_CLAIMS.format(prefix=prefix)
+        self._others: set[int] = set()  # the other hosts of the root, as the last beat read them
+
+    def beat(self, *reads: Callable[[Any], Any]) -> list:
+        """Set the heartbeat and read the root's hosts in one pipelined round trip with the caller's reads (each
+        given the pipeline; their replies are returned); join the root's hosts if new, and renew their set's
+        safety expiry where less than half is left."""
+        def send():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.alive, self.ttl, px=self.ttl * 1000)
+            pipe.smembers(self.hosts)
+            pipe.pttl(self.hosts)
+            for read in reads:
+                read(pipe)
+            return pipe.execute()
+
+        _, hosts, expiry, *replies = self.connection.call("read index", send)
+        leases = {int(h, 16) for h in hosts if re.fullmatch(rb"[0-9a-f]{1,16}", h)}
+        self._others = leases - {self.lease_id}
+        if self.lease_id not in leases:
+            self.connection.call("join the root's hosts", self._join)
+        elif 0 <= expiry < self.keep_ms // 2:
+            self.connection.call("renew expiry", lambda: self.client.pexpire(self.hosts, self.keep_ms))
+        return replies
+
+    def _join(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(self.hosts, f"{self.lease_id:x}")
+        pipe.pexpire(self.hosts, self.keep_ms)
+        pipe.execute()
+
+    def live(self, leases: Iterable[str]) -> set[str]:
+        """The hosts (lease ids in hex) among leases whose heartbeat lives, in one MGET."""
+        names = sorted(set(leases))
+        if not names:
+            return set()
+        beats = self.connection.call("read heartbeats", lambda: self.client.mget(
+            [redis_alive_key(int(name, 16)) for name in names]))
+        return {name for name, beat in zip(names, beats) if beat is not None}
+
+    def sweep_if_leader(self) -> None:
+        """As the leader of the root's hosts the last beat read, sweep those whose heartbeat ran out."""
+        self._tend(self._others)
+
+    def _tend(self, others: set[int]) -> None:
+        """As the leader (no live host among others has a lower lease id), sweep the others whose heartbeat ran
+        out."""
+        live = self.live(f"{lease:x}" for lease in others)
+        dead = sorted(lease for lease in others if f"{lease:x}" not in live)
+        if dead and all(self.lease_id < int(name, 16) for name in live):
+            self._sweep(dead)
+
+    def _sweep(self, dead: Sequence[int]) -> None:
+        """Delete the dead hosts' own keys and indexes, then the shared keys no live host claims or uses; the dead
+        leave the root's hosts only once all that is done (a sweep cut short is tried again on the next run)."""
+        swept = []
+        for lease in dead:
+            try:
+                if self.connection.call("sweep a departed host", lambda: self._forget(lease)):
+                    swept.append(lease)
+            except Conflict:
+                pass  # its heartbeat came back, or another leader swept it meanwhile: the next run looks again
+        try:
+            self.connection.call("sweep shared keys", self._sweep_shared)
+        except Conflict:
+            return  # a key moved meanwhile: the next run of the leader looks again
+        if swept:
+            self.connection.call("sweep a departed host",
+                                 lambda: self.client.srem(self.hosts, *(f"{lease:x}" for lease in swept)))
+
+    def _forget(self, lease: int) -> bool:
+        """Delete a dead host's own keys and its index in one MULTI; False (nothing done) if its heartbeat came back."""
+        index, alive = redis_index_key(lease), redis_alive_key(lease)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(alive, index)
+            if pipe.exists(alive):
+                return False
+            members = [member.decode("utf-8", "replace") for member in pipe.smembers(index)]
+            own = [key for key in members if key.startswith(self.prefix + "/") and self.layout.fits(key, self.prefix)
+                   and not self.layout.is_shared(key, self.prefix)]
+            pipe.multi()
+            pipe.delete(index, *own)
+            pipe.execute()
+        return True
+
+    def _sweep_shared(self) -> None:
+        """Delete the shared keys under the root that no live host claims and no live host's key uses (keys without
+        an expiry are nobody's and stay), in one MULTI under WATCH of them and the claims."""
+        keys = sorted(self.connection.scan([glob_escape(self.prefix + "/") + "*"]))
+
+        def fetch():
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            pipe.hgetall(self.claims)
+            return pipe.execute()
+
+        *replies, claims = fetch() if keys else [{}]
+        claims = {k.decode("utf-8", "replace"): v.decode("ascii", "replace") for k, v in claims.items()}
+        live = self.live(claims.values())
+        stored = {key: StoredKey(value.decode("utf-8", "replace"), FOREIGN_LEASE if expiry >= 0 else 0, 0)
+                  for key, value, expiry in zip(keys, replies[0::2], replies[1::2]) if value is not None}
+        users = [key for key, kv in stored.items() if kv.lease and self.layout.fits(key, self.prefix)
+                 and not self.layout.is_shared(key, self.prefix)]
+        unused = [key for key, kv in stored.items() if kv.lease and is_shared_key(self.layout, key, self.prefix)
+                  and claims.get(key) not in live
+                  and not any(user.startswith(folder) for folder in self.layout.holders(key, self.prefix, stored)
+                              for user in users)]
+        if not unused:
+            return
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.claims, *unused)
+            now = pipe.hmget(self.claims, unused)
+            if [v.decode("utf-8", "replace") if v is not None else None for v in pipe.mget(unused)] != [
+                    stored[key].value for key in unused] or [c and c.decode("ascii") for c in now] != [
+                    claims.get(key) for key in unused]:
+                raise Conflict("a shared key changed while the leader swept")
+            pipe.multi()
+            pipe.delete(*unused)
+            pipe.hdel(self.claims, *unused)
+            pipe.execute()
+
+
+class RedisStore:
+    """The Store on Redis, which has no leases: liveness is the host's heartbeat (RedisFleet), outside every prefix;
+    the keys under the root carry only a long safety expiry.
+
+    A host's index (a set outside every prefix) lists its keys; the root's claims (a hash) name the writer of each
+    shared key, who alone changes it. A run with nothing to change sets its heartbeat and reads: no key under the
+    root is written, so no keyspace event wakes a reader. Changes go in MULTI transactions with the index and the
+    claims, guarded by WATCH.
+    """
+
+    releases = True  # a shared key another host uses leaves this host's index and claims
+    tree = False
+    max_reads = REDIS_READS  # one pipeline takes any number; a folder is a SCAN of the whole database
+
+    def __init__(self, settings: RedisSettings, prefix: str, ttl: int, timeout: float, lease_id: int,
+                 layout: Layout):
+        self.connection = RedisConnection(settings, timeout)
+        self.fleet = RedisFleet(self.connection, prefix, layout, ttl, lease_id)
+        self.client = self.connection.client
+        self.where = self.connection.where
+        self.prefix = prefix
+        self.layout = layout
+        self.ttl = ttl
+        self.keep_ms = ttl * REDIS_KEEP_TTLS * 1000
+        self.lease_id = lease_id
+        self.index = redis_index_key(lease_id)
+        self.claims = REDIS_CLAIMS.format(prefix=prefix)
+        self._members: Optional[set[str]] = None  # the index as this run last saw it
+        self._expiries: dict[str, int] = {}  # key -> milliseconds of expiry left, as this run read them
+        self._claimed: dict[str, Optional[str]] = {}  # shared key -> its claim as this run read it
+
     def host_lease(self, config: Config) -> int:
         """The lease id derived from the host IP and the prefix, as etcd's: it names the index and the heartbeat."""
         return self.lease_id
@@ -2872,47 +3130,34 @@ class RedisStore:
         return None
 
     def keep_alive(self, lease_id: int) -> bool:
-        """Set the heartbeat and read the index and the root's hosts in one pipelined round trip (the heartbeat is
-        the one write of a run with nothing to change, outside the root); join the root's hosts if new; as the
-        leader, sweep the hosts whose heartbeat ran out. False when there is no index."""
-        def beat():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.alive, self.ttl, px=self.ttl * 1000)
-            pipe.smembers(self.index)
-            pipe.smembers(self.hosts)
-            for key in (self.index, self.hosts, self.claims):
-                pipe.pttl(key)
-            return pipe.execute()
-
-        _, members, hosts, *expiries = self._call("read index", beat)
+        """Beat (RedisFleet.beat: the one write of a run with nothing to change, outside the root), reading the index
+        in the same round trip; False when there is no index."""
+        members, *expiries = self.fleet.beat(lambda pipe: pipe.smembers(self.index),
+                                             lambda pipe: pipe.pttl(self.index), lambda pipe: pipe.pttl(self.claims))
         self._members = {m.decode("utf-8", "replace") for m in members}
-        self._expiries = dict(zip((self.index, self.hosts, self.claims), expiries))
-        leases = {int(h, 16) for h in hosts if re.fullmatch(rb"[0-9a-f]{1,16}", h)}
-        if lease_id not in leases:
-            self._call("join the root's hosts", lambda: self._join())
-        self._tend(leases - {lease_id})
+        self._expiries = dict(zip((self.index, self.claims), expiries))
         return bool(self._members)
 
-    def _join(self) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(self.hosts, f"{self.lease_id:x}")
-        pipe.pexpire(self.hosts, self.keep_ms)
-        pipe.execute()
+    def sweep_departed(self) -> None:
+        """As the live hosts' leader, delete what the hosts whose heartbeat ran out left."""
+        self.fleet.sweep_if_leader()
 
     def lease(self, lease_id: int) -> Optional[LeaseInfo]:
         """The index as the lease: the TTL this store keeps it at, and the keys it lists."""
         if self._members is None:
             self._members = {m.decode("utf-8", "replace")
-                             for m in self._call("read index", lambda: self.client.smembers(self.index))}
+                             for m in self.connection.call("read index", lambda: self.client.smembers(self.index))}
         return LeaseInfo(self.ttl, tuple(sorted(self._members))) if self._members else None
 
     def read(self, reads: Reads) -> dict[str, StoredKey]:
         """Values, expiries, index membership and claims of the keys (folders found with SCAN) in one pipelined
         round, and the heartbeats of the hosts claiming shared keys in one more."""
-        keys = sorted(set(reads.keys) | set(self._scan(reads)))
+        patterns = [glob_escape(self.prefix + "/") + "*"] if reads.whole_prefix else [
+            glob_escape(folder) + "*" for folder in reads.folders]
+        keys = sorted(set(reads.keys) | set(self.connection.scan(patterns)))
         if not keys:
             return {}
-        shared = [key for key in keys if self._shared(key)]
+        shared = [key for key in keys if is_shared_key(self.layout, key, self.prefix)]
 
         def fetch():
             pipe = self.client.pipeline(transaction=False)
@@ -2923,13 +3168,13 @@ class RedisStore:
             pipe.hmget(self.claims, shared or [""])
             return pipe.execute(raise_on_error=False)
 
-        replies = self._call("read keys", fetch)
+        replies = self.connection.call("read keys", fetch)
         for reply in replies[-2:]:
             if isinstance(reply, Exception):
                 raise redis_error(self.where, "read keys", reply)
         claims = {key: claim.decode("ascii", "replace") if claim else None for key, claim in zip(shared, replies[-1])}
         self._claimed.update(claims)
-        live = self._live({claim for claim in claims.values() if claim})
+        live = self.fleet.live({claim for claim in claims.values() if claim})
         found = {}
         for key, value, expiry, mine in zip(keys, replies[0:-2:2], replies[1:-2:2], replies[-2]):
             if value is None or isinstance(value, Exception):
@@ -2939,32 +3184,17 @@ class RedisStore:
                                    self._lease_of(key, bool(mine), self._expiries[key], claims.get(key), live), 0)
         return found
 
-    def _scan(self, reads: Reads) -> list[str]:
-        """The keys in the folders (or the whole prefix) reads names."""
-        patterns = [glob_escape(self.prefix + "/") + "*"] if reads.whole_prefix else [
-            glob_escape(folder) + "*" for folder in reads.folders]
-        return [k.decode("utf-8", "replace") for pattern in patterns for k in self._call(
-            "find keys", lambda: list(self.client.scan_iter(match=pattern, count=1000)))]
-
     def _lease_of(self, key: str, mine: bool, expiry: int, claim: Optional[str], live: set[str]) -> int:
         """A key's lease for the planner: this host's for its own keys and claims; a shared key's writer while its
         heartbeat lives, else UNCLAIMED; another host's (FOREIGN_LEASE) for a key with an expiry; 0 (no host's)."""
-        if self._shared(key) and claim:
+        shared = is_shared_key(self.layout, key, self.prefix)
+        if shared and claim:
             return self.lease_id if claim == f"{self.lease_id:x}" else int(claim, 16) if claim in live else UNCLAIMED
         if mine:
             return self.lease_id  # an own key, or a shared one written before shared keys had claims
         if expiry < 0:
             return 0  # no expiry: written by hand, no host's
-        return UNCLAIMED if self._shared(key) else FOREIGN_LEASE
-
-    def _live(self, leases: Iterable[str]) -> set[str]:
-        """The hosts (lease ids in hex) among leases whose heartbeat lives, in one MGET."""
-        names = sorted(set(leases))
-        if not names:
-            return set()
-        beats = self._call("read heartbeats", lambda: self.client.mget(
-            [REDIS_ALIVE.format(lease=int(name, 16)) for name in names]))
-        return {name for name, beat in zip(names, beats) if beat is not None}
+        return UNCLAIMED if shared else FOREIGN_LEASE
 
     def apply(self, plan: Plan, ttl: int) -> None:
         """Each batch of changes in one MULTI with the index and the claims, after checking under WATCH that the
@@ -2973,12 +3203,12 @@ class RedisStore:
         if plan.lease_action.revokes:
             self.revoke(plan.lease_id)
         for batch in batches(plan.changes):
-            self._call("write keys", lambda: self._transaction(batch))
-        kept = (self._members or set()) | {key for key, _ in plan.renewals} | {self.index, self.hosts, self.claims}
+            self.connection.call("write keys", lambda: self._transaction(batch))
+        kept = (self._members or set()) | {key for key, _ in plan.renewals} | {self.index, self.claims}
         due = [key for key in sorted(kept - {change.key for change in plan.changes})
                if 0 <= self._expiries.get(key, -1) < self.keep_ms // 2]
         if due:
-            self._call("renew expiry", lambda: self._renew(due))
+            self.connection.call("renew expiry", lambda: self._renew(due))
 
     def _renew(self, keys: Sequence[str]) -> None:
         """Give each key the safety expiry again (PEXPIRE: no value rewritten)."""
@@ -3026,18 +3256,19 @@ class RedisStore:
             change.shared for change in batch) else {})})
 
     def revoke(self, lease_id: int) -> None:
-        """Delete the host's own keys the index lists, the index, the heartbeat and its claims in one MULTI (purge);
-        the shared keys it wrote stay for the hosts that use them, and the leader sweeps those none uses."""
+        """Delete the host's own keys the index lists, the index, the heartbeat and its claims in one MULTI (purge):
+        the host is then a departed one to the leader. The shared keys it wrote stay for the hosts that use them,
+        and the leader sweeps those none uses."""
         lease = f"{self.lease_id:x}"
 
         def delete():
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.watch(self.index, self.claims)
                 members = [member.decode("utf-8", "replace") for member in pipe.smembers(self.index)]
-                shared = [member for member in members if self._shared(member)]
+                shared = [member for member in members if is_shared_key(self.layout, member, self.prefix)]
                 claims = pipe.hmget(self.claims, shared) if shared else []
                 pipe.multi()
-                pipe.delete(self.index, self.alive, *(member for member in members if member not in shared))
+                pipe.delete(self.index, self.fleet.alive, *(member for member in members if member not in shared))
                 claimed = [key for key, claim in zip(shared, claims) if claim and claim.decode("ascii") == lease]
                 if claimed:
                     pipe.hdel(self.claims, *claimed)
@@ -3045,98 +3276,16 @@ class RedisStore:
 
         for attempt in range(MAX_ATTEMPTS):
             try:
-                self._call("delete keys", delete)
+                self.connection.call("delete keys", delete)
                 break
             except Conflict:
                 if attempt == MAX_ATTEMPTS - 1:
                     raise RedisError(f"{self.where}: delete keys: the index kept changing") from None
         self._members = set()
 
-    # --- the root's hosts: the leader's sweep ------------------------------------------------------
-
-    def _tend(self, others: set[int]) -> None:
-        """As the leader (no live host has a lower lease id), sweep the root's hosts whose heartbeat ran out."""
-        live = self._live(f"{lease:x}" for lease in others)
-        dead = sorted(lease for lease in others if f"{lease:x}" not in live)
-        if dead and all(self.lease_id < int(name, 16) for name in live):
-            self._sweep(dead)
-
-    def _sweep(self, dead: Sequence[int]) -> None:
-        """Delete the dead hosts' own keys and indexes, then the shared keys no live host claims or uses; the dead
-        leave the root's hosts only once all that is done (a sweep cut short is tried again on the next run)."""
-        swept = []
-        for lease in dead:
-            try:
-                if self._call("sweep a departed host", lambda: self._forget(lease)):
-                    swept.append(lease)
-            except Conflict:
-                pass  # its heartbeat came back, or another leader swept it meanwhile: the next run looks again
-        try:
-            self._call("sweep shared keys", self._sweep_shared)
-        except Conflict:
-            return  # a key moved meanwhile: the next run of the leader looks again
-        if swept:
-            self._call("sweep a departed host",
-                       lambda: self.client.srem(self.hosts, *(f"{lease:x}" for lease in swept)))
-
-    def _forget(self, lease: int) -> bool:
-        """Delete a dead host's own keys and its index in one MULTI; False (nothing done) if its heartbeat came back."""
-        index, alive = redis_index_key(lease), REDIS_ALIVE.format(lease=lease)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(alive, index)
-            if pipe.exists(alive):
-                return False
-            members = [member.decode("utf-8", "replace") for member in pipe.smembers(index)]
-            own = [key for key in members if key.startswith(self.prefix + "/") and self.layout.fits(key, self.prefix)
-                   and not self.layout.is_shared(key, self.prefix)]
-            pipe.multi()
-            pipe.delete(index, *own)
-            pipe.execute()
-        return True
-
-    def _sweep_shared(self) -> None:
-        """Delete the shared keys under the root that no live host claims and no live host's key uses (keys without
-        an expiry are nobody's and stay), in one MULTI under WATCH of them and the claims."""
-        keys = sorted(self._scan(Reads(whole_prefix=True)))
-
-        def fetch():
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.get(key)
-                pipe.pttl(key)
-            pipe.hgetall(self.claims)
-            return pipe.execute()
-
-        *replies, claims = fetch() if keys else [{}]
-        claims = {k.decode("utf-8", "replace"): v.decode("ascii", "replace") for k, v in claims.items()}
-        live = self._live(claims.values())
-        stored = {key: StoredKey(value.decode("utf-8", "replace"), FOREIGN_LEASE if expiry >= 0 else 0, 0)
-                  for key, value, expiry in zip(keys, replies[0::2], replies[1::2]) if value is not None}
-        users = [key for key, kv in stored.items() if kv.lease and self.layout.fits(key, self.prefix)
-                 and not self.layout.is_shared(key, self.prefix)]
-        unused = [key for key, kv in stored.items() if kv.lease and self._shared(key) and claims.get(key) not in live
-                  and not any(user.startswith(folder) for folder in self.layout.holders(key, self.prefix, stored)
-                              for user in users)]
-        if not unused:
-            return
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.claims, *unused)
-            now = pipe.hmget(self.claims, unused)
-            if [v.decode("utf-8", "replace") if v is not None else None for v in pipe.mget(unused)] != [
-                    stored[key].value for key in unused] or [c and c.decode("ascii") for c in now] != [
-                    claims.get(key) for key in unused]:
-                raise Conflict("a shared key changed while the leader swept")
-            pipe.multi()
-            pipe.delete(*unused)
-            pipe.hdel(self.claims, *unused)
-            pipe.execute()
-
-    def _shared(self, key: str) -> bool:
-        return self.layout.fits(key, self.prefix) and self.layout.is_shared(key, self.prefix)
-
     def close(self) -> None:
         """Close the connections."""
-        self.client.close()
+        self.connection.close()
 
 
 # ---------------------------------------------------------------------------
@@ -3196,10 +3345,14 @@ def current_registrations(docker: ContainerSource, config: Config, draining: fro
 
 
 def current_lease(store: Store, config: Config, renew: bool) -> tuple[LeaseState, tuple[str, ...]]:
-    """Keep the lease alive (or, when not renewing, only look at it); its state and its keys."""
+    """Keep the lease alive and, as the leader, sweep what departed hosts left (or, when not renewing, only look
+    at the lease); its state and its keys."""
     lease_id = store.host_lease(config)
-    if renew and not store.keep_alive(lease_id):
-        return LeaseState.MISSING, ()
+    if renew:
+        alive = store.keep_alive(lease_id)
+        store.sweep_departed()
+        if not alive:
+            return LeaseState.MISSING, ()
     info = store.lease(lease_id)
     return lease_state_of(info, config.ttl), info.keys if info else ()
 
@@ -3274,9 +3427,8 @@ def purge(config: Config, store: Store) -> Purged:
             store.apply(Plan(plan.lease_id, LeaseAction.KEEP, moved, 0, grants=plan.grants), config.ttl)
         except Conflict:
             moved = ()  # a key moved meanwhile: it goes with the lease, and the hosts using it put it back
-    layout, prefix = config.layout, config.prefix
-    kept = {change.key for change in moved} | {key for key in lease_keys if store.releases and layout.fits(
-        key, prefix) and layout.is_shared(key, prefix)}  # a store that records shared keys keeps them on revoke
+    kept = {change.key for change in moved} | {key for key in lease_keys if store.releases and is_shared_key(
+        config.layout, key, config.prefix)}  # a store that records shared keys keeps them on revoke
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             store.revoke(lease_id)
@@ -3909,11 +4061,7 @@ def takes_settings(command: Callable[..., None]) -> Callable[..., None]:
 
 def zookeeper_settings(settings: Settings, prefix: str, lock_file: Optional[str], host_ip: str) -> ZooKeeperSettings:
     """Validate the ZooKeeper options."""
-    root = zookeeper_path(prefix)
-    if root == ZOOKEEPER_RESERVED or root.startswith(ZOOKEEPER_RESERVED + "/"):
-        raise UsageError(f"--prefix {prefix}: ZooKeeper keeps its own nodes under {ZOOKEEPER_RESERVED}")
-    if root == ZOOKEEPER_HOSTS.rsplit("/", 1)[0] or root.startswith(ZOOKEEPER_HOSTS.rsplit("/", 1)[0] + "/"):
-        raise UsageError(f"--prefix {prefix}: docker-register keeps its hosts' nodes under {ZOOKEEPER_HOSTS}")
+    check_zookeeper_root(prefix)
     hosts = parse_zookeeper_hosts(settings.zookeeper)
     read_tls_files(settings.zookeeper_cacert, settings.zookeeper_cert, settings.zookeeper_key, "zookeeper-")
     auth = parse_credentials(settings.zookeeper_user, settings.zookeeper_password, "zookeeper-", "ZOOKEEPER")

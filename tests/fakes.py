@@ -308,6 +308,9 @@ class FakeEtcd:
         self.calls["keep_alive"] += 1
         return True
 
+    def sweep_departed(self) -> None:
+        """As EtcdStore: nothing, a departed host's lease expires with its keys (no request, not counted)."""
+
     def renew(self, lease_id: int) -> bool:
         """One LeaseKeepAlive (a test's other host): renews a live lease; writes nothing, moves no revision."""
         self.rpcs["keepalive"] += 1

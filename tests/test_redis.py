@@ -289,8 +289,9 @@ class SweptHost:
         return dr.reconcile(self.cfg, self.docker, self.store, dry_run=False)
 
     def beat(self) -> None:
-        """What a run with nothing to change does first: set the heartbeat (and, as the leader, sweep)."""
+        """What a run with nothing to change does first: set the heartbeat, then, as the leader, sweep."""
         self.store.keep_alive(self.lease)
+        self.store.sweep_departed()
 
 
 def hosts_by_lease(prefix: str, count: int) -> list[str]:
@@ -345,7 +346,7 @@ def test_a_host_whose_heartbeat_is_renewed_is_never_swept_and_one_whose_heartbea
         # A heartbeat that comes back between the leader's look and its sweep: the sweep leaves the host as it is,
         # keys and place among the root's hosts.
         other.beat()
-        leader.store._sweep([other.lease])
+        leader.store.fleet._sweep([other.lease])
         assert {key: look.get(key) for key in theirs} == theirs
         assert look.sismember(dr.REDIS_HOSTS.format(prefix=prefix), f"{other.lease:x}")
 
@@ -385,7 +386,7 @@ def test_two_leaders_sweeping_at_once_delete_each_dead_key_once_and_nothing_aliv
             def sweep(host: SweptHost) -> None:
                 try:
                     barrier.wait(5)
-                    host.store._tend({live.lease, dead.lease})  # as a leader that sees these two hosts
+                    host.store.fleet._tend({live.lease, dead.lease})  # as a leader that sees these two hosts
                 except Exception as error:  # handed to the test thread
                     errors.append(error)
 
@@ -398,7 +399,7 @@ def test_two_leaders_sweeping_at_once_delete_each_dead_key_once_and_nothing_aliv
                 assert errors == [], f"run {repeat}: a leader's run failed: {errors!r}"
                 # A sweep that met the other's writes leaves the dead host among the root's hosts: the next run of
                 # a leader finds nothing left of it to delete and takes it out.
-                leaders[0].store._tend({live.lease, dead.lease})
+                leaders[0].store.fleet._tend({live.lease, dead.lease})
                 deletions = Counter(key for key, event in events() if event == "del")
             assert deletions == Counter(expected), f"run {repeat}: each dead key deleted exactly once, nothing else"
             assert {key: look.get(key) for key in alive_keys} == alive_keys

@@ -767,6 +767,158 @@ def test_a_key_goes_where_a_departed_hosts_folder_was_left_empty(zk):
     assert zk.keys()[f"{zk.prefix}/web/{cid[:12]}"].startswith(zk.host_ip + ":")
 
 
+# --- the pieces, each on its own: session, fleet, store --------------------------------------------
+
+
+@pytest.fixture
+def sessions(zookeeper, tmp_path):
+    """Makes ZooKeeperSessions on the shared server, a state file each in tmp_path; every session one of them
+    kept is ended after the test (re-attached first), so that none expires and writes during a later test."""
+    made = []
+
+    def session(name: str = "host", ttl: int | None = 10) -> dr.ZooKeeperSession:
+        made.append(dr.ZooKeeperSession(dr.ZooKeeperSettings(zookeeper.endpoint, str(tmp_path / f"{name}.session")),
+                                        ttl, 5.0))
+        return made[-1]
+
+    yield session
+    for made_one in made:
+        made_one.close()
+        if Path(made_one.settings.state_file).is_file():
+            leftover = dr.ZooKeeperSession(made_one.settings, None, 5.0)
+            leftover.client
+            leftover.end()
+
+
+def test_a_session_kept_in_the_state_file_is_reattached_by_the_next_one_without_a_write(zookeeper, sessions):
+    first = sessions()
+    assert first.id and not first.kept and first.saved is None  # no state file: a new session, not kept yet
+    first.save()
+    assert first.kept and stat.S_IMODE(Path(first.settings.state_file).stat().st_mode) == 0o600
+    session = first.id
+    first.close()  # left open for the next run
+    zxid = zookeeper.zxid()
+    again = sessions()
+    assert again.id == session and again.kept
+    assert zookeeper.zxid() == zxid, "re-attaching writes nothing"
+    again.end()
+    assert not Path(again.settings.state_file).exists() and not again.kept
+    assert f"0x{session:x}" not in zookeeper.four_letter("dump")  # closed, not left to expire
+
+
+def test_a_state_file_that_is_not_one_means_a_new_session_and_one_that_cannot_be_written_exit_1(sessions, tmp_path):
+    (tmp_path / "host.session").write_text("not json")
+    garbled = sessions()
+    assert garbled.id and not garbled.kept and garbled.saved is None
+    (tmp_path / "a-file").write_text("")
+    unwritable = sessions("a-file/host")
+    with pytest.raises(dr.ZooKeeperError) as raised:
+        unwritable.save()
+    assert raised.value.exit_code == 1 and "--zookeeper-state: cannot write" in str(raised.value)
+    assert not unwritable.kept
+
+
+def test_a_sessions_requests_list_its_nodes_and_a_moved_node_is_a_conflict(zookeeper, sessions):
+    session, root = sessions(), f"/z-pieces-{next(_numbers)}"
+    session.commit("write keys", [("create", root, b""), ("create", f"{root}/a", b"1", None, True),
+                                  *session.signal(root)])
+    other = zookeeper.client()
+    try:
+        other.create(f"{root}/b", b"2", ephemeral=True)
+        assert session.ephemerals(root) == [f"{root}/a"], "its own nodes only"
+        with pytest.raises(dr.Conflict):
+            session.commit("write keys", [("set_data", f"{root}/a", b"3", 7)])  # not the version read
+        assert session.read_many("read keys", [(dr.GET_DATA, f"{root}/a"), (dr.GET_DATA, f"{root}/gone")])[1] is None
+    finally:
+        other.stop()
+        other.close()
+
+
+def presence(zookeeper, root: str) -> set[str]:
+    client = zookeeper.client()
+    try:
+        return set(client.get_children(dr.zookeeper_hosts_folder(root)))
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_the_fleet_announces_a_host_once_and_only_the_lowest_session_sweeps(zookeeper, sessions):
+    prefix = f"/z-fleet-{next(_numbers)}"
+    first, second = sessions("first"), sessions("second")  # made in this order: the first has the lower id
+    fleets = [dr.ZooKeeperFleet(session, prefix, dr.DISCOVER) for session in (first, second)]
+    for session, fleet in zip((first, second), fleets):
+        session.save()
+        fleet.check_in()
+    assert presence(zookeeper, prefix) == {f"{first.id:x}", f"{second.id:x}"}
+    zxid = zookeeper.zxid()
+    for fleet in reversed(fleets):
+        fleet.check_in()
+        fleet.sweep_if_leader()
+    assert zookeeper.zxid() == zxid, "listed already, and no departure: nothing written"
+    assert first.saved.watched is not None and second.saved.watched is None, "the first is the leader"
+
+    departing = zookeeper.client()
+    departing.create(f"{prefix}/web/{'d' * 12}", b"10.0.0.9:80", ephemeral=True, makepath=True)
+    departing.create(f"{dr.zookeeper_hosts_folder(prefix)}/{departing.client_id[0]:x}", ephemeral=True)
+    fleets[0].check_in()
+    fleets[0].sweep_if_leader()  # a host joined: no departure
+    departing.stop()
+    departing.close()
+    fleets[1].check_in()
+    fleets[1].sweep_if_leader()
+    look = zookeeper.client()
+    try:
+        assert look.exists(f"{prefix}/web"), "not the leader: it sweeps nothing"
+        fleets[0].check_in()
+        fleets[0].sweep_if_leader()
+        assert not look.exists(f"{prefix}/web"), "the leader deleted the folder the departed host left"
+    finally:
+        look.stop()
+        look.close()
+
+
+def test_keeping_the_store_alive_sweeps_nothing_the_sweep_is_a_step_of_its_own(zookeeper, tmp_path):
+    from fakes import FakeDocker, config, web
+
+    prefix, lock = f"/z-steps-{next(_numbers)}", tmp_path / "sync.lock"
+    settings = dr.Settings(backend=dr.BackendName.zookeeper, zookeeper=zookeeper.endpoint)
+    cfg = config(tmp_path, ttl=10, prefix=prefix, lock_file=str(lock), backend="zookeeper", timeout=5.0,
+                 zookeeper=dr.zookeeper_settings(settings, prefix, str(lock), "192.0.2.41"))
+    departing, look = zookeeper.client(), zookeeper.client()
+
+    def run():
+        store, close = dr.open_store(cfg)
+        try:
+            return dr.reconcile(cfg, FakeDocker([web(1, 32769)]), store, dry_run=False)
+        finally:
+            close()
+
+    try:
+        run()
+        run()  # the leader's first look
+        folder = f"{prefix}/web/{'d' * 12}"
+        departing.create(f"{folder}/below", b"x", ephemeral=True, makepath=True)
+        departing.create(f"{dr.zookeeper_hosts_folder(prefix)}/{departing.client_id[0]:x}", ephemeral=True)
+        run()  # a host joined: no departure
+        departing.stop()
+        store, close = dr.open_store(cfg)
+        try:
+            assert store.keep_alive(store.host_lease(cfg)) is True
+            assert look.exists(folder), "keep_alive kept the session alive and swept nothing"
+            store.sweep_departed()
+            assert not look.exists(folder)
+        finally:
+            close()
+    finally:
+        for client in (departing, look):
+            client.stop()
+            client.close()
+        ended = dr.ZooKeeperSession(cfg.zookeeper, None, 5.0)
+        ended.client
+        ended.end()
+
+
 # --- what a run costs ----------------------------------------------------------------------------
 
 
