@@ -2058,6 +2058,9 @@ ZOOKEEPER_CLAIMS = "/docker-register/claims"
 ZOOKEEPER_READS = 2000
 #: ZooKeeper's opcodes of the reads a multiRead request carries.
 GET_DATA, GET_CHILDREN = 4, 8
+#: What kazoo says when a server took the connection and closed it unanswered: it is up but serves no session
+#: (a member without a quorum, or one still starting).
+NOT_SERVING = "socket connection broken"
 
 
 def parse_zookeeper_hosts(text: str) -> str:
@@ -2186,6 +2189,23 @@ def zookeeper_error(where: str, what: str, error: BaseException) -> ZooKeeperErr
     return ZooKeeperError(f"{where}: {what}: {text}")
 
 
+def connect_failure(dropped: Mapping[str, str], timeout: float) -> str:
+    """Why no server gave a session in time, from the last reason each server tried dropped the connection: that
+    reason when all gave the same one, else each server's; a server up but not serving suggests no quorum."""
+    servers_of: dict[str, list[str]] = {}
+    for server, reason in dropped.items():
+        servers_of.setdefault(reason, []).append(server)
+    if not servers_of:
+        return "no answer in time"
+    if len(servers_of) == 1 and NOT_SERVING not in servers_of:
+        return next(iter(servers_of))
+    quorum = " (no quorum?)" if NOT_SERVING in servers_of else ""
+    said = {NOT_SERVING: "up but not serving"}
+    return f"no server answered within {timeout:g} s{quorum}: " + "; ".join(
+        f"{', '.join(sorted(servers))}: {said.get(reason, reason)}".removeprefix(": ")
+        for reason, servers in sorted(servers_of.items()))
+
+
 class MultiRead(tuple):
     """ZooKeeper's multiRead request (opcode 22, 3.6+; kazoo has no call for it): getData and getChildren
     operations, (opcode, path) each, answered in one reply, a failed one as its error."""
@@ -2247,13 +2267,15 @@ class GetEphemerals(tuple):
 
 class KazooLog:
     """What a kazoo client logs, kept instead of printed (it logs every reconnect; a run's error is one line): why
-    the last connection attempt failed."""
+    each server's last connection attempt failed, by server."""
 
     def __init__(self):
-        self.reason = "no answer in time"
+        self.server = ""  #: the server being tried, host:port
+        self.dropped: dict[str, str] = {}
 
     def warning(self, message: str, *args, **_) -> None:
-        self.reason = first_line(message % args if args else message).removeprefix("Connection dropped: ")
+        self.dropped[self.server] = first_line(message % args if args else message).removeprefix(
+            "Connection dropped: ")
 
     warn = error = exception = warning
 
@@ -2336,8 +2358,9 @@ class ZooKeeperSession:
 
         handshake = threading.Event()  # set once the handshake is over, auth packets included
 
-        def granted(*args):
-            read_timeout, connect_timeout = connect(*args)
+        def granted(host, hostip, port):
+            log.server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            read_timeout, connect_timeout = connect(host, hostip, port)
             self._granted_ms = round(connect_timeout * len(client.hosts))
             handshake.set()
             return read_timeout, connect_timeout
@@ -2350,7 +2373,7 @@ class ZooKeeperSession:
         handshake.wait(max(0.0, deadline - time.monotonic()))
         if not client.connected or not handshake.is_set():
             reason = "authentication failed" if "AUTH_FAILED" in str(client.client_state) else \
-                log.reason
+                connect_failure(log.dropped, self.timeout)
             self._detach(client)
             raise ZooKeeperError(f"{self.where}: connect: {reason}")
         return client

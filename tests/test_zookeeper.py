@@ -96,6 +96,25 @@ def test_only_a_folder_whose_children_all_went_is_an_emptied_folder():
 
 
 
+@pytest.mark.parametrize("dropped, line", [
+    ({}, "no answer in time"),  # nothing dropped yet: the server is silent
+    ({"zk1:2181": "socket connection error: Connection refused"}, "socket connection error: Connection refused"),
+    ({"zk1:2181": "socket connection error: Connection refused", "zk2:2181": "socket connection error: Connection "
+      "refused"}, "socket connection error: Connection refused"),  # one reason: said once, as for one server
+    ({"zk1:2181": "socket connection broken", "zk2:2181": "socket connection error: Connection refused",
+      "zk3:2181": "socket connection error: Connection refused"},
+     "no server answered within 2 s (no quorum?): zk1:2181: up but not serving; zk2:2181, zk3:2181: socket "
+     "connection error: Connection refused"),
+    ({"zk1:2181": "socket connection broken"}, "no server answered within 2 s (no quorum?): zk1:2181: up but not "
+                                               "serving"),
+    ({"zk1:2181": "timed out", "zk2:2181": "socket connection error: Connection refused"},
+     "no server answered within 2 s: zk2:2181: socket connection error: Connection refused; zk1:2181: timed out"),
+])
+def test_a_failed_connect_says_what_each_server_did_and_suspects_no_quorum_when_one_is_up_but_not_serving(
+        dropped, line):
+    assert dr.connect_failure(dropped, 2.0) == line
+
+
 @pytest.mark.parametrize("text, hosts", [
     ("127.0.0.1:2181", "127.0.0.1:2181"),
     ("zk1:2181, zk2:2182,zk3.example:2183", "zk1:2181,zk2:2182,zk3.example:2183"),

@@ -137,6 +137,9 @@ def test_no_quorum_exits_1_with_one_line_in_bounded_time_and_the_next_run_succee
     print(f"run without a quorum: exit {result.returncode} in {took:.2f} s: {result.stderr.strip()}")
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("docker-register: error: zookeeper at "), result.stderr
+    # What happened, in the line: no member served in the time given, and the one left up does not serve.
+    assert ": connect: no server answered within 2 s (no quorum?): " in result.stderr, result.stderr
+    assert f"{survivor.endpoint}: up but not serving" in result.stderr, result.stderr
     assert took < 2 + 4, took
     victims[0].start()  # a quorum again: two of three
     again = zke.run("sync", "--timeout", "5")
