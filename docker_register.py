@@ -3836,10 +3836,14 @@ def notes_of(outcome: Outcome) -> list[str]:
 
 
 def print_dry_run(outcome: Outcome) -> None:
-    """Show the plan as a rich table."""
+    """Show the plan as a rich table; with nothing to change, say so (and show only the skipped containers)."""
     from rich.console import Console
     from rich.table import Table
 
+    nothing = not outcome.plan.changes and outcome.plan.lease_action is LeaseAction.KEEP
+    if nothing and not outcome.skips:
+        print("nothing to change")
+        return
     table = Table(title=f"docker-register plan (lease {outcome.plan.lease_id:x}: {outcome.plan.lease_action.value})")
     for column in ("action", "key", "value"):
         table.add_column(column, overflow="fold")
@@ -3850,6 +3854,8 @@ def print_dry_run(outcome: Outcome) -> None:
     for skip in outcome.skips:
         table.add_row("skip", skip.container, skip.reason)
     Console(width=max(100, Console().width)).print(table)
+    if nothing:
+        print("nothing to change")
 
 
 def host_text(host: int, listing: Listing) -> str:

@@ -358,6 +358,19 @@ def test_help_names_the_exit_code_of_a_flagged_listing(capsys):
     assert code == 0 and "--service" in out and "--this-host" in out and "exit 3" in out and "ETCD_HOST" in out
 
 
+# --- sync --dry-run with nothing to change ----------------------------------------------------------
+
+
+def test_a_dry_run_with_nothing_to_change_says_so_not_an_empty_table(tmp_path, capsys):
+    store, docker = FakeEtcd(), FakeDocker([web(1)])
+    dr.reconcile(config(tmp_path), docker, store, dry_run=False)
+    dr.print_outcome(dr.reconcile(config(tmp_path), docker, store, dry_run=True), "text")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "nothing to change" and "┏" not in out
+    dr.print_outcome(dr.reconcile(config(tmp_path), FakeDocker([web(1), web(2, 32769)]), store, dry_run=True), "text")
+    assert "nothing to change" not in capsys.readouterr().out
+
+
 # --- integration: the installed CLI after real syncs, one test per store ----------------------------------
 
 from harness import REDIS_VALUE_WRITES, free_port  # noqa: E402
