@@ -3903,6 +3903,7 @@ def print_listing(listing: Listing, where: str) -> None:
     """A rich table per service (servers, then shared keys), other keys, then the flags and a summary."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(width=max(100, Console().width), highlight=False)
     flagged: dict[str, list[str]] = {}
@@ -3910,12 +3911,12 @@ def print_listing(listing: Listing, where: str) -> None:
         flagged.setdefault(flag.key, []).append(flag.kind.value)
     for service, group in itertools.groupby(listing.entries, key=lambda e: e.service):
         title = service if service else "keys of no service" if service == "" else "keys of no layout's shape"
-        table = Table(title=title, title_justify="left", title_style="bold")
+        table = Table(title=Text(title, style="bold"), title_justify="left")
         for column in ("key", "value", "held by", "expires", "flag"):
             table.add_column(column, overflow="fold")
-        for entry in group:
-            table.add_row(entry.name, entry.value, listed_host(entry, listing), expiry_text(entry.expires),
-                          ", ".join(flagged.get(entry.key, ())))
+        for entry in group:  # Text, not str: a value is shown as it is, never read as rich markup
+            table.add_row(*map(Text, (entry.name, entry.value, listed_host(entry, listing), expiry_text(entry.expires),
+                                      ", ".join(flagged.get(entry.key, ())))))
         console.print(table)
     for flag in listing.flags:
         print(f"{flag.kind.value}: {flag.text}")

@@ -341,6 +341,12 @@ def test_this_host_flags_a_shared_key_another_host_holds_with_another_value(caps
     assert run_list(capsys, "--this-host", "--host-ip", A)[0] == 0
 
 
+def test_values_are_shown_as_they_are_never_read_as_markup(capsys, fleet):
+    fleet.put(f"{PREFIX}/[bold]x/port", "[/oops] [link=http://evil]a[/link]")
+    code, out, _ = run_list(capsys)
+    assert code == 3 and "[/oops] [link=http://evil]a[/link]" in out and "[bold]x" in out
+
+
 BAD = [(["--output", "xml"], "--output"), (["--service", " "], "--service"), (["--prefix", "rel"], "--prefix"),
        (["--etcd", "nohost"], "--etcd"), (["--no-such-flag"], "--no-such-flag"), (["--ttl", "0"], "--ttl")]
 
