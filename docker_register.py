@@ -4188,7 +4188,7 @@ app = typer.Typer(
     help="Register this host's published container ports in etcd v3, on a lease.",
     epilog="Exit codes: 0 success, 1 Docker or the store unreachable or failing, 2 usage error, 3 list flagged "
            "something.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

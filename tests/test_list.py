@@ -377,6 +377,23 @@ def test_a_dry_run_with_nothing_to_change_says_so_not_an_empty_table(tmp_path, c
     assert "nothing to change" not in capsys.readouterr().out
 
 
+# --- shell completion ----------------------------------------------------------------------------------
+
+
+def test_the_shell_completion_script_and_completions_come_from_the_cli_itself(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exited:
+        dr.main(["--show-completion", "bash"])
+    assert exited.value.code == 0 and "_DOCKER_REGISTER_COMPLETE" in capsys.readouterr().out
+    monkeypatch.setenv("_DOCKER_REGISTER_COMPLETE", "complete_bash")
+    for words, cword, expected in (("docker-register li", "1", "list"), ("docker-register list --ser", "2",
+                                                                           "--service")):
+        monkeypatch.setenv("COMP_WORDS", words)
+        monkeypatch.setenv("COMP_CWORD", cword)
+        with pytest.raises(SystemExit):
+            dr.main([])
+        assert capsys.readouterr().out.split() == [expected]
+
+
 # --- integration: the installed CLI after real syncs, one test per store ----------------------------------
 
 from harness import REDIS_VALUE_WRITES, free_port  # noqa: E402
