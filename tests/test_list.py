@@ -471,11 +471,16 @@ def test_on_etcd_list_shows_what_sync_wrote_in_one_range_and_a_lookup_per_lease(
     assert (none.returncode, none.stdout) == (0, f"no service api under {world.prefix} in etcd at {world.etcd.url}\n")
 
 
-def test_on_etcd_an_unreachable_store_is_one_line_and_exit_1(world):
-    result = world.run("list", ETCD_HOST=f"127.0.0.1:{free_port()}", DOCKER_REGISTER_TIMEOUT="1")
+def one_line_failure(result, where: str) -> None:
+    """An unreachable store: exit 1, nothing on stdout, one line on stderr naming the store."""
     assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("docker-register: error: etcd at ") and "read keys" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"docker-register: error: {where}"), result.stderr
+
+
+def test_on_etcd_an_unreachable_store_is_one_line_and_exit_1(world):
+    one_line_failure(world.run("list", ETCD_HOST=f"127.0.0.1:{free_port()}", DOCKER_REGISTER_TIMEOUT="1"),
+                     "etcd at ")
 
 
 def test_on_zookeeper_list_reads_on_a_session_of_its_own_and_flags_a_persistent_key(zk):
@@ -497,6 +502,8 @@ def test_on_zookeeper_list_reads_on_a_session_of_its_own_and_flags_a_persistent_
     assert result.returncode == 3 and f"orphan: {prefix}/local/docker/web/manual: no host holds it (on no session)" \
         in result.stdout
     assert zk.run("list", "--service", "api", **env).returncode == 0
+    one_line_failure(zk.run("list", ZOOKEEPER_HOSTS=f"127.0.0.1:{free_port()}", DOCKER_REGISTER_TIMEOUT="1"),
+                     "zookeeper at ")
 
 
 def test_on_redis_list_shows_the_index_holding_each_key_and_its_heartbeat_and_writes_nothing(rd):
@@ -526,3 +533,5 @@ def test_on_redis_list_shows_the_index_holding_each_key_and_its_heartbeat_and_wr
     result = rd.run("list", **env)
     assert result.returncode == 3 and f"orphan: {stray}: no host holds it (on no index)" in result.stdout
     assert rd.run("list", "--service", "api", **env).returncode == 0
+    one_line_failure(rd.run("list", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", DOCKER_REGISTER_TIMEOUT="1"),
+                     "redis at ")
