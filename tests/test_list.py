@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import typer.main
@@ -396,33 +397,72 @@ def test_the_shell_completion_script_and_completions_come_from_the_cli_itself(ca
 
 # --- integration: the installed CLI after real syncs, one test per store ----------------------------------
 
-from harness import REDIS_VALUE_WRITES, free_port  # noqa: E402
-from test_redis import RedisWorld  # noqa: E402
-from test_zookeeper import ZkWorld  # noqa: E402
+from harness import REDIS_VALUE_WRITES, free_port, redis_commands, zookeeper_nodes  # noqa: E402
+from hosts import Host  # noqa: E402
 
 _numbers = itertools.count(1)
 
 
-class ListedZk(ZkWorld):
-    tag = "zl"  # prefixes of their own on the shared server
+class ZkHost(Host):
+    """A host on the shared ZooKeeper, under a prefix of its own."""
+
+    tag = "zl"
+
+    def __init__(self, engine, server, n: int, tmp_path):
+        super().__init__(engine, n, tmp_path)
+        self.server, self.look = server, server.client()
+
+    def store_env(self) -> dict[str, str]:
+        return {"DOCKER_REGISTER_BACKEND": "zookeeper", "ZOOKEEPER_HOSTS": self.server.endpoint,
+                "DOCKER_REGISTER_TTL": "10"}
+
+    @property
+    def state_file(self):
+        return Path(dr.zookeeper_state_file(str(self.lock_file), self.host_ip, self.prefix))
+
+    def session(self) -> int:
+        """This host's session, from its state file."""
+        return dr.parse_session(self.state_file.read_text()).session
+
+    def close(self) -> None:
+        """End the host's session (a run leaves it open) and the looking client's: none expires in a later test."""
+        from kazoo.client import KazooClient
+
+        saved = dr.parse_session(self.state_file.read_text()) if self.state_file.exists() else None
+        if saved:
+            client = KazooClient(hosts=self.server.endpoint, client_id=(saved.session, saved.password))
+            client.start(timeout=10)
+            client.stop()
+            client.close()
+        self.look.stop()
+        self.look.close()
 
 
-class ListedRedis(RedisWorld):
+class RedisHost(Host):
+    """A host on the shared Redis, under a prefix of its own."""
+
     tag = "rl"
+
+    def __init__(self, engine, server, n: int, tmp_path):
+        super().__init__(engine, n, tmp_path)
+        self.server, self.look = server, server.client()
+
+    def store_env(self) -> dict[str, str]:
+        return {"DOCKER_REGISTER_BACKEND": "redis", "REDIS_URL": self.server.url, "DOCKER_REGISTER_TTL": "30"}
 
 
 @pytest.fixture
 def zk(engine, zookeeper, tmp_path):
-    """A ZooKeeper world (tests/test_zookeeper.py) of this module's, its sessions ended afterwards."""
-    world = ListedZk(engine, zookeeper, next(_numbers), tmp_path)
-    yield world
-    world.close()
+    host = ZkHost(engine, zookeeper, next(_numbers), tmp_path)
+    yield host
+    host.close()
 
 
 @pytest.fixture
 def rd(engine, redis_server, tmp_path):
-    """A Redis world (tests/test_redis.py) of this module's."""
-    return ListedRedis(engine, redis_server, next(_numbers), tmp_path)
+    host = RedisHost(engine, redis_server, next(_numbers), tmp_path)
+    yield host
+    host.look.close()
 
 
 def rows(stdout: str) -> dict[str, list[str]]:
@@ -495,7 +535,8 @@ def test_on_zookeeper_list_reads_on_a_session_of_its_own_and_flags_a_persistent_
     server, = found["services"][0]["servers"]
     assert (found["services"][0]["name"], server["key"], server["host"], server["expires"]) == (
         "web", key, f"{session:x}", None)  # ZooKeeper tells no session's time left
-    assert zk.state_file.read_text() == state and zk.nodes()[key][1] == session  # the host's session untouched
+    assert zk.state_file.read_text() == state  # the host's session untouched, and still holding its key
+    assert zookeeper_nodes(zk.look, zk.prefix)[key][1] == session
 
     zk.look.create(dr.zookeeper_path(f"{prefix}/local/docker/web/manual"), b'{"host": "10.9.9.9", "port": 80}')
     result = zk.run("list", "--service", "web", **env)
@@ -512,10 +553,10 @@ def test_on_redis_list_shows_the_index_holding_each_key_and_its_heartbeat_and_wr
     env, prefix, key = rd.in_layout("traefik", cid)
     rd.sync(**env)
     lease = dr.lease_id_for(rd.host_ip, prefix)
-    before = rd.commands()
+    before = redis_commands(rd.look)
     result = rd.run("list", **env)
     assert result.returncode == 0, result.stderr
-    after = rd.commands()
+    after = redis_commands(rd.look)
     assert not {name: after[name] - before[name] for name in REDIS_VALUE_WRITES if after[name] != before[name]}
     table = rows(result.stdout)
     assert table[cid[:12]][0] == f"http://{rd.host_ip}:{rd.host_port(cid, '80/tcp')}"
