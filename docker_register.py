@@ -7,7 +7,7 @@ only the difference in a few transactions.  Every key of the host lives on one
 lease whose id is derived from the host IP and the prefix, so a run needs no
 local state and a dead host's keys expire by themselves.
 
-Exit codes: 0 success, 1 Docker or etcd unreachable or failing, 2 usage error.
+Exit codes: 0 success, 1 Docker or etcd unreachable or failing, 2 usage error, 3 `list` flagged something.
 
 Contents, top to bottom; a section uses what is above it, and what is below only through the seams named:
   Constants, Errors, Data types
@@ -22,12 +22,14 @@ Contents, top to bottom; a section uses what is above it, and what is below only
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 import functools
 import hashlib
 import inspect
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -35,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import (Annotated, Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence,
                     get_type_hints)
@@ -174,6 +177,8 @@ CLI_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "C
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: `list` found something a person should look at (orphans, unused shared keys, collisions, notes).
+EXIT_FLAGGED = 3
 
 # ---------------------------------------------------------------------------
 # Errors
@@ -365,6 +370,71 @@ class Reads:
     keys: tuple[str, ...] = ()
     folders: tuple[str, ...] = ()
     whole_prefix: bool = False
+
+
+@dataclass(frozen=True)
+class Held:
+    """Every key under the prefix as the store holds it, read for `list`."""
+
+    #: Each key and what it lives on: a lease (etcd), a session (ZooKeeper) or a host's index (Redis, named by the
+    #: host's lease id); 0: nothing does; UNCLAIMED: a shared key whose writer is gone.
+    keys: Mapping[str, StoredKey]
+    #: The live leases, sessions or hosts, each with the seconds it has left if nobody renews it (None: not told).
+    live: Mapping[int, Optional[float]]
+    #: What keys live on in this store, as people call it: lease, session or index.
+    holder: str = "lease"
+    #: Whether a shared key's lease is the host that claims it (ZooKeeper, Redis), not a lease of its own (etcd).
+    claims: bool = False
+
+
+class FlagKind(str, enum.Enum):
+    """What `list` asks a person to look at."""
+
+    ORPHAN = "orphan"  # a key no live host holds
+    UNUSED = "unused"  # a shared key that no live host's servers use
+    COLLISION = "collision"  # one address, or one container id, under keys of several hosts
+    NOTE = "note"  # what sync notes for this host (--this-host): a shared key held with another value, ...
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One thing `list` flags, about one key (none for a note of this host's)."""
+
+    kind: FlagKind
+    key: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One key as `list` shows it."""
+
+    key: str
+    value: str
+    #: The service it serves or configures; "" for a shared key no router names; None for a key of no layout shape.
+    service: Optional[str]
+    #: A server's container id, or where a shared key sits in its service.
+    name: str
+    #: The lease, session or index it lives on (0: none).
+    lease: int
+    #: Servers: the host holding it; shared keys: the host that wrote it (0: gone or not known).
+    host: int
+    #: Seconds until it goes if nobody renews it; None where the store does not tell.
+    expires: Optional[float]
+    shared: bool = False
+    #: Shared keys: the live hosts whose servers use it.
+    users: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What `list` shows: the keys by service, servers before shared keys, and the flags."""
+
+    entries: tuple[Listed, ...]
+    flags: tuple[Flag, ...]
+    #: The IP of each host whose lease id it derives (etcd, Redis), as its servers' addresses tell.
+    addresses: Mapping[int, str]
+    holder: str = "lease"
 
 
 @dataclass(frozen=True)
@@ -829,6 +899,9 @@ class Layout:
     holders: Callable[[str, str, Mapping[str, "StoredKey"]], frozenset[str]]
     #: (own key, prefix) -> folders of the shared keys the own key may keep in use: read when the own key goes.
     shared_folders: Callable[[str, str], frozenset[str]] = lambda key, prefix: frozenset()
+    #: (key, prefix, stored keys) -> (service, name in it) that `list` shows the key under; None: not of this shape.
+    listed_as: Callable[[str, str, Mapping[str, "StoredKey"]], Optional[tuple[str, str]]] = \
+        lambda key, prefix, stored: None
 
 
 def is_shared_key(layout: Layout, key: str, prefix: str) -> bool:
@@ -887,12 +960,19 @@ def service_of(key: str, prefix: str) -> Optional[str]:
     return parts[0] if len(parts) == 2 else None
 
 
+def last_two(key: str, prefix: str) -> Optional[tuple[str, str]]:
+    """The last two segments of a key below the prefix: (service, container id or leaf) in discover and skydns."""
+    parts = key[len(prefix) + 1:].split("/") if key.startswith(prefix + "/") else []
+    return (parts[-2], parts[-1]) if len(parts) >= 2 else None
+
+
 DISCOVER = Layout(
     name="discover", default_prefix=DEFAULT_PREFIX, absolute=True, desire=discover_keys,
     fits=lambda key, prefix: service_of(key, prefix) is not None,
     is_shared=lambda key, prefix: key.endswith("/" + PORT_KEY),
     holders=lambda key, prefix, stored: frozenset({parent_folder(key)}),
     shared_folders=lambda key, prefix: frozenset({parent_folder(key)}),
+    listed_as=lambda key, prefix, stored: last_two(key, prefix),
 )
 
 
@@ -922,6 +1002,7 @@ SKYDNS = Layout(
     fits=lambda key, prefix: key.startswith(prefix + "/"),
     is_shared=lambda key, prefix: False,
     holders=lambda key, prefix, stored: frozenset(),
+    listed_as=lambda key, prefix, stored: last_two(key, prefix),
 )
 
 
@@ -1145,12 +1226,33 @@ def traefik_shared_folders(key: str, prefix: str) -> frozenset[str]:
                       f"{prefix}/{protocol}/services/{service}/"})
 
 
+def traefik_listed(key: str, prefix: str, stored: Mapping[str, "StoredKey"]) -> Optional[tuple[str, str]]:
+    """The service a Traefik key serves or configures (a router's: the one it names; a middleware's: the first a
+    router naming it names), "tcp/"... for tcp and udp; and the server's container id, or the key below the prefix."""
+    parts = traefik_parts(key, prefix)
+    if parts is None:
+        return None
+    protocol, kind, name = parts[:3]
+    if kind == "routers":
+        named = stored.get(f"{prefix}/{protocol}/routers/{name}/service")
+        name = traefik_reference(named.value) if named else ""
+    elif kind == "middlewares":
+        services = sorted(service for other, kv in stored.items()
+                          if traefik_names_middleware(other, kv.value, name, prefix)
+                          and (service := (traefik_listed(other, prefix, stored) or ("", ""))[0]))
+        return (services[0] if services else ""), "/".join(parts)
+    service = name if protocol == "http" or not name else f"{protocol}/{name}"
+    server = traefik_is_server(parts) and len(parts) > 5
+    return service, parts[5] if server else "/".join(parts)
+
+
 TRAEFIK = Layout(
     name="traefik", default_prefix="traefik", absolute=False, desire=traefik_keys,
     fits=lambda key, prefix: traefik_parts(key, prefix) is not None,
     is_shared=lambda key, prefix: not traefik_is_server(traefik_parts(key, prefix) or ("", "")),
     holders=traefik_holders,
     shared_folders=traefik_shared_folders,
+    listed_as=traefik_listed,
 )
 
 #: The layouts by name, the first the default.
@@ -1401,7 +1503,7 @@ def plan_leaving(desired: Desired, current: Mapping[str, StoredKey], lease_id: i
             continue
         if kv.lease != lease_id and not key.startswith(reach):
             continue  # none of its servers here goes now: no longer renewed, it expires unless a host wants it
-        used = any(other.startswith(folder) for folder in layout.holders(key, prefix, planned) for other in others)
+        used = any(keys_in(layout.holders(key, prefix, planned), others))
         if not used:
             tally.changes.append(Change(ChangeKind.REMOVE, key, None, kv.value, kv.mod_revision, shared=True))
         elif claimable:
@@ -1436,6 +1538,144 @@ def batches(changes: Sequence[Change], size: int = MAX_TXN_OPS) -> Iterator[Sequ
     """Split changes into transaction-sized slices."""
     for start in range(0, len(changes), size):
         yield changes[start:start + size]
+
+
+def keys_in(folders: Iterable[str], ordered: Sequence[str]) -> Iterator[str]:
+    """The keys of a sorted sequence that are inside any of the folders, found by bisection: a shared key is in use
+    while a host's own key is in one of the folders its layout's holders name."""
+    for folder in sorted(outermost(folders)):
+        index = bisect.bisect_left(ordered, folder)
+        while index < len(ordered) and ordered[index].startswith(folder):
+            yield ordered[index]
+            index += 1
+
+
+# --- List: what the store holds, for a person ---------------------------------------------------
+
+
+def server_address(value: str) -> str:
+    """The ip:port a server key's value names in any layout (ip:port, a Traefik URL, SkyDNS's JSON); "" if none."""
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+            return format_address(str(data["host"]), int(data["port"]))
+        except (ValueError, KeyError, TypeError):
+            return ""
+    return text.split("://", 1)[-1].split("/", 1)[0]
+
+
+def address_ip(address: str) -> str:
+    """The IP of ip:port ([v6]:port); "" when there is no port."""
+    host, sep, _ = address.rpartition(":")
+    return host.strip("[]") if sep else ""
+
+
+def where_listed(key: str, keys: Mapping[str, StoredKey], prefix: str, layout: Layout) -> tuple[Optional[str], str]:
+    """The service `list` shows a key under (None: a key of no layout shape) and its name there."""
+    found = layout.listed_as(key, prefix, keys) if layout.fits(key, prefix) else None
+    return found or (None, key[len(prefix) + 1:] if key.startswith(prefix + "/") else key)
+
+
+def in_service(service: Optional[str], wanted: Optional[str]) -> bool:
+    """Whether a key's service is the one asked for (None: any); "web" also finds Traefik's "tcp/web"."""
+    return wanted is None or service is not None and (service == wanted or service.endswith("/" + wanted))
+
+
+def listed_leases(keys: Mapping[str, StoredKey], prefix: str, layout: Layout, wanted: Optional[str]) -> set[int]:
+    """The leases of the keys a listing of the wanted service shows: the ones whose time left it asks for."""
+    return {kv.lease for key, kv in keys.items()
+            if kv.lease > 0 and in_service(where_listed(key, keys, prefix, layout)[0], wanted)}
+
+
+def host_addresses(servers: Mapping[str, StoredKey], prefix: str) -> dict[int, str]:
+    """The IP of each host whose lease id it derives (etcd, Redis: lease_id_for), found among the addresses its
+    servers register; hosts registering other addresses (--internal) and ZooKeeper's sessions stay unnamed."""
+    found: dict[int, str] = {}
+    tried = set()
+    for kv in servers.values():
+        ip = address_ip(server_address(kv.value))
+        if ip and kv.lease > 0 and kv.lease not in found and (kv.lease, ip) not in tried:
+            tried.add((kv.lease, ip))
+            if lease_id_for(ip, prefix) == kv.lease:
+                found[kv.lease] = ip
+    return found
+
+
+def writer_of(key: str, kv: StoredKey, held: Held, hosts: Iterable[int], addresses: Mapping[int, str],
+              users: Sequence[int]) -> int:
+    """The host that wrote a shared key: the one its claim names (ZooKeeper, Redis), the one whose lease it is on
+    (written before shared keys had leases of their own), or the one whose IP derives its lease (etcd:
+    shared_lease_id, the rule sync's ownership follows); 0 when that host is gone or not known."""
+    if held.claims or kv.lease in hosts:
+        return max(kv.lease, 0)
+    return next((host for host in (*users, *addresses)
+                 if host in addresses and shared_lease_id(addresses[host], key) == kv.lease), 0)
+
+
+def orphan_flag(key: str, lease: int, held: Held) -> Optional[Flag]:
+    """The flag of a key that no live host holds: on nothing, or on a lease (session, index) that is gone."""
+    if lease == 0:
+        return Flag(FlagKind.ORPHAN, key, f"{key}: no host holds it (on no {held.holder}); nothing removes it")
+    if lease > 0 and lease not in held.live:
+        return Flag(FlagKind.ORPHAN, key, f"{key}: on {held.holder} {lease:x}, whose host is gone")
+    return None
+
+
+def collision_flags(entries: Sequence[Listed], holder: str) -> list[Flag]:
+    """An address, or a container id, that servers of more than one host register: every key involved."""
+    flags = []
+    for what, of in (("address", lambda e: server_address(e.value)), ("container", lambda e: e.name)):
+        hosts: dict[str, set[int]] = {}
+        for entry in entries:
+            hosts.setdefault(of(entry), set()).add(entry.lease)
+        for entry in entries:
+            seen = hosts[of(entry)]
+            if of(entry) and len(seen) > 1:
+                named = ", ".join(f"{holder} {lease:x}" for lease in sorted(seen))
+                flags.append(Flag(FlagKind.COLLISION, entry.key,
+                                  f"{entry.key}: {what} {of(entry)} is registered by {len(seen)} hosts ({named})"))
+    return flags
+
+
+def listing(held: Held, prefix: str, layout: Layout, wanted: Optional[str] = None,
+            notes: Sequence[str] = ()) -> Listing:
+    """What the store holds, by service, and what a person should look at: keys no live host holds (orphans),
+    shared keys no live host's servers use, an address or container under several hosts, and this host's notes
+    from sync's planner (given as notes)."""
+    servers = {key: kv for key, kv in held.keys.items()
+               if layout.fits(key, prefix) and not layout.is_shared(key, prefix)}
+    hosts = {kv.lease for kv in servers.values()}
+    live_servers = sorted(key for key, kv in servers.items() if kv.lease in held.live)
+    addresses = host_addresses(servers, prefix)
+    entries, flags = [], []
+    for key, kv in sorted(held.keys.items()):
+        service, name = where_listed(key, held.keys, prefix, layout)
+        if not in_service(service, wanted):
+            continue
+        if service is None or key in servers:
+            entries.append(Listed(key, kv.value, service, name, kv.lease, kv.lease, held.live.get(kv.lease)))
+            flags.append(orphan_flag(key, kv.lease, held))
+            continue
+        users = tuple(sorted({servers[user].lease for user in keys_in(layout.holders(key, prefix, held.keys),
+                                                                         live_servers)}))
+        writer = writer_of(key, kv, held, hosts, addresses, users)
+        expires = None if held.claims else held.live.get(kv.lease)
+        entries.append(Listed(key, kv.value, service, name, kv.lease, writer, expires, True, users))
+        orphan = orphan_flag(key, kv.lease, held) if not held.claims or kv.lease == 0 else None
+        flags.append(orphan or (None if users else Flag(
+            FlagKind.UNUSED, key, f"{key}: no live host serves {service or 'a router naming it'}")))
+    live = [e for e in entries if e.service is not None and not e.shared and e.lease in held.live]
+    flags += collision_flags(live, held.holder) + [Flag(FlagKind.NOTE, "", f"this host: {note}") for note in notes]
+    entries.sort(key=lambda e: (e.service is None, e.service or "", e.shared, e.name, e.key))
+    return Listing(tuple(entries), tuple(flag for flag in flags if flag), addresses, held.holder)
+
+
+def lease_holding(own: Iterable[str], keys: Mapping[str, StoredKey], default: int) -> int:
+    """The lease (session, index) most of these keys are on in the store, else default: this host's, from its
+    own keys, where the store gives no other way (a ZooKeeper session is known only to the host that has it)."""
+    counts = Counter(keys[key].lease for key in own if key in keys and keys[key].lease > 0)
+    return counts.most_common(1)[0][0] if counts else default
 
 
 # ---------------------------------------------------------------------------
@@ -1586,6 +1826,10 @@ class Store(Protocol):
 
     def revoke(self, lease_id: int) -> None:
         """Revoke the lease (deleting its keys); nothing when it is already gone."""
+
+    def held(self, timed: Callable[[Mapping[str, StoredKey]], Iterable[int]]) -> Held:
+        """Every key under the prefix with what it lives on, and the live leases (sessions, hosts); the seconds left
+        of those that timed(keys) names, where the store tells them (`list`)."""
 
 
 class ContainerSource(Protocol):
@@ -1915,6 +2159,39 @@ class EtcdStore:
             found = ()  # Nothing on the lease and nothing to register: nothing to read.
         return {key.decode("utf-8", "replace"): StoredKey(value.decode("utf-8", "replace"), lease, revision)
                 for key, value, lease, revision in found}
+
+    def held(self, timed: Callable[[Mapping[str, StoredKey]], Iterable[int]]) -> Held:
+        """The whole prefix in one range read, each key's lease from its metadata (a key's lease is alive: etcd
+        deletes a lease's keys with it), then LeaseTimeToLive of each lease timed names, all sent at once."""
+        reply = self.connection.call("read keys", lambda: self.client.get_prefix_response(self.prefix + "/"))
+        keys = {kv.key.decode("utf-8", "replace"): StoredKey(kv.value.decode("utf-8", "replace"), kv.lease,
+                                                            kv.mod_revision) for kv in reply.kvs}
+        live: dict[int, Optional[float]] = {kv.lease: None for kv in keys.values() if kv.lease}
+        leases = sorted(set(timed(keys)) & set(live))
+        if leases:
+            for lease, ttl in self.connection.call("read leases", lambda: self._time_to_live(leases)).items():
+                if ttl > 0:
+                    live[lease] = float(ttl)
+                else:
+                    del live[lease]  # it ended since the range read
+        return Held(keys, live)
+
+    def _time_to_live(self, leases: Sequence[int]) -> dict[int, int]:
+        """LeaseTimeToLive (without keys) of each lease, all in flight at once on the one channel."""
+        import grpc
+        from etcd3 import etcdrpc
+
+        client = self.client
+        pending = [(lease, client.leasestub.LeaseTimeToLive.future(
+            etcdrpc.LeaseTimeToLiveRequest(ID=lease), client.timeout, credentials=client.call_credentials,
+            metadata=client.metadata)) for lease in leases]
+        try:
+            return {lease: answer.result().TTL for lease, answer in pending}
+        except grpc.RpcError as error:
+            for _, answer in pending:
+                answer.cancel()
+            client._manage_grpc_errors(error)  # marks a failed endpoint and raises, as the client's calls do
+            raise
 
     def _read(self, reads: Reads) -> list:
         """One read-only transaction, a range per key or folder: a linearizable read, no raft proposal."""
@@ -2707,6 +2984,15 @@ class ZooKeeperStore:
             found[key] = replace(found[key], lease=UNCLAIMED if not claim or replaced else claim)
         return found
 
+    def held(self, timed: Callable[[Mapping[str, StoredKey]], Iterable[int]]) -> Held:
+        """Every node under the root and the shared nodes' claims, read as a run reads them, on a session of this
+        call's own (re-attaching to the host's saved one would take it from a running sync). A key's session lives
+        (ZooKeeper deletes an ephemeral node with its session) but tells no one its time left."""
+        if self.session._client is None:
+            self.session.start_new(self.ttl or DEFAULT_TTL)
+        keys = self.read(Reads(whole_prefix=True))
+        return Held(keys, {kv.lease: None for kv in keys.values() if kv.lease > 0}, "session", claims=True)
+
     def apply(self, plan: Plan, ttl: int) -> None:
         """The lease action (a new session for another TTL), then each batch of changes in one multi."""
         self.session.client
@@ -3207,6 +3493,54 @@ class RedisStore:
                                    self._lease_of(key, bool(mine), self._expiries[key], claims.get(key), live), 0)
         return found
 
+    def held(self, timed: Callable[[Mapping[str, StoredKey]], Iterable[int]]) -> Held:
+        """The keys under the root (SCAN) with their values and expiries and the root's hosts and claims in one
+        pipelined round, then each host's index and heartbeat in one more: a key lives on the host whose index
+        lists it, a shared key on the host that claims it while its heartbeat lives (the leader sweeps the rest)."""
+        keys = sorted(self.connection.scan([glob_escape(self.prefix + "/") + "*"]))
+
+        def fetch():
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            pipe.smembers(self.hosts)
+            pipe.hgetall(self.claims)
+            return pipe.execute(raise_on_error=False)
+
+        *replies, hosts, claims = self.connection.call("read keys", fetch)
+        for reply in (hosts, claims):
+            if isinstance(reply, Exception):
+                raise redis_error(self.where, "read keys", reply)
+        leases = sorted(int(h, 16) for h in hosts if re.fullmatch(rb"[0-9a-f]{1,16}", h))
+
+        def hosts_of():
+            pipe = self.client.pipeline(transaction=False)
+            for lease in leases:
+                pipe.smembers(redis_index_key(lease))
+                pipe.pttl(REDIS_ALIVE.format(lease=lease))
+            return pipe.execute()
+
+        indexes = self.connection.call("read the hosts", hosts_of) if leases else []
+        live = {lease: beat / 1000 if beat >= 0 else None for lease, beat in zip(leases, indexes[1::2]) if beat != -2}
+        owner = {member.decode("utf-8", "replace"): lease for lease, members in zip(leases, indexes[0::2])
+                 for member in members}
+        claimed = {k.decode("utf-8", "replace"): int(v, 16) for k, v in claims.items() if re.fullmatch(
+            rb"[0-9a-f]{1,16}", v)}
+        found = {}
+        for key, value, expiry in zip(keys, replies[0::2], replies[1::2]):
+            if value is None or isinstance(value, Exception):
+                continue  # gone, or not a string (not a key of any layout)
+            # As a run reads it (_lease_of), but a key in no index is no host's, whatever its expiry.
+            if is_shared_key(self.layout, key, self.prefix) and key in claimed:
+                lease = claimed[key] if claimed[key] in live else UNCLAIMED
+            elif key in owner:
+                lease = owner[key]
+            else:
+                lease = UNCLAIMED if is_shared_key(self.layout, key, self.prefix) and expiry >= 0 else 0
+            found[key] = StoredKey(value.decode("utf-8", "replace"), lease, 0)
+        return Held(found, live, "index", claims=True)
+
     def _lease_of(self, key: str, mine: bool, expiry: int, claim: Optional[str], live: set[str]) -> int:
         """A key's lease for the planner: this host's for its own keys and claims; a shared key's writer while its
         heartbeat lives, else UNCLAIMED; another host's (FOREIGN_LEASE) for a key with an expiry; 0 (no host's)."""
@@ -3463,6 +3797,28 @@ def purge(config: Config, store: Store) -> Purged:
     return Purged(lease_id, tuple(sorted(set(lease_keys) - kept)), time.monotonic() - started)
 
 
+def list_keys(config: Config, store: Store, wanted: Optional[str] = None,
+              docker: Optional[ContainerSource] = None) -> Listing:
+    """Read what the store holds under the prefix once (the time left only of the leases shown) and list it with
+    its flags; given this host's Docker, also what sync would note for this host against it."""
+    held = store.held(lambda keys: listed_leases(keys, config.prefix, config.layout, wanted))
+    notes = host_notes(config, docker, store, held) if docker is not None else ()
+    return listing(held, config.prefix, config.layout, wanted, notes)
+
+
+def host_notes(config: Config, docker: ContainerSource, store: Store, held: Held) -> tuple[str, ...]:
+    """The notes sync's planner makes for this host's containers against what the store holds (a shared key
+    another host holds with another value, a name two containers give, ...): the plan itself is not used."""
+    registrations, skips, _ = current_registrations(docker, config)
+    desired = desired_keys(registrations, config)
+    if store.tree:
+        desired = leaves_only(desired)
+    lease_id = lease_holding(desired.own, held.keys, config.lease_id)
+    plan = plan_changes(desired, held.keys, lease_id, LeaseState.ALIVE, config.prefix, config.layout,
+                        store.shared_lease_of(config), store.releases)
+    return tuple(f"skip {skip.container}: {skip.reason}" for skip in skips if not skip.quiet) + plan.notes
+
+
 @dataclass
 class Adapters:
     """The Docker source and store one run works with."""
@@ -3679,10 +4035,14 @@ def notes_of(outcome: Outcome) -> list[str]:
 
 
 def print_dry_run(outcome: Outcome) -> None:
-    """Show the plan as a rich table."""
+    """Show the plan as a rich table; with nothing to change, say so (and show only the skipped containers)."""
     from rich.console import Console
     from rich.table import Table
 
+    nothing = not outcome.plan.changes and outcome.plan.lease_action is LeaseAction.KEEP
+    if nothing and not outcome.skips:
+        print("nothing to change")
+        return
     table = Table(title=f"docker-register plan (lease {outcome.plan.lease_id:x}: {outcome.plan.lease_action.value})")
     for column in ("action", "key", "value"):
         table.add_column(column, overflow="fold")
@@ -3693,6 +4053,96 @@ def print_dry_run(outcome: Outcome) -> None:
     for skip in outcome.skips:
         table.add_row("skip", skip.container, skip.reason)
     Console(width=max(100, Console().width)).print(table)
+    if nothing:
+        print("nothing to change")
+
+
+def host_text(host: int, listing: Listing) -> str:
+    """A host as `list` names it: its lease (session, index) id, and its IP where known."""
+    ip = listing.addresses.get(host)
+    return f"{listing.holder} {host:x}" + (f" ({ip})" if ip else "")
+
+
+def expiry_text(expires: Optional[float]) -> str:
+    """Seconds left, or - where the store does not tell."""
+    return "-" if expires is None else f"{expires:.0f}s"
+
+
+def listed_host(entry: Listed, listing: Listing) -> str:
+    """Who holds a listed key: a server's host; a shared key's writer and how many live hosts use it."""
+    if not entry.shared:
+        return host_text(entry.lease, listing) if entry.lease > 0 else "none"
+    writer = f"written by {host_text(entry.host, listing)}" if entry.host else "writer gone"
+    return f"{writer}, used by {len(entry.users)} host{'' if len(entry.users) == 1 else 's'}"
+
+
+def listing_hosts(listing: Listing) -> dict[int, list[Listed]]:
+    """The servers of each host in the listing."""
+    hosts: dict[int, list[Listed]] = {}
+    for entry in listing.entries:
+        if entry.service is not None and not entry.shared and entry.lease > 0:
+            hosts.setdefault(entry.lease, []).append(entry)
+    return hosts
+
+
+def listing_summary(listing: Listing) -> str:
+    """The last line of `list`: how many services, servers, hosts, shared keys, and flags."""
+    entries = listing.entries
+    services = {e.service for e in entries if e.service}
+    servers = sum(1 for e in entries if e.service is not None and not e.shared)
+    shared = sum(1 for e in entries if e.shared)
+    other = sum(1 for e in entries if e.service is None)
+    counts = ((len(services), "service"), (servers, "server"), (len(listing_hosts(listing)), "host"),
+              (shared, "shared key"), (other, "other key"))
+    text = [f"{count} {word}{'' if count == 1 else 's'}" for count, word in counts]
+    return f"{text[0]}, {text[1]} on {text[2]}, {text[3]}, {text[4]}; {len(listing.flags)} flagged"
+
+
+def print_listing(listing: Listing, where: str) -> None:
+    """A rich table per service (servers, then shared keys), other keys, then the flags and a summary."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(width=max(100, Console().width), highlight=False)
+    flagged: dict[str, list[str]] = {}
+    for flag in listing.flags:
+        flagged.setdefault(flag.key, []).append(flag.kind.value)
+    for service, group in itertools.groupby(listing.entries, key=lambda e: e.service):
+        title = service if service else "keys of no service" if service == "" else "keys of no layout's shape"
+        table = Table(title=Text(title, style="bold"), title_justify="left")
+        for column in ("key", "value", "held by", "expires", "flag"):
+            table.add_column(column, overflow="fold")
+        for entry in group:  # Text, not str: a value is shown as it is, never read as rich markup
+            table.add_row(*map(Text, (entry.name, entry.value, listed_host(entry, listing), expiry_text(entry.expires),
+                                      ", ".join(flagged.get(entry.key, ())))))
+        console.print(table)
+    for flag in listing.flags:
+        print(f"{flag.kind.value}: {flag.text}")
+    print(f"{where}: {listing_summary(listing)}", flush=True)
+
+
+def listing_json(listing: Listing, config: Config, where: str) -> dict:
+    """`list` as one JSON-ready object: services with their servers and shared keys, other keys, hosts, flags."""
+    def host(lease: int) -> Optional[str]:
+        return f"{lease:x}" if lease > 0 else None
+
+    services, other = [], []
+    for service, group in itertools.groupby(listing.entries, key=lambda e: e.service):
+        group = list(group)
+        if service is None:
+            other = [{"key": e.key, "value": e.value, "on": host(e.lease), "expires": e.expires} for e in group]
+            continue
+        services.append({"name": service, "servers": [
+            {"key": e.key, "container": e.name, "value": e.value, "address": server_address(e.value),
+             "host": host(e.lease), "expires": e.expires} for e in group if not e.shared],
+            "shared": [{"key": e.key, "value": e.value, "writer": host(e.host), "users": [host(u) for u in e.users],
+                        "expires": e.expires} for e in group if e.shared]})
+    hosts = [{"id": f"{lease:x}", "ip": listing.addresses.get(lease), "servers": len(entries),
+              "expires": entries[0].expires} for lease, entries in sorted(listing_hosts(listing).items())]
+    return {"store": where, "prefix": config.prefix, "layout": config.layout_name, "holder": listing.holder,
+            "services": services, "other": other, "hosts": hosts,
+            "flags": [{"kind": f.kind.value, "key": f.key or None, "text": f.text} for f in listing.flags]}
 
 
 def print_purged(purged: Purged, output: str) -> None:
@@ -3935,8 +4385,9 @@ LayoutName = enum.Enum("LayoutName", {name: name for name in LAYOUTS}, type=str)
 
 app = typer.Typer(
     help="Register this host's published container ports in etcd v3, on a lease.",
-    epilog="Exit codes: 0 success, 1 Docker or etcd unreachable or failing, 2 usage error.",
-    add_completion=False,
+    epilog="Exit codes: 0 success, 1 Docker or the store unreachable or failing, 2 usage error, 3 list flagged "
+           "something.",
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -4122,8 +4573,9 @@ def parse_lock_file(path: str) -> Optional[str]:
     return None if not path or os.path.normpath(path) == DEFAULT_LOCK_FILE else path
 
 
-def build_config(settings: Settings) -> Config:
-    """Validate the settings into a Config, detecting the host IP when none is given."""
+def build_config(settings: Settings, host: bool = True) -> Config:
+    """Validate the settings into a Config, detecting the host IP when none is given (unless host is False: a
+    command that only reads the store needs none, and its Config then has "")."""
     tls = read_tls_files(settings.cacert, settings.cert, settings.key)
     endpoints = parse_endpoints(settings.etcd, tls=tls is not None)
     auth = parse_credentials(settings.user, settings.password)
@@ -4133,7 +4585,7 @@ def build_config(settings: Settings) -> Config:
     domain = parse_domain(settings.domain)
     host_ip = settings.host_ip
     detected = not (host_ip and host_ip.strip())
-    address = detect_host_ip() if detected else parse_host_ip(host_ip)
+    address = parse_host_ip(host_ip) if not detected else detect_host_ip() if host else ""
     if settings.network is not None and not settings.network.strip():
         raise UsageError("--network / DOCKER_REGISTER_NETWORK: the network name is empty")
     if settings.network and not settings.internal:
@@ -4297,6 +4749,43 @@ def purge_command(settings: Settings) -> None:
     print_purged(purged, settings.output.value)
     if metrics_path:  # out of service on purpose: no series left for the stale-host alert, and the file stays
         write_metrics(metrics_path, metrics_text({"docker_register_purged_timestamp_seconds": time.time()}))
+
+
+@app.command("list")
+@takes_settings
+def list_command(
+    settings: Settings,
+    service: Annotated[Optional[str], typer.Option(
+        "--service", show_default=False, help="Show only this service (and what flags it has).")] = None,
+    this_host: Annotated[bool, typer.Option(
+        "--this-host", help="Also read this host's containers (Docker) and flag what sync notes for them: a shared "
+                            "key another host holds with another value, a name two containers give.")] = False,
+) -> None:
+    """Show what the store holds, by service, and flag what to look at (exit 3): keys no live host holds, shared
+    keys no live host uses, an address or container under several hosts."""
+    try:
+        if service is not None and not service.strip():
+            raise UsageError("--service: the name is empty")
+        config = build_config(settings, host=this_host)
+        store, close = open_store(config)
+        docker = None
+        try:
+            docker = DockerSource(config.timeout) if this_host else None
+            listed = list_keys(config, store, service and service.strip(), docker)
+        finally:
+            close()
+            if docker is not None:
+                docker.close()
+    except RegisterError as error:
+        raise fail(error) from None
+    if settings.output.value == "json":
+        print(json.dumps(listing_json(listed, config, store.where)))
+    elif not listed.entries:
+        what = f"no service {service.strip()}" if service else "nothing"
+        print(f"{what} under {config.prefix} in {store.where}" + "".join(f"; {f.text}" for f in listed.flags))
+    else:
+        print_listing(listed, store.where)
+    raise typer.Exit(EXIT_FLAGGED if listed.flags else EXIT_OK)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

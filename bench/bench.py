@@ -14,6 +14,7 @@
     .venv/bin/python bench/bench.py failover               # losing the host that wrote a router, 3 stores, ~2 min
     .venv/bin/python bench/bench.py failover --backend etcd --module /tmp/before.py   # an older module
     .venv/bin/python bench/bench.py fleet --hosts 10,100,300,1000 --plot   # also draws bench/fleet.png
+    .venv/bin/python bench/bench.py list                   # `list` over 1000 hosts x 50 registrations, ~10 min
 
 host     one host with a private dockerd and etcd: what a run costs (run_cost.py), how fast a stopped
          container's key goes (deregister.py), first syncs of large synthetic lists (run_cost.py).
@@ -31,6 +32,8 @@ rolling  a rolling restart of two backends through a real Traefik: failed reques
 engines  stop -> key gone with --events on Docker and on a Podman it starts (engines.py).
 failover two hosts behind a real Traefik: failed requests when the host that wrote a service's router keys
          purges or is killed, and what Traefik answers once the last host purges, per store (failover.py).
+list     `docker-register list` over K hosts x N registrations written by real syncs into etcd and Redis:
+         wall time, requests to the store, and where the time goes (listing.py).
 
 --plot (host, fleet, events, rolling) also draws the key results into bench/<name>.png (deregister.png,
 fleet.png, events.png, rolling.png), which bench/README.md shows; it needs the bench extra (matplotlib:
@@ -55,6 +58,7 @@ import failover
 import fleet
 import fleet_stores
 import layouts
+import listing
 import plots
 import rolling
 import run_cost
@@ -86,6 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                              "Podman"))
     failover.add_arguments(commands.add_parser("failover", help="losing or purging the host that wrote a "
                                                                "service's router, through Traefik"))
+    listing.add_arguments(commands.add_parser("list", help="docker-register list over K hosts x N registrations"))
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["host", *argv]
     return parser.parse_args(argv)
@@ -149,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         print_machine("docker-register key layouts side by side", children=False)
         with scratch("drl") as root, cluster(root, 1) as (etcd,):
             return layouts.run(args, etcd)
+    if args.command == "list":
+        print_machine("docker-register list at fleet scale", children=False)
+        with scratch("drt") as root, cluster(root, 1) as (etcd,):
+            return listing.run(args, etcd, root)
     if args.command == "backends":
         print_machine("docker-register stores side by side: etcd, ZooKeeper, Redis", children=False)
         with scratch("drs") as root, cluster(root, 1) as (etcd,), backend_servers(root) as (zookeeper, redis):

@@ -363,6 +363,17 @@ class FakeEtcd:
         self.calls["revoke"] += 1
         self._revoke(lease_id)
 
+    def held(self, timed) -> dr.Held:
+        """One range over the prefix, then LeaseTimeToLive of each lease timed names, as EtcdStore.held does (the
+        fake's clock stands still: a lease has its granted TTL left)."""
+        self.calls["held"] += 1
+        keys = self.read(dr.Reads(whole_prefix=True))
+        live = {kv.lease: None for kv in keys.values() if kv.lease}
+        for lease in sorted(set(timed(keys)) & set(live)):
+            self.rpcs["lease_ttl"] += 1
+            live[lease] = float(self.leases[lease].granted_ttl)
+        return dr.Held(keys, live)
+
     # --- etcd's behaviour -------------------------------------------------------------
 
     def _renew_one(self, lease_id: int) -> bool:

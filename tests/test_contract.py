@@ -270,6 +270,27 @@ def test_a_shared_key_outlives_the_host_that_wrote_it_and_stays_with_the_host_st
 
 
 @every_store
+def test_list_shows_each_hosts_keys_on_its_own_holder_the_port_keys_writer_and_users_and_a_stray_key_flagged(
+        backend):
+    a, b = Host(backend, 1, [web(1, 32769), web(2, 32770)]), Host(backend, 2, [web(3, 32771)])
+    a.sync()
+    b.sync()
+    stray = f"{backend.prefix}/web/manual"
+    backend.put(stray, FOREIGN)
+    with a.store() as store:
+        listing = dr.list_keys(a.config, store)
+    holders = {entry.key: entry.lease for entry in listing.entries if not entry.shared}
+    lease_a, lease_b = holders[a.key(web(1))], holders[b.key(web(3))]
+    assert holders == {a.key(web(1)): lease_a, a.key(web(2)): lease_a, b.key(web(3)): lease_b, stray: 0}
+    assert lease_a > 0 and lease_b > 0 and lease_a != lease_b
+    port, = [entry for entry in listing.entries if entry.shared]
+    assert (port.key, port.value, port.host) == (a.port_key, "80", lease_a)
+    assert port.users == tuple(sorted((lease_a, lease_b)))
+    assert [(flag.kind, flag.key) for flag in listing.flags] == [(dr.FlagKind.ORPHAN, stray)]
+    assert backend.values() == {**a.keys(), **b.keys(), stray: FOREIGN}, "listing wrote nothing"
+
+
+@every_store
 def test_a_key_another_writer_puts_between_read_and_write_is_a_conflict_and_nothing_of_the_batch_is_written(
         backend):
     host = Host(backend, 1, [web(1, 32769), web(2, 32770)])
