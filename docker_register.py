@@ -235,6 +235,11 @@ class Conflict(StoreError):
 # ---------------------------------------------------------------------------
 
 
+def format_address(ip: str, port: int) -> str:
+    """ip:port, IPv6 in brackets: how a registration's address is written in values."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 @dataclass(frozen=True)
 class Registration:
     """One reachable port of one container: where other hosts reach it, and under which service."""
@@ -252,7 +257,7 @@ class Registration:
     @property
     def address(self) -> str:
         """ip:port, IPv6 in brackets."""
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        return format_address(self.ip, self.port)
 
 
 @dataclass(frozen=True)
