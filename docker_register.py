@@ -3259,6 +3259,28 @@ class RedisConnection:
         return [key.decode("utf-8", "replace") for pattern in patterns for key in self.call(
             "find keys", lambda: list(self.client.scan_iter(match=pattern, count=1000)))]
 
+    def read_root(self, prefix: str, *reads: Callable[[Any], Any]) -> tuple[dict[str, tuple[bytes, int]], list]:
+        """Every string key under the root (SCAN) with its value and expiry in ms (-1: none), in one pipelined round
+        with the caller's reads (each given the pipeline; their replies returned); keys of other types are skipped."""
+        keys = sorted(self.scan([glob_escape(prefix + "/") + "*"]))
+
+        def fetch():
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            for read in reads:
+                read(pipe)
+            return pipe.execute(raise_on_error=False)
+
+        replies = self.call("read keys", fetch)
+        extra = replies[2 * len(keys):]
+        for reply in extra:
+            if isinstance(reply, Exception):
+                raise redis_error(self.where, "read keys", reply)
+        return {key: (value, expiry) for key, value, expiry in zip(keys, replies[0::2], replies[1::2])
+                if value is not None and not isinstance(value, Exception)}, extra
+
     def close(self) -> None:
         """Close the connections."""
         self.client.close()
@@ -3368,21 +3390,11 @@ class RedisFleet:
     def _sweep_shared(self) -> None:
         """Delete the shared keys under the root that no live host claims and no live host's key uses (keys without
         an expiry are nobody's and stay), in one MULTI under WATCH of them and the claims."""
-        keys = sorted(self.connection.scan([glob_escape(self.prefix + "/") + "*"]))
-
-        def fetch():
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.get(key)
-                pipe.pttl(key)
-            pipe.hgetall(self.claims)
-            return pipe.execute()
-
-        *replies, claims = fetch() if keys else [{}]
+        found, (claims,) = self.connection.read_root(self.prefix, lambda pipe: pipe.hgetall(self.claims))
         claims = {k.decode("utf-8", "replace"): v.decode("ascii", "replace") for k, v in claims.items()}
         live = self.live(claims.values())
         stored = {key: StoredKey(value.decode("utf-8", "replace"), FOREIGN_LEASE if expiry >= 0 else 0, 0)
-                  for key, value, expiry in zip(keys, replies[0::2], replies[1::2]) if value is not None}
+                  for key, (value, expiry) in found.items()}
         users = [key for key, kv in stored.items() if kv.lease and self.layout.fits(key, self.prefix)
                  and not self.layout.is_shared(key, self.prefix)]
         unused = [key for key, kv in stored.items() if kv.lease and is_shared_key(self.layout, key, self.prefix)
@@ -3502,28 +3514,15 @@ class RedisStore:
         """The keys under the root (SCAN) with their values and expiries and the root's hosts and claims in one
         pipelined round, then each host's index and heartbeat in one more: a key lives on the host whose index
         lists it, a shared key on the host that claims it while its heartbeat lives (the leader sweeps the rest)."""
-        keys = sorted(self.connection.scan([glob_escape(self.prefix + "/") + "*"]))
-
-        def fetch():
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.get(key)
-                pipe.pttl(key)
-            pipe.smembers(self.hosts)
-            pipe.hgetall(self.claims)
-            return pipe.execute(raise_on_error=False)
-
-        *replies, hosts, claims = self.connection.call("read keys", fetch)
-        for reply in (hosts, claims):
-            if isinstance(reply, Exception):
-                raise redis_error(self.where, "read keys", reply)
+        stored, (hosts, claims) = self.connection.read_root(
+            self.prefix, lambda pipe: pipe.smembers(self.fleet.hosts), lambda pipe: pipe.hgetall(self.claims))
         leases = sorted(int(h, 16) for h in hosts if re.fullmatch(rb"[0-9a-f]{1,16}", h))
 
         def hosts_of():
             pipe = self.client.pipeline(transaction=False)
             for lease in leases:
                 pipe.smembers(redis_index_key(lease))
-                pipe.pttl(REDIS_ALIVE.format(lease=lease))
+                pipe.pttl(redis_alive_key(lease))
             return pipe.execute()
 
         indexes = self.connection.call("read the hosts", hosts_of) if leases else []
@@ -3533,9 +3532,7 @@ class RedisStore:
         claimed = {k.decode("utf-8", "replace"): int(v, 16) for k, v in claims.items() if re.fullmatch(
             rb"[0-9a-f]{1,16}", v)}
         found = {}
-        for key, value, expiry in zip(keys, replies[0::2], replies[1::2]):
-            if value is None or isinstance(value, Exception):
-                continue  # gone, or not a string (not a key of any layout)
+        for key, (value, expiry) in stored.items():
             # As a run reads it (_lease_of), but a key in no index is no host's, whatever its expiry.
             if is_shared_key(self.layout, key, self.prefix) and key in claimed:
                 lease = claimed[key] if claimed[key] in live else UNCLAIMED

@@ -105,3 +105,14 @@ def test_keeping_the_store_alive_sweeps_nothing_the_sweep_is_a_step_of_its_own(r
     store.sweep_departed()
     assert look.get(key) is None
     store.close()
+
+
+def test_a_key_of_another_type_under_the_root_is_left_alone_and_does_not_stop_the_sweep(redis_server, root):
+    prefix, (lease, _, gone), look = root
+    fleet = dr.RedisFleet(dr.RedisConnection(dr.RedisSettings(redis_server.url), 5.0), prefix, dr.DISCOVER, 30, lease)
+    key = a_host_of_the_root(look, prefix, gone)
+    look.hset(f"{prefix}/web/notes", "written", "by hand")  # not a string: no key of any layout
+    fleet.beat()
+    fleet.sweep_if_leader()
+    assert look.get(key) is None and look.hget(f"{prefix}/web/notes", "written") == "by hand"
+    fleet.connection.close()
