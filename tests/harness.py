@@ -25,6 +25,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
 #: Images the tests use: name -> (EXPOSE lines, CMD).
 IMAGES = {
@@ -148,6 +149,21 @@ def unmount_under(root: Path) -> None:
         targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(root))]
     for target in sorted(targets, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+def end_saved_sessions(hosts: str, state_files: Iterable[Path]) -> None:
+    """End the ZooKeeper sessions these state files keep (a run leaves its session open), so that none expires, and
+    writes, during a later test."""
+    import docker_register as dr
+    from kazoo.client import KazooClient
+
+    for state in state_files:
+        saved = dr.parse_session(state.read_text()) if state.exists() else None
+        if saved:
+            client = KazooClient(hosts=hosts, client_id=(saved.session, saved.password))
+            client.start(timeout=10)
+            client.stop()
+            client.close()
 
 
 def zookeeper_nodes(client, root: str) -> dict[str, tuple[str, int]]:

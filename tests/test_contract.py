@@ -112,15 +112,9 @@ class RealZooKeeper(Backend):
 
     def close(self) -> None:
         """End the hosts' sessions (kept open between runs, as a run leaves them) and the looking client's."""
-        from kazoo.client import KazooClient
+        from harness import end_saved_sessions
 
-        for state in self.tmp_path.glob("*/zookeeper-*.session"):
-            saved = dr.parse_session(state.read_text())
-            if saved:
-                client = KazooClient(hosts=self.server.endpoint, client_id=(saved.session, saved.password))
-                client.start(timeout=10)
-                client.stop()
-                client.close()
+        end_saved_sessions(self.server.endpoint, self.tmp_path.glob("*/zookeeper-*.session"))
         self.look.stop()
         self.look.close()
 

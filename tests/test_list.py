@@ -397,7 +397,7 @@ def test_the_shell_completion_script_and_completions_come_from_the_cli_itself(ca
 
 # --- integration: the installed CLI after real syncs, one test per store ----------------------------------
 
-from harness import REDIS_VALUE_WRITES, free_port, redis_commands, zookeeper_nodes  # noqa: E402
+from harness import REDIS_VALUE_WRITES, end_saved_sessions, free_port, redis_commands, zookeeper_nodes  # noqa: E402
 from hosts import Host  # noqa: E402
 
 _numbers = itertools.count(1)
@@ -426,14 +426,7 @@ class ZkHost(Host):
 
     def close(self) -> None:
         """End the host's session (a run leaves it open) and the looking client's: none expires in a later test."""
-        from kazoo.client import KazooClient
-
-        saved = dr.parse_session(self.state_file.read_text()) if self.state_file.exists() else None
-        if saved:
-            client = KazooClient(hosts=self.server.endpoint, client_id=(saved.session, saved.password))
-            client.start(timeout=10)
-            client.stop()
-            client.close()
+        end_saved_sessions(self.server.endpoint, [self.state_file])
         self.look.stop()
         self.look.close()
 

@@ -20,7 +20,8 @@ import pytest
 
 import docker_register as dr
 from consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
-from harness import Certs, Traefik, ZooKeeper, free_port, silent_endpoint, wait_until, zookeeper_nodes
+from harness import (Certs, Traefik, ZooKeeper, end_saved_sessions, free_port, silent_endpoint, wait_until,
+                     zookeeper_nodes)
 from hosts import LAYOUT_KEYS, Host, Watch
 from tiers import server_fixture
 
@@ -253,14 +254,7 @@ class ZkWorld(Host):
 
     def close(self) -> None:
         """End every session the test made, so that none expires (and writes) during a later test."""
-        from kazoo.client import KazooClient
-
-        for state in self.lock_file.parent.glob("zookeeper-*.session"):
-            saved = dr.parse_session(state.read_text())
-            if saved:
-                client = KazooClient(hosts=self.hosts, client_id=(saved.session, saved.password))
-                client.start(timeout=10)
-                self.sessions.append(client)
+        end_saved_sessions(self.hosts, self.lock_file.parent.glob("zookeeper-*.session"))
         for client in [self.look, *self.sessions]:
             client.stop()
             client.close()
