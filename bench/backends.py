@@ -15,10 +15,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (Etcd, Redis, ZooKeeper, delta, log, make_config, ms, preload_clients, print_table, print_targets,
-                    same, snapshot, synthetic_source, table_rows, timed_sync)
-from harness import REDIS_VALUE_WRITES, redis_commands
+from measure import delta, snapshot
+from report import log, ms, print_table, print_targets, same, table_rows
 from run_cost import int_list
+from synthetic import make_config, preload_clients, synthetic_source, timed_sync
+from harness import REDIS_VALUE_WRITES, Etcd, Redis, ZooKeeper, redis_commands
 
 BACKENDS = ("etcd", "zookeeper", "redis")
 LAYOUT = "discover"

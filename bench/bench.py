@@ -62,7 +62,8 @@ import listing
 import plots
 import rolling
 import run_cost
-from common import BINARY, backend_servers, child_env, cluster, installed_module, load, print_machine, scratch, servers
+from machine import installed_module, load, print_machine
+from servers import BINARY, backend_servers, child_env, cluster, scratch, servers
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -12,7 +12,11 @@ import random
 import time
 
 import plots
-from common import HOST_IP, INTERVAL, SERVICE, Dockerd, Etcd, Gateway, Loop, Watch, log, median, running_ids, stamp
+from machine import stamp
+from measure import Watch, median
+from report import log
+from servers import HOST_IP, INTERVAL, SERVICE, Gateway, Loop, running_ids
+from harness import Dockerd, Etcd
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

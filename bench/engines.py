@@ -16,9 +16,11 @@ import random
 import subprocess
 import time
 
-from common import (IMAGE, INTERVAL, SERVICE, Dockerd, Etcd, Gateway, Loop, Watch, child_env, first_line, log, median,
-                    print_table, require)
-from harness import Podman, free_port
+from machine import first_line
+from measure import Watch, median
+from report import log, print_table
+from servers import IMAGE, INTERVAL, SERVICE, Gateway, Loop, child_env
+from harness import Dockerd, Etcd, Podman, free_port, require
 
 #: Seconds the slow kind serves after SIGTERM.
 SERVE_AFTER_TERM = 3

@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import plots
-from common import (BINARY, IMAGE, INTERVAL, MODES, SERVICE, DockerEvents, Dockerd, Etcd, Gateway, Loop, Watch, check,
-                    check_no_change, child_env, cpu_seconds, log, memory_kb, percentile, print_table,
-                    reported_seconds, run_child, run_container, running_ids, stamp, start_containers, table_rows,
-                    thread_cpu_ns)
+from machine import stamp
+from measure import (Watch, check, check_no_change, cpu_seconds, memory_kb, percentile, reported_seconds, run_child,
+                     thread_cpu_ns)
+from report import log, print_table, table_rows
+from servers import (BINARY, IMAGE, INTERVAL, MODES, SERVICE, DockerEvents, Gateway, Loop, child_env, run_container,
+                     running_ids, start_containers)
+from harness import Dockerd, Etcd
 
 #: A web server that exits at once on SIGTERM (busybox httpd as PID 1 would ignore it): a stop is quick,
 #: so the timer mode's latency is its wait for the next pass, not the grace period.

@@ -37,9 +37,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (BINARY, Background, Dockerd, Traefik, backend_servers, log, print_table, print_targets, publish,
-                    servers, stop_process, wait_until)
-from harness import zookeeper_nodes
+from measure import Background
+from report import log, print_table, print_targets
+from servers import BINARY, backend_servers, servers
+from harness import Dockerd, Traefik, publish, stop_process, wait_until, zookeeper_nodes
 from consumers import WEB_HOST, WEB_SELF
 
 STORES = ("etcd", "zookeeper", "redis")

@@ -27,9 +27,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import plots
-from common import (INTERVAL, ListedContainers, cluster, cpu_seconds, load, log, make_config, num, percentile,
-                    preload_clients, print_table, scratch, stamp, synthetic_container, synthetic_containers,
-                    table_rows, TIMEOUT)
+from machine import load, stamp
+from measure import cpu_seconds, percentile
+from report import log, num, print_table, table_rows
+from servers import INTERVAL, cluster, scratch
+from synthetic import TIMEOUT, ListedContainers, make_config, preload_clients, synthetic_container, synthetic_containers
 
 #: The original design's TTL, and docker-register's lease TTL.
 OLD_TTL = 15

@@ -35,9 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common import (TIMEOUT, Background, ListedContainers, backend_servers, cluster, cpu_seconds, load, log, num,
-                    percentile, preload_clients, print_table, print_targets, scratch, synthetic_container, table_rows)
 from fleet import Rounds, SimHost, machine_busy, run_rounds, warm_up
+from machine import load
+from measure import Background, cpu_seconds, percentile
+from report import log, num, print_table, print_targets, table_rows
+from servers import backend_servers, cluster, scratch
+from synthetic import TIMEOUT, ListedContainers, preload_clients, synthetic_container
 from harness import REDIS_VALUE_WRITES, Traefik, redis_commands, wait_until
 
 STORES = ("etcd", "zookeeper", "redis")

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from common import Etcd, log, ms, preload_clients, print_table, print_targets, same, table_rows
+from report import log, ms, print_table, print_targets, same, table_rows
 from run_cost import SyntheticResult, int_list, measure_synthetic
+from synthetic import preload_clients
+from harness import Etcd
 
 LAYOUTS = ("discover", "traefik", "skydns")
 #: The router label every synthetic container carries (only the traefik layout reads it).

@@ -1,7 +1,7 @@
 """What `docker-register list` costs at fleet scale: K hosts x N registrations, written by real syncs, listed.
 
 K simulated hosts (host IPs 198.18.x.y) each run docker_register.reconcile once in this process on N generated
-containers (the synthetic list of common.py, spread over S images, so S services each with a shared `port`
+containers (the synthetic list of synthetic.py, spread over S images, so S services each with a shared `port`
 key) against one real store, with a long TTL so that nothing expires while the listing is measured: on etcd
 K host leases, S shared-key leases and K x N + S keys; on Redis the same keys, K indexes and heartbeats, all
 made by the real planner and store adapters.  Then the installed `docker-register list` runs as a child
@@ -22,9 +22,11 @@ import statistics
 import time
 from pathlib import Path
 
-from common import (BINARY, Etcd, ListedContainers, Redis, delta, log, make_config, preload_clients, run_child,
-                    snapshot, synthetic_containers)
-from harness import redis_commands
+from measure import delta, run_child, snapshot
+from report import log
+from servers import BINARY
+from synthetic import ListedContainers, make_config, preload_clients, synthetic_containers
+from harness import Etcd, Redis, redis_commands
 
 PREFIX = "/bench/list"
 TTL = 3600

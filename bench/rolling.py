@@ -26,8 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import plots
-from common import (IMAGE, INTERVAL, MODES, Background, Dockerd, Etcd, Loop, Traefik, Watch, child_env, log,
-                    print_table, run_container, spread, stamp, table_rows)
+from machine import stamp
+from measure import Background, Watch
+from report import log, print_table, spread, table_rows
+from servers import IMAGE, INTERVAL, MODES, Loop, child_env, run_container
+from harness import Dockerd, Etcd, Traefik
 
 #: The service's Host rule, and the labels of a container set up for a single-host Traefik.
 WEB_HOST = "web.example"

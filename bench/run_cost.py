@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (BINARY, HOST_IP, PYTHON, SERVICE, ChildRun, Delta, Dockerd, Etcd, Gateway, b64, check,
-                    check_no_change, child_env, delta, log, make_config, median, preload_clients, print_table,
-                    print_targets, reported_seconds, run_child, running_ids, snapshot, spread, start_containers,
-                    synthetic_source, table_rows, timed_sync)
+from measure import ChildRun, Delta, check, check_no_change, delta, median, reported_seconds, run_child, snapshot
+from report import log, print_table, print_targets, spread, table_rows
+from servers import BINARY, HOST_IP, PYTHON, SERVICE, Gateway, b64, child_env, running_ids, start_containers
+from synthetic import make_config, preload_clients, synthetic_source, timed_sync
+from harness import Dockerd, Etcd
 from fakes import FakeEtcd
 
 IMPORT_FLOOR = "import docker, etcd3, typer"
