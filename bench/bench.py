@@ -63,7 +63,8 @@ import plots
 import rolling
 import run_cost
 from machine import installed_module, load, print_machine
-from servers import BINARY, backend_servers, child_env, cluster, scratch, servers
+from servers import backend_servers, child_env, cluster, scratch, servers
+from hosts import BINARY
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -99,7 +100,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def check_environment() -> None:
     """Refuse to run outside the virtualenv or without root."""
-    if not BINARY.exists():
+    if not os.path.exists(BINARY):
         sys.exit(f"bench: {BINARY} not found; run with the virtualenv's python (.venv/bin/python bench/bench.py)")
     if os.geteuid() != 0:
         sys.exit("bench: dockerd needs root")

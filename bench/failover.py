@@ -39,8 +39,9 @@ from pathlib import Path
 
 from measure import Background
 from report import log, print_table, print_targets
-from servers import BINARY, backend_servers, servers
+from servers import backend_servers, servers
 from harness import Dockerd, Traefik, publish, stop_process, wait_until, zookeeper_nodes
+from hosts import BINARY
 from consumers import WEB_HOST, WEB_SELF
 
 STORES = ("etcd", "zookeeper", "redis")
@@ -530,7 +531,7 @@ def parse_seconds(duration: str) -> float:
 
 def cli_command(module: str | None) -> list[str]:
     """The CLI to run: the installed console script, or `python MODULE`."""
-    return [sys.executable, str(Path(module).resolve())] if module else [str(BINARY)]
+    return [sys.executable, str(Path(module).resolve())] if module else [BINARY]
 
 
 def run(args: argparse.Namespace, root: Path) -> int:

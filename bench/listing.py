@@ -24,9 +24,9 @@ from pathlib import Path
 
 from measure import delta, run_child, snapshot
 from report import log
-from servers import BINARY
 from synthetic import ListedContainers, make_config, preload_clients, synthetic_containers
 from harness import Etcd, Redis, redis_commands
+from hosts import BINARY
 
 PREFIX = "/bench/list"
 TTL = 3600
@@ -110,7 +110,7 @@ def child_listing(target: Target, runs: int, *argv: str) -> dict:
     results, sent = [], None
     for _ in range(runs):
         before = target.requests()
-        result = run_child([str(BINARY), *argv], target.env())
+        result = run_child([BINARY, *argv], target.env())
         if result.returncode not in (0, 3):
             raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
         sent = sent or target.sent(before, target.requests())

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from paths import REPO
 from harness import require
+from hosts import BINARY
 from measure import GNU_TIME
-from servers import BINARY
 
 def first_line(command: list[str]) -> str:
     """First line a command prints, or '?' when it cannot run."""
@@ -79,7 +79,7 @@ def print_machine(title: str, children: bool = True) -> None:
     print(f"etcd    : {first_line([require('etcd'), '--version'])}")
     if children:
         print(f"dockerd : {first_line([require('dockerd'), '--version'])}")
-    print(f"module  : checkout at {git_state()}; {'CLI ' + str(BINARY) + ' ' if children else ''}imports "
+    print(f"module  : checkout at {git_state()}; {'CLI ' + BINARY + ' ' if children else ''}imports "
           f"{installed_module()}")
     if children:
         print(f"bytecode: {compile_module()} (written before the runs, as an installed package has it)")

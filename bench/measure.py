@@ -135,7 +135,7 @@ class Background:
         raise NotImplementedError
 
 
-class Watch(Background):
+class PolledSet(Background):
     """Polls a set (the keys under a prefix, the servers Traefik runs, ...) every `every` seconds in a thread,
     and keeps when each member was first seen present and when it was first seen gone after that
     (time.time(), the clock of Docker's event timestamps; resolution one poll)."""
@@ -146,7 +146,7 @@ class Watch(Background):
         self.gone: dict[str, float] = {}
         self.polls = self.errors = 0
         self.present: set[str] = set()
-        super().__init__("watch")
+        super().__init__("poll")
 
     def _run(self) -> None:
         while not self._stop.is_set():

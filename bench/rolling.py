@@ -27,7 +27,7 @@ from pathlib import Path
 
 import plots
 from machine import stamp
-from measure import Background, Watch
+from measure import Background, PolledSet
 from report import log, print_table, spread, table_rows
 from servers import IMAGE, INTERVAL, MODES, Loop, child_env, run_container
 from harness import Dockerd, Etcd, Traefik
@@ -134,7 +134,7 @@ class RollingResult:
         return Counter(outcome for _, _, outcome in self.failures)
 
 
-def replace_in_turn(dockerd: Dockerd, host_ip: str, backends: list[Backend], rounds: int, listed: Watch) -> list[Step]:
+def replace_in_turn(dockerd: Dockerd, host_ip: str, backends: list[Backend], rounds: int, listed: PolledSet) -> list[Step]:
     """The procedure: stop each backend in turn, start its replacement, wait until Traefik lists it."""
     steps = []
     for round_ in range(rounds):
@@ -160,7 +160,7 @@ def rolling_run(dockerd: Dockerd, etcd: Etcd, root: Path, lock: Path, throttle: 
     try:
         traefik.start()
         backends = [start_backend(dockerd, host_ip) for _ in range(2)]
-        with Loop(env, INTERVAL, *MODES[mode]) as loop, Watch(traefik.servers, every=0.05) as listed:
+        with Loop(env, INTERVAL, MODES[mode]) as loop, PolledSet(traefik.servers, every=0.05) as listed:
             for backend in backends:
                 listed.when_present(backend.url, WAIT)
             with Client(traefik, args.rate, args.max_requests, args.max_seconds) as client:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import paths  # noqa: F401  (tests/ on sys.path)
 from harness import Dockerd, Etcd, Redis, ZooKeeper, publish, require, start_cluster, stop_process, wait_until
+from hosts import LAYOUT_KEYS, Watch, clean_env
 from measure import Background
 from report import log
 
-#: The installed console script and the interpreter of the same virtualenv.
-BINARY = Path(sys.executable).with_name("docker-register")
+#: The interpreter of the virtualenv whose console script (hosts.BINARY) the children run.
 PYTHON = Path(sys.executable).with_name("python")
 #: The image of the real containers, the service it registers as, and the host IP of the children.
 IMAGE = "local/web:latest"
@@ -32,8 +31,8 @@ SERVICE = "web"
 HOST_IP = "192.0.2.10"
 #: Seconds between two passes of one host, as with `sync --every 10` or a 10 s timer.
 INTERVAL = 10.0
-#: The long-running modes of `sync --every INTERVAL`: each one's extra flags (none: the timer mode).
-MODES = {"events": ("--events",), "timer": ()}
+#: The long-running modes of `sync --every INTERVAL`: whether each one reads Docker's events (else the timer mode).
+MODES = {"events": True, "timer": False}
 
 
 @contextlib.contextmanager
@@ -111,23 +110,60 @@ def running_ids(dockerd: Dockerd) -> list[str]:
     return dockerd.docker("ps", "-q", "--no-trunc").stdout.split()
 
 
+def web_key(prefix: str, container_id: str) -> str:
+    """The discover layout's key of a local/web container."""
+    return LAYOUT_KEYS["discover"].format(prefix=prefix, id12=container_id[:12])
+
+
 def child_env(dockerd: Dockerd, etcd: Etcd, prefix: str, lock: Path) -> dict[str, str]:
     """Environment of a docker-register child: our servers, a fixed host IP, a prefix of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD"))}
-    env.update(DOCKER_HOST=dockerd.host, ETCD_HOST=etcd.endpoint, HOST_IP=HOST_IP,
-               DOCKER_REGISTER_PREFIX=prefix, DOCKER_REGISTER_TIMEOUT="10", DOCKER_REGISTER_LOCK=str(lock))
-    return env
+    # Not Host.env: a 10 s timeout of its own, and PYTHONPATH as given, so the CLI imports what print_machine names.
+    return clean_env(DOCKER_HOST=dockerd.host, ETCD_HOST=etcd.endpoint, HOST_IP=HOST_IP, DOCKER_REGISTER_PREFIX=prefix,
+                     DOCKER_REGISTER_TIMEOUT="10", DOCKER_REGISTER_LOCK=str(lock))
 
 
-class ChildLines(Background):
-    """A child process (its own session) whose output lines a thread hands to take(line) as they arrive;
-    stopped with SIGTERM when the with-block ends."""
+class Loop(Watch):
+    """tests/hosts.py's long-running `sync --every N [--events]` as a with-block that begins once its first pass
+    has ended and stops the child at its end; its lines timed on time.time(), the clock of Docker's events."""
 
-    def __init__(self, argv: list[str], name: str, **popen):
-        self.argv = argv
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                     start_new_session=True, **popen)
-        super().__init__(name)
+    clock = staticmethod(time.time)
+    SUMMARY = re.compile(r"^added \d+, updated \d+, removed \d+, unchanged \d+ in ([0-9.]+)s")
+
+    def __init__(self, env: dict[str, str], every: float, events: bool):
+        super().__init__(env, every, events=events)
+
+    def __enter__(self) -> "Loop":
+        try:
+            self.wait_passes(1, 30)
+        except BaseException:
+            self.terminate()
+            raise
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.terminate()
+
+    def timed_passes(self, since: float = 0.0) -> list[tuple[float, float]]:
+        """(time the line arrived, seconds the pass reported) of each pass that ended after since."""
+        return [(at, float(match.group(1))) for at, line in list(self.out)
+                if at > since and (match := self.SUMMARY.match(line))]
+
+    def notes(self) -> list[str]:
+        """Lines that are not a pass's summary (notes and errors)."""
+        return [line for _, line in list(self.out) if not self.SUMMARY.match(line)] + self.stderr_lines()
+
+
+class DockerEvents(Background):
+    """Records the container events of an engine as they happen (`docker events`, a child in its own session,
+    stopped at the end of the with-block): when Docker says each (container id, action) first happened, from the
+    event's own timeNano (time.time()'s clock)."""
+
+    def __init__(self, dockerd: Dockerd):
+        self.times: dict[tuple[str, str], float] = {}
+        self.proc = subprocess.Popen([require("docker"), "-H", dockerd.host, "events", "--filter", "type=container",
+                                      "--format", "{{json .}}"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     text=True, start_new_session=True)
+        super().__init__("docker-events")
 
     def __exit__(self, *_) -> None:
         stop_process(self.proc)
@@ -135,66 +171,8 @@ class ChildLines(Background):
 
     def _run(self) -> None:
         for line in self.proc.stdout:
-            self.take(line)
-
-    def take(self, line: str) -> None:
-        raise NotImplementedError
-
-
-class Loop(ChildLines):
-    """A long-running `docker-register sync --every N [--events] ...` child, its output lines timestamped as
-    they arrive (time.time()); the with-block begins once its first pass has ended."""
-
-    SUMMARY = re.compile(r"^added \d+, updated \d+, removed \d+, unchanged \d+ in ([0-9.]+)s")
-
-    def __init__(self, env: dict[str, str], every: float, *flags: str):
-        self.lines: list[tuple[float, str]] = []
-        super().__init__([str(BINARY), "sync", "--every", f"{every:g}", *flags], "loop-output", env=env,
-                         stderr=subprocess.STDOUT, cwd="/")
-
-    def __enter__(self) -> "Loop":
-        super().__enter__()
-        try:
-            self.wait_passes(1, 30)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def take(self, line: str) -> None:
-        self.lines.append((time.time(), line.rstrip()))
-
-    def passes(self, since: float = 0.0) -> list[tuple[float, float]]:
-        """(time the line arrived, seconds the pass reported) of each pass that ended after since."""
-        return [(at, float(match.group(1))) for at, line in list(self.lines)
-                if at > since and (match := self.SUMMARY.match(line))]
-
-    def wait_passes(self, count: int, timeout: float, since: float = 0.0) -> None:
-        """Wait until count passes have ended after since (failing early if the child died)."""
-        def done():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(self.argv)} exited {self.proc.returncode}: "
-                                   + " | ".join(line for _, line in self.lines[-5:]))
-            return len(self.passes(since)) >= count
-        wait_until(done, timeout, f"{count} passes of {' '.join(self.argv[1:])}", interval=0.05)
-
-    def notes(self) -> list[str]:
-        """Lines that are not a pass's summary (notes and errors)."""
-        return [line for _, line in self.lines if not self.SUMMARY.match(line)]
-
-
-class DockerEvents(ChildLines):
-    """Records the container events of an engine as they happen (`docker events`): when Docker says each
-    (container id, action) first happened, from the event's own timeNano (time.time()'s clock)."""
-
-    def __init__(self, dockerd: Dockerd):
-        self.times: dict[tuple[str, str], float] = {}
-        super().__init__([require("docker"), "-H", dockerd.host, "events", "--filter", "type=container",
-                          "--format", "{{json .}}"], "docker-events")
-
-    def take(self, line: str) -> None:
-        event = json.loads(line)
-        self.times.setdefault((event["Actor"]["ID"], event["Action"]), event["timeNano"] / 1e9)
+            event = json.loads(line)
+            self.times.setdefault((event["Actor"]["ID"], event["Action"]), event["timeNano"] / 1e9)
 
     def when(self, container_id: str, action: str, timeout: float = 30) -> float:
         """When Docker reported action for the container (waiting for the event up to timeout)."""
@@ -204,6 +182,8 @@ class DockerEvents(ChildLines):
 
 class Gateway:
     """etcd's v3 JSON gateway: no gRPC in the benchmark process, so forking children stays safe."""
+
+    # Not harness.Etcd's etcdctl reads: a poll every 10 ms must not start a process each time.
 
     def __init__(self, url: str):
         self.url = url

@@ -11,28 +11,20 @@ import random
 import time
 
 from servers import IMAGE
+from fakes import FakeDocker, container, port
 
 #: Seconds an etcd call may take in the in-process runs.
 TIMEOUT = 5.0
 
 
 def synthetic_container(rng: random.Random, index: int, image: str = IMAGE, private_port: int = 80) -> dict:
-    """One running container publishing one tcp port on the wildcard address (IPv4 and IPv6 twins)."""
+    """tests/fakes.py's running container with a random id, a name and a bridge address of its own, publishing one
+    tcp port at 32768 + index on the wildcard address (IPv4 and IPv6 twins)."""
     public = 32768 + index
-    return {
-        "Id": f"{rng.getrandbits(256):064x}",
-        "Names": [f"/{image.rsplit('/', 1)[-1].split(':')[0]}-{index}"],
-        "Image": image,
-        "Command": "/bin/httpd -f -p 80 -h /www",
-        "Created": 1700000000 + index,
-        "Ports": [{"IP": "0.0.0.0", "PrivatePort": private_port, "PublicPort": public, "Type": "tcp"},
-                  {"IP": "::", "PrivatePort": private_port, "PublicPort": public, "Type": "tcp"}],
-        "Labels": {},
-        "State": "running",
-        "Status": "Up 3 minutes",
-        "NetworkSettings": {"Networks": {"bridge": {"IPAddress": f"172.17.{index // 250}.{index % 250 + 2}",
-                                                    "IPPrefixLen": 16}}},
-    }
+    entry = container(cid=f"{rng.getrandbits(256):064x}", name=f"{image.rsplit('/', 1)[-1].split(':')[0]}-{index}",
+                      image=image, ports=[port(private_port, public), port(private_port, public, "::")])
+    entry["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] = f"172.17.{index // 250}.{index % 250 + 2}"
+    return entry
 
 
 def synthetic_containers(count: int, rng: random.Random, images: tuple[str, ...] = (IMAGE,)) -> list[dict]:
@@ -40,28 +32,23 @@ def synthetic_containers(count: int, rng: random.Random, images: tuple[str, ...]
     return [synthetic_container(rng, i, images[i % len(images)]) for i in range(count)]
 
 
-class ListedContainers:
-    """A ContainerSource over a list held in memory: what GET /containers/json would answer, without Docker."""
+class ListedContainers(FakeDocker):
+    """tests/fakes.py's FakeDocker over a list held in memory, answering with the list itself: what GET
+    /containers/json would answer, without Docker."""
 
     where = "synthetic container list"
 
-    def __init__(self, containers: list[dict]):
-        self.containers = containers
-
     def running_containers(self) -> list[dict]:
         """The list as it is now (a simulated host may have replaced some of it)."""
+        # Not FakeDocker's: its deep copy of every container on every call would add to the passes timed.
         return self.containers
-
-    def exposed_ports(self, container_id: str) -> list[str]:
-        """What an inspect would say a host-network container exposes ("80/tcp"), from its "ExposedPorts"."""
-        return sorted(next((c.get("ExposedPorts", ()) for c in self.containers if c["Id"] == container_id), ()))
 
 
 def synthetic_source(n: int, seed: int, labels: dict[str, str] | None = None) -> ListedContainers:
     """n generated containers (ids from seed), each with these labels, as an in-memory container source."""
     containers = synthetic_containers(n, random.Random(seed))
-    for container in containers:
-        container["Labels"] = dict(labels or {})
+    for entry in containers:
+        entry["Labels"] = dict(labels or {})
     return ListedContainers(containers)
 
 
