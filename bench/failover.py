@@ -40,9 +40,9 @@ from pathlib import Path
 from measure import Background
 from report import log, print_table, print_targets
 from servers import backend_servers, servers
-from harness import Dockerd, Traefik, publish, stop_process, wait_until, zookeeper_nodes
-from hosts import BINARY
-from consumers import WEB_HOST, WEB_SELF
+from harness import Dockerd, Traefik, stop_process, wait_until, zookeeper_nodes
+from hosts import BINARY, clean_env
+from consumers import WEB_HOST, WEB_LABELS, published_url, start_web
 
 STORES = ("etcd", "zookeeper", "redis")
 #: Each host's TTL (its etcd lease, ZooKeeper session or Redis expiry) and seconds between two passes of its watch.
@@ -67,7 +67,6 @@ SOLO_GONE_WITHIN = 2 * TTL
 LAST_QUIET_WITHIN = 3.0
 #: The service only host A serves, with a router of its own.
 SOLO_HOST = "solo.example"
-WEB_LABELS = ("-l", f"traefik.http.routers.web.rule=Host(`{WEB_HOST}`)")
 SOLO_LABELS = ("-l", "SERVICE_NAME=solo", "-l", f"traefik.http.routers.solo.rule=Host(`{SOLO_HOST}`)")
 
 
@@ -213,11 +212,9 @@ class Host:
 
     def env(self) -> dict[str, str]:
         """The environment of this host's runs: its engine, address, files and store; the traefik layout."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
-        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.ip, DOCKER_REGISTER_PREFIX=self.root,
-                   DOCKER_REGISTER_LAYOUT="traefik", DOCKER_REGISTER_TTL=str(TTL), DOCKER_REGISTER_TIMEOUT="3",
-                   DOCKER_REGISTER_LOCK=str(self.folder / "sync.lock"), **self.store.env(self.folder))
-        return env
+        return clean_env(DOCKER_HOST=self.engine.host, HOST_IP=self.ip, DOCKER_REGISTER_PREFIX=self.root,
+                         DOCKER_REGISTER_LAYOUT="traefik", DOCKER_REGISTER_TTL=str(TTL), DOCKER_REGISTER_TIMEOUT="3",
+                         DOCKER_REGISTER_LOCK=str(self.folder / "sync.lock"), **self.store.env(self.folder))
 
     def start_watch(self) -> None:
         """Start `sync --every --events` in the background (a session of its own, output to its log)."""
@@ -249,10 +246,8 @@ class Host:
 
     def start_web(self, *labels: str) -> tuple[str, str]:
         """A self-naming web container: its short id (its page) and its server url at this host's address."""
-        cid = self.engine.docker("run", "-d", *publish(80), *labels, *WEB_SELF).stdout.strip()[:12]
-        bindings = self.engine.docker("port", cid, "80/tcp").stdout.split()
-        port = next(b for b in bindings if b.startswith("0.0.0.0:")).rsplit(":", 1)[1]
-        return cid, f"http://{self.ip}:{port}"
+        cid = start_web(self.engine, *labels)
+        return cid, published_url(self.engine, cid, self.ip)
 
 
 @dataclass

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import random
 import statistics
 import time
@@ -26,7 +25,7 @@ from measure import delta, run_child, snapshot
 from report import log
 from synthetic import ListedContainers, make_config, preload_clients, synthetic_containers
 from harness import Etcd, Redis, redis_commands
-from hosts import BINARY
+from hosts import BINARY, clean_env
 
 PREFIX = "/bench/list"
 TTL = 3600
@@ -66,10 +65,8 @@ class Target:
                            lock_file=str(self.root / "sync.lock"))
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "REDIS"))}
-        env.update(DOCKER_REGISTER_PREFIX=PREFIX, COLUMNS="160", DOCKER_REGISTER_BACKEND=self.store)
-        env.update({"ETCD_HOST": self.server.endpoint} if self.store == "etcd" else {"REDIS_URL": self.server.url})
-        return env
+        store = {"ETCD_HOST": self.server.endpoint} if self.store == "etcd" else {"REDIS_URL": self.server.url}
+        return clean_env(DOCKER_REGISTER_PREFIX=PREFIX, COLUMNS="160", DOCKER_REGISTER_BACKEND=self.store, **store)
 
     def requests(self):
         """A reading of the store's request counters."""

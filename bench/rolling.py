@@ -31,10 +31,8 @@ from measure import Background, PolledSet
 from report import log, print_table, spread, table_rows
 from servers import IMAGE, INTERVAL, MODES, Loop, child_env, run_container
 from harness import Dockerd, Etcd, Traefik
+from consumers import WEB_HOST, WEB_LABELS, published_url
 
-#: The service's Host rule, and the labels of a container set up for a single-host Traefik.
-WEB_HOST = "web.example"
-LABELS = ("-l", f"traefik.http.routers.web.rule=Host(`{WEB_HOST}`)")
 #: Serves 5 s after SIGTERM, then exits; its page is its hostname (its short id), so an answer says who served.
 BACKEND = ("sh", "-c", "hostname > /www/index.html; httpd -f -p 80 -h /www & trap 'sleep 5; exit 0' TERM; wait; wait")
 #: Longest wait for Traefik to list a new server (a timer-mode pass may be an interval away).
@@ -95,9 +93,8 @@ class Backend:
 
 def start_backend(dockerd: Dockerd, host_ip: str) -> Backend:
     """Start one backend; its id and http://host_ip:published port."""
-    cid = run_container(dockerd, *LABELS, IMAGE, *BACKEND)[:12]
-    port = dockerd.docker("port", cid, "80/tcp").stdout.split()[0].rsplit(":", 1)[1]
-    return Backend(cid, f"http://{host_ip}:{port}")
+    cid = run_container(dockerd, *WEB_LABELS, IMAGE, *BACKEND)[:12]
+    return Backend(cid, published_url(dockerd, cid, host_ip))
 
 
 # ---------------------------------------------------------------------------
