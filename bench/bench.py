@@ -63,6 +63,7 @@ import plots
 import rolling
 import run_cost
 from machine import installed_module, load, print_machine
+from report import int_list
 from servers import backend_servers, child_env, cluster, scratch, servers
 from hosts import BINARY
 
@@ -109,7 +110,7 @@ def check_environment() -> None:
 def host(args: argparse.Namespace, dockerd, etcd, lock) -> int:
     """One host: run cost, deregistration latency, then the in-process synthetic sizes."""
     run_cost.run(args, dockerd, etcd, lock)
-    largest = f"/bench/n{max(run_cost.int_list(args.sizes))}"
+    largest = f"/bench/n{max(int_list(args.sizes))}"
     deregister.run(args, dockerd, etcd, child_env(dockerd, etcd, largest, lock), largest)
     run_cost.run_synthetic(args, etcd)
     return 0

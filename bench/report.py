@@ -12,6 +12,21 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def int_list(text: str) -> list[int]:
+    """A flag's comma-separated counts: '10,50,200' -> [10, 50, 200]."""
+    return [int(x) for x in text.split(",") if x]
+
+
+def append_measured(results: list, label: str, measure) -> None:
+    """Append what measure() returns to results; when it fails, say so on stderr and among the figures, and go on
+    with the benchmark's next part."""
+    try:
+        results.append(measure())
+    except Exception as exc:  # noqa: BLE001 - report it and go on with the next one
+        log(f"{label}: failed: {type(exc).__name__}: {exc}")
+        print(f"{label}: FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+
+
 def num(value: float) -> str:
     """A rate with two decimals below 10, one below 100, none above."""
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
@@ -58,3 +73,20 @@ def print_targets(lines: list[str]) -> bool:
     print("\n".join("  " + line for line in lines))
     print()
     return any(" FAIL " in line for line in lines)
+
+
+def verdict_lines(results: dict[str, list], checks) -> list[str]:
+    """PASS/FAIL of each target per column of results: checks(column's results) gives (target, met) pairs."""
+    return [f"{name:<9} {'PASS' if ok else 'FAIL'}  {what}" for name, rs in results.items() for what, ok in checks(rs)]
+
+
+def tables_per_count(counts: list[int], measure, describe, show, checks) -> int:
+    """For each count n: results = measure(n) (a column's repeats by column name), then describe(n) (what was
+    measured, and how), show(results) (the table) and the targets checks names; 1 when one was missed, else 0."""
+    failed = False
+    for n in counts:
+        results = measure(n)
+        print(describe(n))
+        show(results)
+        failed = print_targets(verdict_lines(results, checks)) or failed
+    return 1 if failed else 0

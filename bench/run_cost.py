@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from measure import ChildRun, Delta, check, check_no_change, delta, median, reported_seconds, run_child, snapshot
-from report import log, print_table, print_targets, spread, table_rows
+from report import int_list, log, print_table, print_targets, spread, table_rows
 from servers import HOST_IP, PYTHON, SERVICE, Gateway, b64, child_env, running_ids, start_containers
 from synthetic import make_config, preload_clients, synthetic_source, timed_sync
 from harness import Dockerd, Etcd
@@ -43,11 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fleet sizes K whose other hosts' keys share the prefix at N=50 (else the largest N) "
                              "(default 100,300; '' to skip)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the synthetic container ids")
-
-
-def int_list(text: str) -> list[int]:
-    """'10,50,200' -> [10, 50, 200]."""
-    return [int(x) for x in text.split(",") if x]
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ No Docker here: the hosts these stand for are simulated; the stores they write t
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import random
 import time
@@ -15,6 +16,15 @@ from fakes import FakeDocker, container, port
 
 #: Seconds an etcd call may take in the in-process runs.
 TIMEOUT = 5.0
+
+
+def add_table_arguments(parser: argparse.ArgumentParser, column: str) -> None:
+    """Flags of a table of synthetic registrations side by side, a column per `column` (a layout, a store)."""
+    parser.add_argument("--registrations", default="500", help="registration counts (default 500)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help=f"first syncs per {column} and count, each under a fresh prefix (default 5); "
+                             "times are medians, counts must not vary")
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the synthetic container ids")
 
 
 def synthetic_container(rng: random.Random, index: int, image: str = IMAGE, private_port: int = 80) -> dict:
