@@ -1,8 +1,8 @@
 """The checkout's root, and tests/ on sys.path: the benchmark starts its servers and builds what it runs with the
 tests' own helpers (tests/harness.py, hosts.py, fakes.py, consumers.py).
 
-The shared modules (measure, servers, synthetic, machine) import this first; a benchmark module imports one of
-them before it imports from tests/.
+measure, servers and machine import this before anything from tests/; synthetic and the benchmark modules import
+one of those first.
 """
 
 from __future__ import annotations
