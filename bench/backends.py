@@ -15,10 +15,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (Etcd, Redis, ZooKeeper, delta, log, make_config, ms, preload_clients, print_table, print_targets,
-                    same, snapshot, synthetic_source, table_rows, timed_sync)
-from harness import REDIS_VALUE_WRITES, redis_commands
-from run_cost import int_list
+from measure import delta, snapshot
+from report import int_list, log, ms, print_table, same, table_rows, tables_per_count
+from synthetic import add_table_arguments, make_config, preload_clients, synthetic_source, timed_sync
+from harness import REDIS_VALUE_WRITES, Etcd, Redis, ZooKeeper, redis_commands
 
 BACKENDS = ("etcd", "zookeeper", "redis")
 LAYOUT = "discover"
@@ -28,11 +28,7 @@ HOST_IP = "192.0.2.250"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the backend benchmark."""
-    parser.add_argument("--registrations", default="500", help="registration counts (default 500)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="first syncs per backend and count, each under a fresh prefix (default 5); "
-                             "times are medians, counts must not vary")
-    parser.add_argument("--seed", type=int, default=1, help="random seed of the synthetic container ids")
+    add_table_arguments(parser, "backend")
 
 
 @dataclass
@@ -104,6 +100,7 @@ def backend_config(backend: str, servers: Servers, prefix: str, tag: str):
 
 def measure(servers: Servers, n: int, repeats: int, seed: int) -> dict[str, list[BackendResult]]:
     """repeats first and no-change syncs of n registrations per store, the stores interleaved."""
+    log(f"backends: {n} registrations, {repeats} repeats of {', '.join(BACKENDS)}")
     redis_client = servers.redis.client()
     redis_commands(redis_client)  # the client's connection handshake, before any count
     events = KeyspaceEvents(servers.redis.client())
@@ -191,34 +188,29 @@ def print_backends(results: dict[str, list[BackendResult]]) -> None:
     ]))
 
 
-def verdicts(results: dict[str, list[BackendResult]]) -> list[str]:
-    """PASS/FAIL of each target, per store (every repeat must meet it)."""
-    lines = []
-    for backend, rs in results.items():
-        lines.append(f"{backend:<9} {'PASS' if all(r.first_seconds <= 1 for r in rs) else 'FAIL'}  "
-                     "first sync within 1 s")
-        lines.append(f"{backend:<9} {'PASS' if all(again_writes(r) == 0 for r in rs) else 'FAIL'}  "
-                     "no-change run writes nothing")
-    return lines
+def checks(rs: list[BackendResult]) -> list[tuple[str, bool]]:
+    """Each target of one store, and whether every repeat met it."""
+    return [("first sync within 1 s", all(r.first_seconds <= 1 for r in rs)),
+            ("no-change run writes nothing", all(again_writes(r) == 0 for r in rs))]
 
 
+def describe(n: int, repeats: int) -> str:
+    """What the table of n registrations shows, and how it was measured."""
+    return (f"Per store, {n} synthetic registrations in the {LAYOUT} layout (NOT real containers: a generated\n"
+            "container list handed to docker_register.reconcile with the store `--backend` opens, against a real\n"
+            f"etcd, ZooKeeper and Redis, in this process, after imports; TTL {TTL} s; {repeats} first syncs per\n"
+            "store, each under a fresh prefix, stores interleaved; then two more runs on the same prefix\n"
+            "(ZooKeeper: re-attaching the saved session; its second run is also the leader's first look at the\n"
+            "hosts folder, which walks the tree once); the third is the no-change run measured; counts the same in\n"
+            "every repeat unless several are shown)")
+
+
+# Alike in shape with layouts.describe and run, on purpose: the texts differ, the loop is report.tables_per_count.
 def run(args: argparse.Namespace, servers: Servers) -> int:
     """Measure every count and print one table per count; 1 when a target is missed."""
     preload_clients()
     import kazoo.client  # noqa: F401  (imported lazily by the stores: kept out of the timings)
     import redis  # noqa: F401
 
-    failed = False
-    for n in int_list(args.registrations):
-        log(f"backends: {n} registrations, {args.repeats} repeats of {', '.join(BACKENDS)}")
-        results = measure(servers, n, args.repeats, args.seed)
-        print(f"Per store, {n} synthetic registrations in the {LAYOUT} layout (NOT real containers: a generated")
-        print("container list handed to docker_register.reconcile with the store `--backend` opens, against a real")
-        print(f"etcd, ZooKeeper and Redis, in this process, after imports; TTL {TTL} s; {args.repeats} first syncs per")
-        print("store, each under a fresh prefix, stores interleaved; then two more runs on the same prefix")
-        print("(ZooKeeper: re-attaching the saved session; its second run is also the leader's first look at the")
-        print("hosts folder, which walks the tree once); the third is the no-change run measured; counts the same in")
-        print("every repeat unless several are shown)")
-        print_backends(results)
-        failed = print_targets(verdicts(results)) or failed
-    return 1 if failed else 0
+    return tables_per_count(int_list(args.registrations), lambda n: measure(servers, n, args.repeats, args.seed),
+                            lambda n: describe(n, args.repeats), print_backends, checks)

@@ -62,7 +62,10 @@ import listing
 import plots
 import rolling
 import run_cost
-from common import BINARY, backend_servers, child_env, cluster, installed_module, load, print_machine, scratch, servers
+from machine import installed_module, load, print_machine
+from report import int_list
+from servers import backend_servers, child_env, cluster, scratch, servers
+from hosts import BINARY
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -98,7 +101,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def check_environment() -> None:
     """Refuse to run outside the virtualenv or without root."""
-    if not BINARY.exists():
+    if not os.path.exists(BINARY):
         sys.exit(f"bench: {BINARY} not found; run with the virtualenv's python (.venv/bin/python bench/bench.py)")
     if os.geteuid() != 0:
         sys.exit("bench: dockerd needs root")
@@ -107,7 +110,7 @@ def check_environment() -> None:
 def host(args: argparse.Namespace, dockerd, etcd, lock) -> int:
     """One host: run cost, deregistration latency, then the in-process synthetic sizes."""
     run_cost.run(args, dockerd, etcd, lock)
-    largest = f"/bench/n{max(run_cost.int_list(args.sizes))}"
+    largest = f"/bench/n{max(int_list(args.sizes))}"
     deregister.run(args, dockerd, etcd, child_env(dockerd, etcd, largest, lock), largest)
     run_cost.run_synthetic(args, etcd)
     return 0

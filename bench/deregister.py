@@ -12,7 +12,11 @@ import random
 import time
 
 import plots
-from common import HOST_IP, INTERVAL, SERVICE, Dockerd, Etcd, Gateway, Loop, Watch, log, median, running_ids, stamp
+from machine import stamp
+from measure import PolledSet, median
+from report import log
+from servers import HOST_IP, INTERVAL, SERVICE, Gateway, Loop, running_ids, web_key
+from harness import Dockerd, Etcd
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +30,11 @@ def measure_deregistration(dockerd: Dockerd, etcd: Etcd, env: dict[str, str], pr
     """Stop containers at random phases of a `sync --every 10` loop; (stop s, key-gone latency s) each."""
     gateway, rng = Gateway(etcd.url), random.Random()
     results = []
-    with Loop(env, INTERVAL), Watch(lambda: gateway.keys(prefix + "/"), every=0.02) as watch:
+    with Loop(env, INTERVAL, events=False), PolledSet(lambda: gateway.keys(prefix + "/"), every=0.02) as watch:
         for i in range(stops):
             time.sleep(rng.uniform(0, INTERVAL))
             container = rng.choice(running_ids(dockerd))
-            key = f"{prefix}/{SERVICE}/{container[:12]}"
+            key = web_key(prefix, container)
             if not gateway.exists(key):
                 raise RuntimeError(f"{key} is not registered")
             issued = time.time()

@@ -16,9 +16,11 @@ import random
 import subprocess
 import time
 
-from common import (IMAGE, INTERVAL, SERVICE, Dockerd, Etcd, Gateway, Loop, Watch, child_env, first_line, log, median,
-                    print_table, require)
-from harness import Podman, free_port
+from machine import first_line
+from measure import PolledSet, median
+from report import log, print_table
+from servers import IMAGE, INTERVAL, Gateway, Loop, child_env, web_key
+from harness import Dockerd, Etcd, Podman, free_port, require
 
 #: Seconds the slow kind serves after SIGTERM.
 SERVE_AFTER_TERM = 3
@@ -35,11 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed of the pauses")
 
 
-def trial(engine_host: str, run, gateway: Gateway, watch: Watch, prefix: str, command: tuple[str, ...],
+def trial(engine_host: str, run, gateway: Gateway, watch: PolledSet, prefix: str, command: tuple[str, ...],
           rng: random.Random) -> tuple[float, float]:
     """One stop: (stop issued → key gone, stop issued → container exited), seconds."""
     cid = run("-p", f"{free_port()}:80", IMAGE, *command)
-    key = f"{prefix}/{SERVICE}/{cid[:12]}"
+    key = web_key(prefix, cid)
     watch.when_present(key, 3 * INTERVAL)
     time.sleep(rng.uniform(0.2, 1.2))
     issued = time.time()
@@ -56,7 +58,7 @@ def measure(name: str, engine_host: str, run, etcd: Etcd, env: dict[str, str], p
             rng: random.Random) -> dict[str, list[tuple[float, float]]]:
     """All trials of both kinds against one engine, with its own `sync --every 10 --events` child."""
     gateway, results = Gateway(etcd.url), {}
-    with Loop(env, INTERVAL, "--events"), Watch(lambda: gateway.keys(prefix + "/"), every=0.01) as watch:
+    with Loop(env, INTERVAL, events=True), PolledSet(lambda: gateway.keys(prefix + "/"), every=0.01) as watch:
         for kind, command in KINDS.items():
             results[kind] = []
             for i in range(trials):

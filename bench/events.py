@@ -26,10 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import plots
-from common import (BINARY, IMAGE, INTERVAL, MODES, SERVICE, DockerEvents, Dockerd, Etcd, Gateway, Loop, Watch, check,
-                    check_no_change, child_env, cpu_seconds, log, memory_kb, percentile, print_table,
-                    reported_seconds, run_child, run_container, running_ids, stamp, start_containers, table_rows,
-                    thread_cpu_ns)
+from machine import stamp
+from measure import (PolledSet, check, check_no_change, cpu_seconds, memory_kb, percentile, reported_seconds,
+                     run_child, thread_cpu_ns)
+from report import log, print_table, table_rows
+from servers import (IMAGE, INTERVAL, MODES, DockerEvents, Gateway, Loop, child_env, run_container, running_ids,
+                     start_containers, web_key)
+from harness import Dockerd, Etcd
+from hosts import BINARY
 
 #: A web server that exits at once on SIGTERM (busybox httpd as PID 1 would ignore it): a stop is quick,
 #: so the timer mode's latency is its wait for the next pass, not the grace period.
@@ -72,11 +76,6 @@ class Latencies:
     notes: list[str] = field(default_factory=list)
 
 
-def key_of(prefix: str, container_id: str) -> str:
-    """The discover layout's key of a local/web container."""
-    return f"{prefix}/{SERVICE}/{container_id[:12]}"
-
-
 def pace(count: int, overlap: bool, rng: random.Random, act, settle) -> list:
     """Run act(i) for i in range(count) and return the results: overlapping, at random moments spread over
     two intervals; or one after another, each followed by settle(result) and a random pause."""
@@ -92,19 +91,19 @@ def pace(count: int, overlap: bool, rng: random.Random, act, settle) -> list:
     return results
 
 
-def start_trials(dockerd: Dockerd, events: DockerEvents, watch: Watch, prefix: str, count: int, healthy: bool,
+def start_trials(dockerd: Dockerd, events: DockerEvents, watch: PolledSet, prefix: str, count: int, healthy: bool,
                  overlap: bool, rng: random.Random) -> tuple[list[str], list[float]]:
     """Start count containers (with a health check when healthy); the ids and each one's latency from
     Docker's start (or healthy) event to its key."""
     extra, action = (HEALTHCHECK, "health_status: healthy") if healthy else ((), "start")
 
     def present(cid: str) -> float:
-        return watch.when_present(key_of(prefix, cid), WAIT)
+        return watch.when_present(web_key(prefix, cid), WAIT)
     ids = pace(count, overlap, rng, lambda _: run_container(dockerd, *extra, IMAGE, *PROMPT_EXIT), present)
     return ids, [present(cid) - events.when(cid, action) for cid in ids]
 
 
-def stop_trials(dockerd: Dockerd, watch: Watch, prefix: str, ids: list[str],
+def stop_trials(dockerd: Dockerd, watch: PolledSet, prefix: str, ids: list[str],
                 overlap: bool, rng: random.Random) -> list[float]:
     """`docker stop` each container; each one's latency from issuing the stop to its key gone."""
     def stop(i: int) -> tuple[str, float]:
@@ -113,7 +112,7 @@ def stop_trials(dockerd: Dockerd, watch: Watch, prefix: str, ids: list[str],
         return ids[i], issued
 
     def gone(cid: str) -> float:
-        return watch.when_gone(key_of(prefix, cid), WAIT)
+        return watch.when_gone(web_key(prefix, cid), WAIT)
     stops = pace(len(ids), overlap, rng, stop, lambda stopped: gone(stopped[0]))
     return [gone(cid) - issued for cid, issued in stops]
 
@@ -124,8 +123,8 @@ def measure_latency(dockerd: Dockerd, etcd: Etcd, lock: Path, mode: str, trials:
     prefix, overlap, gateway = f"/bench/latency-{mode}", mode == "timer", Gateway(etcd.url)
     result = Latencies(mode)
     dockerd.remove_all_containers()
-    with DockerEvents(dockerd) as events, Watch(lambda: gateway.keys(prefix + "/")) as watch, \
-            Loop(child_env(dockerd, etcd, prefix, lock), INTERVAL, *MODES[mode]) as loop:
+    with DockerEvents(dockerd) as events, PolledSet(lambda: gateway.keys(prefix + "/")) as watch, \
+            Loop(child_env(dockerd, etcd, prefix, lock), INTERVAL, MODES[mode]) as loop:
         log(f"latency, {mode}: {trials} start trials")
         ids, result.seconds["start"] = start_trials(dockerd, events, watch, prefix, trials, False, overlap, rng)
         log(f"latency, {mode}: {trials} healthy trials")
@@ -204,7 +203,7 @@ def cpu_between(samples: list[tuple[float, int]], start: float, end: float) -> f
 def measure_idle(dockerd: Dockerd, etcd: Etcd, lock: Path, mode: str, seconds: float, prefix: str) -> IdleCost:
     """Start a long-running mode on the registered containers, let its first pass end, then leave it alone."""
     env = child_env(dockerd, etcd, prefix, lock)
-    with Loop(env, INTERVAL, *MODES[mode]) as loop:
+    with Loop(env, INTERVAL, MODES[mode]) as loop:
         pid = loop.proc.pid
         time.sleep(1)
         startup = cpu_seconds(pid)
@@ -212,7 +211,7 @@ def measure_idle(dockerd: Dockerd, etcd: Etcd, lock: Path, mode: str, seconds: f
         begun, before = time.time(), cpu_seconds(pid)
         samples = sample_cpu(pid, begun + seconds)
         ended, after = samples[-1][0], cpu_seconds(pid)
-        passes = [(at, took) for at, took in loop.passes(begun) if at < ended]
+        passes = [(at, took) for at, took in loop.timed_passes(begun) if at < ended]
         # A pass ran between its start (its line's arrival less the time it reports) and its line.
         pass_cpu = [cpu_between(samples, at - took - 0.03, at + 0.03) for at, took in passes]
         return IdleCost(mode, samples[-1][0] - samples[0][0], (samples[-1][1] - samples[0][1]) / 1e9,
@@ -225,12 +224,12 @@ def measure_cost(dockerd: Dockerd, etcd: Etcd, lock: Path, containers: int, seco
     start_containers(dockerd, containers - len(running_ids(dockerd)))
     prefix = f"/bench/cost{containers}"
     env = child_env(dockerd, etcd, prefix, lock)
-    first = run_child([str(BINARY), "sync"], env)
+    first = run_child([BINARY, "sync"], env)
     check(first, "first one-shot sync")
     log(f"cost: {runs} no-change one-shot runs at {containers} containers")
     oneshots = []
     for _ in range(runs):
-        oneshots.append(run_child([str(BINARY), "sync"], env))
+        oneshots.append(run_child([BINARY, "sync"], env))
         check_no_change(oneshots[-1], "no-change one-shot sync")
     return oneshots, [measure_idle(dockerd, etcd, lock, mode, seconds, prefix) for mode in MODES]
 

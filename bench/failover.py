@@ -37,10 +37,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (BINARY, Background, Dockerd, Traefik, backend_servers, log, print_table, print_targets, publish,
-                    servers, stop_process, wait_until)
-from harness import zookeeper_nodes
-from consumers import WEB_HOST, WEB_SELF
+from measure import Background
+from report import log, print_table, print_targets
+from servers import backend_servers, servers
+from harness import Dockerd, Traefik, stop_process, wait_until, zookeeper_nodes
+from hosts import BINARY, clean_env
+from consumers import WEB_HOST, WEB_LABELS, published_url, start_web
 
 STORES = ("etcd", "zookeeper", "redis")
 #: Each host's TTL (its etcd lease, ZooKeeper session or Redis expiry) and seconds between two passes of its watch.
@@ -65,7 +67,6 @@ SOLO_GONE_WITHIN = 2 * TTL
 LAST_QUIET_WITHIN = 3.0
 #: The service only host A serves, with a router of its own.
 SOLO_HOST = "solo.example"
-WEB_LABELS = ("-l", f"traefik.http.routers.web.rule=Host(`{WEB_HOST}`)")
 SOLO_LABELS = ("-l", "SERVICE_NAME=solo", "-l", f"traefik.http.routers.solo.rule=Host(`{SOLO_HOST}`)")
 
 
@@ -126,14 +127,21 @@ class EtcdView(StoreView):
         self.server.etcdctl("del", "--prefix", root + "/", check=False)
 
 
-class ZooKeeperView(StoreView):
-    """ZooKeeper, read with a kazoo client (a session) of the view's own."""
-
-    name, provider = "zookeeper", "zooKeeper"
+class ClientView(StoreView):
+    """A store read with a client of the view's own (the server's client())."""
 
     def __init__(self, server):
         super().__init__(server)
         self.look = server.client()
+
+    def close(self) -> None:
+        self.look.close()
+
+
+class ZooKeeperView(ClientView):
+    """ZooKeeper, read with a kazoo client (a session) of the view's own."""
+
+    name, provider = "zookeeper", "zooKeeper"
 
     def env(self, folder: Path) -> dict[str, str]:
         return {"DOCKER_REGISTER_BACKEND": "zookeeper", "ZOOKEEPER_HOSTS": self.server.endpoint,
@@ -156,17 +164,13 @@ class ZooKeeperView(StoreView):
 
     def close(self) -> None:
         self.look.stop()
-        self.look.close()
+        super().close()
 
 
-class RedisView(StoreView):
+class RedisView(ClientView):
     """Redis, read with a redis-py client of the view's own."""
 
     name, provider = "redis", "redis"
-
-    def __init__(self, server):
-        super().__init__(server)
-        self.look = server.client()
 
     def env(self, folder: Path) -> dict[str, str]:
         return {"DOCKER_REGISTER_BACKEND": "redis", "REDIS_URL": self.server.url}
@@ -179,9 +183,6 @@ class RedisView(StoreView):
         keys = list(self.look.scan_iter(match=root + "/*", count=1000))
         if keys:
             self.look.delete(*keys)
-
-    def close(self) -> None:
-        self.look.close()
 
 
 VIEWS = {view.name: view for view in (EtcdView, ZooKeeperView, RedisView)}
@@ -211,11 +212,9 @@ class Host:
 
     def env(self) -> dict[str, str]:
         """The environment of this host's runs: its engine, address, files and store; the traefik layout."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
-        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.ip, DOCKER_REGISTER_PREFIX=self.root,
-                   DOCKER_REGISTER_LAYOUT="traefik", DOCKER_REGISTER_TTL=str(TTL), DOCKER_REGISTER_TIMEOUT="3",
-                   DOCKER_REGISTER_LOCK=str(self.folder / "sync.lock"), **self.store.env(self.folder))
-        return env
+        return clean_env(DOCKER_HOST=self.engine.host, HOST_IP=self.ip, DOCKER_REGISTER_PREFIX=self.root,
+                         DOCKER_REGISTER_LAYOUT="traefik", DOCKER_REGISTER_TTL=str(TTL), DOCKER_REGISTER_TIMEOUT="3",
+                         DOCKER_REGISTER_LOCK=str(self.folder / "sync.lock"), **self.store.env(self.folder))
 
     def start_watch(self) -> None:
         """Start `sync --every --events` in the background (a session of its own, output to its log)."""
@@ -247,10 +246,8 @@ class Host:
 
     def start_web(self, *labels: str) -> tuple[str, str]:
         """A self-naming web container: its short id (its page) and its server url at this host's address."""
-        cid = self.engine.docker("run", "-d", *publish(80), *labels, *WEB_SELF).stdout.strip()[:12]
-        bindings = self.engine.docker("port", cid, "80/tcp").stdout.split()
-        port = next(b for b in bindings if b.startswith("0.0.0.0:")).rsplit(":", 1)[1]
-        return cid, f"http://{self.ip}:{port}"
+        cid = start_web(self.engine, *labels)
+        return cid, published_url(self.engine, cid, self.ip)
 
 
 @dataclass
@@ -311,6 +308,11 @@ class Phase:
     began: float
     ended: float = 0.0
     answers: list[Answer] = field(default_factory=list)
+
+    def end(self, client: Client) -> None:
+        """End the phase now, with the requests the client sent since it began."""
+        self.ended = time.time()
+        self.answers = client.between(self.began, self.ended)
 
     @property
     def failures(self) -> list[Answer]:
@@ -443,16 +445,22 @@ def wait_servers(traefik: Traefik, hosts: tuple[Host, ...], expected: set[str], 
         raise TimeoutError(f"{error}; it runs {sorted(traefik.servers('web'))}") from None
 
 
+def leave(host: Host, client: Client, watch: float) -> float:
+    """The host's watch stops (SIGTERM) and the host purges; then the client goes on for watch seconds. When the
+    purge ended (time.time())."""
+    host.stop_watch(signal.SIGTERM)
+    host.purge()
+    purged = time.time()
+    client.wait_sent(purged + watch, watch + 10)
+    return purged
+
+
 def purge_phase(a: Host, b: Host, client: Client, traefik: Traefik, both: set[str]) -> Phase:
     """Phase 1: A's watch stops and A purges; then A's watch starts again."""
     log(f"  phase 1: SIGTERM to host A's watch, purge with DOCKER_REGISTER_TTL={TTL}")
     phase = Phase("purge", time.time())
-    a.stop_watch(signal.SIGTERM)
-    a.purge()
-    purged = time.time()
-    client.wait_sent(purged + SETTLE, SETTLE + 10)
-    phase.ended = time.time()
-    phase.answers = client.between(phase.began, phase.ended)
+    leave(a, client, SETTLE)
+    phase.end(client)
     a.start_watch()
     wait_servers(traefik, (a, b), both)
     return phase
@@ -494,8 +502,7 @@ def sigkill_phase(a: Host, b: Host, client: Client, traefik: Traefik, store: Sto
         pass  # recorded as never
     observe = killed + TTL + 2 * EVERY + parse_seconds(THROTTLE) + SETTLE
     client.wait_sent(observe, observe - time.time() + 10)
-    phase.ended = time.time()
-    phase.answers = client.between(phase.began, phase.ended)
+    phase.end(client)
     return phase
 
 
@@ -503,12 +510,8 @@ def last_phase(b: Host, client: Client, result: FailoverResult) -> Phase:
     """Phase 3: B, the last host serving web, stops its watch and purges."""
     log("  phase 3: SIGTERM to host B's watch, purge: nobody serves web any more")
     phase = Phase("last", time.time())
-    b.stop_watch(signal.SIGTERM)
-    b.purge()
-    purged = time.time()
-    client.wait_sent(purged + LAST_WATCH, LAST_WATCH + 10)
-    phase.ended = time.time()
-    phase.answers = client.between(phase.began, phase.ended)
+    purged = leave(b, client, LAST_WATCH)
+    phase.end(client)
     from_b = [x for x in phase.answers if x.outcome == result.web_b and x.sent >= purged]
     result.last_b = from_b[-1].sent - purged if from_b else None
     quiet_from = from_b[-1].sent if from_b else purged
@@ -529,7 +532,7 @@ def parse_seconds(duration: str) -> float:
 
 def cli_command(module: str | None) -> list[str]:
     """The CLI to run: the installed console script, or `python MODULE`."""
-    return [sys.executable, str(Path(module).resolve())] if module else [str(BINARY)]
+    return [sys.executable, str(Path(module).resolve())] if module else [BINARY]
 
 
 def run(args: argparse.Namespace, root: Path) -> int:

@@ -27,9 +27,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import plots
-from common import (INTERVAL, ListedContainers, cluster, cpu_seconds, load, log, make_config, num, percentile,
-                    preload_clients, print_table, scratch, stamp, synthetic_container, synthetic_containers,
-                    table_rows, TIMEOUT)
+from machine import load, stamp
+from measure import cpu_seconds, percentile
+from report import append_measured, int_list, log, num, print_table, table_rows
+from servers import INTERVAL, cluster, scratch
+from synthetic import TIMEOUT, ListedContainers, make_config, preload_clients, synthetic_container, synthetic_containers
 
 #: The original design's TTL, and docker-register's lease TTL.
 OLD_TTL = 15
@@ -75,11 +77,15 @@ class SimHost:
     granted: list[int] = field(default_factory=list)
 
     def churn(self) -> None:
-        """Replace one container by a new one (a redeploy): one key goes, one comes."""
+        """Replace one container by a new one of the same image (a redeploy): one key goes, one comes."""
         containers = self.source.containers
         victim = self.rng.randrange(len(containers))
-        containers[victim] = synthetic_container(self.rng, self.next_port, containers[victim]["Image"])
+        containers[victim] = self.new_container(containers[victim]["Image"])
+
+    def new_container(self, image: str) -> dict:
+        """A container of that image, with the next free port."""
         self.next_port += 1
+        return synthetic_container(self.rng, self.next_port - 1, image)
 
 
 def make_hosts(count: int, args: argparse.Namespace, connections: list, prefix: str, ttl: int) -> list[SimHost]:
@@ -214,6 +220,17 @@ class Rounds:
     def in_time(self, p: PassStat) -> bool:
         """Whether a pass was done before the same host's next pass was due."""
         return not p.dropped and not p.error and p.end < p.due + self.interval
+
+    def outcomes(self) -> str:
+        """Passes in time / late / not run / failed."""
+        in_time = sum(map(self.in_time, self.passes))
+        return (f"{in_time}/{len(self.ran()) - in_time}/{sum(p.dropped for p in self.passes)}"
+                f"/{sum(bool(p.error) for p in self.passes)}")
+
+    def durations(self) -> str:
+        """p50 / p99 of how long the passes that ran took, in milliseconds."""
+        took = [p.end - p.start for p in self.ran()]
+        return f"{1e3 * percentile(took, .5):.0f} / {1e3 * percentile(took, .99):.0f}"
 
     def rounds_in_time(self) -> int:
         """Rounds whose every one of K passes ran, without error, before the host's next pass was due."""
@@ -410,11 +427,6 @@ def seconds_text(values: list[float]) -> str:
 
 def round_rows(which: str, title: str) -> list[tuple]:
     """Rows of one kind of rounds (spread or burst): passes, rounds in time, how long after due."""
-    def counts(rounds: Rounds) -> str:
-        in_time = sum(map(rounds.in_time, rounds.passes))
-        return (f"{in_time}/{len(rounds.ran()) - in_time}/{sum(p.dropped for p in rounds.passes)}"
-                f"/{sum(bool(p.error) for p in rounds.passes)}")
-
     def done_after(rounds: Rounds) -> str:
         values = rounds.done_after()
         return seconds_text([percentile(values, .5), percentile(values, .99), max(values, default=0.0)])
@@ -424,7 +436,7 @@ def round_rows(which: str, title: str) -> list[tuple]:
 
     return [(label, lambda r, cell=cell: cell(getattr(r, which)), *note) for label, cell, *note in [
         (title, lambda rounds: f"{len(rounds.passes)} passes", "K × rounds"),
-        ("  in time / late / not run / failed", counts, "in time: done before the host's next pass is due"),
+        ("  in time / late / not run / failed", Rounds.outcomes, "in time: done before the host's next pass is due"),
         ("  rounds with all K hosts in time", rounds_in_time),
         ("  pass due → done p50 / p99 / max (s)", done_after,
          "the max is the round time: all K due at once" if which == "burst" else "< interval: in time"),
@@ -433,17 +445,13 @@ def round_rows(which: str, title: str) -> list[tuple]:
 
 def fleet_rows(results: list[FleetResult], idle: float) -> list[tuple[str, list[str], str]]:
     """Rows of the fleet table; idle is etcd's CPU (cores) with no client."""
-    def durations(r):
-        return [p.end - p.start for p in r.spread.ran()]
-
     interval = results[0].interval
     return table_rows(results, [
         ("registrations per host", lambda r: str(r.per_host)),
         ("first pass of all hosts (s)", lambda r: "-" if math.isnan(r.warmup_seconds) else f"{r.warmup_seconds:.1f}",
          "ttl: its first pass is like every other"),
         *round_rows("spread", "spread rounds (phases spread evenly)"),
-        ("  pass duration p50 / p99 (ms)",
-         lambda r: f"{1e3 * percentile(durations(r), .5):.0f} / {1e3 * percentile(durations(r), .99):.0f}"),
+        ("  pass duration p50 / p99 (ms)", lambda r: r.spread.durations()),
         *(round_rows("burst", "burst rounds (all K hosts due at once)") if results[0].burst.count else []),
         ("one host's pass alone, median (ms)", lambda r: f"{1e3 * statistics.median(r.solo):.0f}",
          "after the rounds, no contention"),
@@ -507,7 +515,7 @@ def run(args: argparse.Namespace) -> int:
     """Start a 3-node cluster, run every K with every design, print the table."""
     import docker_register as dr
 
-    counts = [int(x) for x in args.hosts.split(",") if x]
+    counts = int_list(args.hosts)
     designs = [d for d in args.designs.split(",") if d]
     print_intro(args)
     preload_clients()
@@ -519,11 +527,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             for count in counts:
                 for design in designs:
-                    try:
-                        results.append(simulate(members, connections, design, count, args))
-                    except Exception as exc:  # noqa: BLE001 - report it and go on with the next one
-                        log(f"K={count} {design}: failed: {type(exc).__name__}: {exc}")
-                        print(f"K={count} {design}: FAILED: {type(exc).__name__}: {str(exc)[:200]}")
+                    append_measured(results, f"K={count} {design}",
+                                    lambda: simulate(members, connections, design, count, args))
         finally:
             for connection in connections:
                 connection.close()

@@ -35,9 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common import (TIMEOUT, Background, ListedContainers, backend_servers, cluster, cpu_seconds, load, log, num,
-                    percentile, preload_clients, print_table, print_targets, scratch, synthetic_container, table_rows)
 from fleet import Rounds, SimHost, machine_busy, run_rounds, warm_up
+from machine import load
+from measure import Background, cpu_seconds
+from report import append_measured, int_list, log, num, print_table, print_targets, table_rows
+from servers import backend_servers, cluster, scratch
+from synthetic import TIMEOUT, ListedContainers, preload_clients, synthetic_container
 from harness import REDIS_VALUE_WRITES, Traefik, redis_commands, wait_until
 
 STORES = ("etcd", "zookeeper", "redis")
@@ -94,11 +97,8 @@ class RoutedHost(SimHost):
 
     close: Callable[[], None] = lambda: None
 
-    def churn(self) -> None:
-        containers = self.source.containers
-        victim = self.rng.randrange(len(containers))
-        containers[victim] = routed(synthetic_container(self.rng, self.next_port, containers[victim]["Image"]))
-        self.next_port += 1
+    def new_container(self, image: str) -> dict:
+        return routed(super().new_container(image))
 
 
 @dataclass
@@ -503,15 +503,6 @@ def purge_quietly(host: RoutedHost) -> None:
 
 def result_rows(results: list[StoreResult]) -> list[tuple[str, list[str], str]]:
     """Rows of the table, a column per store, K and design."""
-    def durations(r: StoreResult) -> list[float]:
-        return [p.end - p.start for p in r.rounds.ran()]
-
-    def counts(r: StoreResult) -> str:
-        rounds = r.rounds
-        in_time = sum(map(rounds.in_time, rounds.passes))
-        return (f"{in_time}/{len(rounds.ran()) - in_time}/{sum(p.dropped for p in rounds.passes)}"
-                f"/{sum(bool(p.error) for p in rounds.passes)}")
-
     def store_detail(r: StoreResult) -> str:
         if r.store == "etcd":
             return f"put {num(r.rate('puts'))}, delete {num(r.rate('deletes'))}"
@@ -530,9 +521,9 @@ def result_rows(results: list[StoreResult]) -> list[tuple[str, list[str], str]]:
          lambda r: f"{r.traefik_ready_seconds:.1f} / {r.traefik_quiet_seconds:.1f}",
          "quiet: the store serves Traefik's first listings no more"),
         ("  store requests meanwhile", lambda r: f"{r.start_requests:.0f}", "Traefik lists the root twice at start"),
-        ("passes in time / late / not run / failed", counts, "in time: before the host's next pass is due"),
-        ("pass duration p50 / p99 (ms)",
-         lambda r: f"{1e3 * percentile(durations(r), .5):.0f} / {1e3 * percentile(durations(r), .99):.0f}"),
+        ("passes in time / late / not run / failed", lambda r: r.rounds.outcomes(),
+         "in time: before the host's next pass is due"),
+        ("pass duration p50 / p99 (ms)", lambda r: r.rounds.durations()),
         ("store writes/s", lambda r: num(r.rate("writes")),
          "etcd: keys put+deleted; ZooKeeper: write txns (Zxid); Redis: write commands"),
         ("  of which", store_detail),
@@ -578,7 +569,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"bench fleet: --backend {','.join(unknown)}: not one of {', '.join(STORES)}", file=sys.stderr)
         return 2
-    counts = [int(x) for x in args.hosts.split(",") if x]
+    counts = int_list(args.hosts)
     designs = [Design("lease", load_module(None))]
     if args.module:
         designs.append(Design(Path(args.module).stem, load_module(args.module)))
@@ -592,11 +583,8 @@ def run(args: argparse.Namespace) -> int:
             with store_side(name, root / name) as side:
                 for count in counts:
                     for design in designs:
-                        try:
-                            results.append(measure(side, design, count, args, root))
-                        except Exception as exc:  # noqa: BLE001 - report it and go on with the next one
-                            log(f"{name} K={count} {design.name}: failed: {type(exc).__name__}: {exc}")
-                            print(f"{name} K={count} {design.name}: FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+                        append_measured(results, f"{name} K={count} {design.name}",
+                                        lambda: measure(side, design, count, args, root))
     if results:
         print_table(["", *(r.label for r in results), "note"], result_rows(results))
     missed = print_targets(target_lines(results)) if any(r.store == "etcd" for r in results) else False

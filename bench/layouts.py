@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from common import Etcd, log, ms, preload_clients, print_table, print_targets, same, table_rows
-from run_cost import SyntheticResult, int_list, measure_synthetic
+from report import int_list, log, ms, print_table, same, table_rows, tables_per_count
+from run_cost import SyntheticResult, measure_synthetic
+from synthetic import add_table_arguments, preload_clients
+from harness import Etcd
 
 LAYOUTS = ("discover", "traefik", "skydns")
 #: The router label every synthetic container carries (only the traefik layout reads it).
@@ -22,15 +24,12 @@ ROUTER_LABELS = {"traefik.http.routers.web.rule": "Host(`web.example`)"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the layout benchmark."""
-    parser.add_argument("--registrations", default="500", help="registration counts (default 500)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="first syncs per layout and count, each under a fresh prefix (default 5); "
-                             "times are medians, counts must not vary")
-    parser.add_argument("--seed", type=int, default=1, help="random seed of the synthetic container ids")
+    add_table_arguments(parser, "layout")
 
 
 def measure(etcd: Etcd, n: int, repeats: int, seed: int) -> dict[str, list[SyntheticResult]]:
     """repeats first and no-change syncs of n registrations per layout, the layouts interleaved."""
+    log(f"layouts: {n} registrations, {repeats} repeats of {', '.join(LAYOUTS)}")
     results: dict[str, list[SyntheticResult]] = {layout: [] for layout in LAYOUTS}
     for repeat in range(repeats):
         for layout in LAYOUTS:
@@ -38,7 +37,7 @@ def measure(etcd: Etcd, n: int, repeats: int, seed: int) -> dict[str, list[Synth
     return results
 
 
-def print_layouts(n: int, results: dict[str, list[SyntheticResult]]) -> None:
+def print_layouts(results: dict[str, list[SyntheticResult]]) -> None:
     """One table: a column per layout."""
     runs = [results[layout] for layout in LAYOUTS]
 
@@ -63,35 +62,30 @@ def print_layouts(n: int, results: dict[str, list[SyntheticResult]]) -> None:
     ]))
 
 
-def verdicts(results: dict[str, list[SyntheticResult]]) -> list[str]:
-    """PASS/FAIL of each target, per layout (every repeat must meet it)."""
-    lines = []
-    for layout, rs in results.items():
-        checks = [
-            ("first sync within 1 s", all(r.first_seconds <= 1 for r in rs)),
-            ("first sync in ≤ ceil(keys/128) write txns",
-             all(r.first.write_txns <= math.ceil(r.keys / 128) for r in rs)),
-            ("no-change run: 0 puts, 0 deletes, 0 proposals",
-             all(r.again.metrics[name] == 0 for r in rs for name in
-                 ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_server_proposals_committed_total"))),
-            ("no-change run: ≤ 3 etcd RPCs", all(r.again.rpc_total <= 3 for r in rs)),
-        ]
-        lines += [f"{layout:<9} {'PASS' if ok else 'FAIL'}  {what}" for what, ok in checks]
-    return lines
+def checks(rs: list[SyntheticResult]) -> list[tuple[str, bool]]:
+    """Each target of one layout, and whether every repeat met it."""
+    return [
+        ("first sync within 1 s", all(r.first_seconds <= 1 for r in rs)),
+        ("first sync in ≤ ceil(keys/128) write txns", all(r.first.write_txns <= math.ceil(r.keys / 128) for r in rs)),
+        ("no-change run: 0 puts, 0 deletes, 0 proposals",
+         all(r.again.metrics[name] == 0 for r in rs for name in
+             ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_server_proposals_committed_total"))),
+        ("no-change run: ≤ 3 etcd RPCs", all(r.again.rpc_total <= 3 for r in rs)),
+    ]
 
 
+def describe(n: int, repeats: int) -> str:
+    """What the table of n registrations shows, and how it was measured."""
+    return (f"Per layout, {n} synthetic registrations (NOT real containers: a generated container list handed to\n"
+            "docker_register.reconcile with a real EtcdStore against the real etcd, in this process, after imports;\n"
+            f"{repeats} first syncs per layout, each under a fresh prefix, layouts interleaved; the no-change\n"
+            "run follows each first sync on the same prefix; counts from etcd's /metrics, the same in every\n"
+            "repeat unless several are shown)")
+
+
+# Alike in shape with backends.describe and run, on purpose: the texts differ, the loop is report.tables_per_count.
 def run(args: argparse.Namespace, etcd: Etcd) -> int:
     """Measure every count and print one table per count; 1 when a target is missed."""
     preload_clients()
-    failed = False
-    for n in int_list(args.registrations):
-        log(f"layouts: {n} registrations, {args.repeats} repeats of {', '.join(LAYOUTS)}")
-        results = measure(etcd, n, args.repeats, args.seed)
-        print(f"Per layout, {n} synthetic registrations (NOT real containers: a generated container list handed to")
-        print("docker_register.reconcile with a real EtcdStore against the real etcd, in this process, after imports;")
-        print(f"{args.repeats} first syncs per layout, each under a fresh prefix, layouts interleaved; the no-change")
-        print("run follows each first sync on the same prefix; counts from etcd's /metrics, the same in every")
-        print("repeat unless several are shown)")
-        print_layouts(n, results)
-        failed = print_targets(verdicts(results)) or failed
-    return 1 if failed else 0
+    return tables_per_count(int_list(args.registrations), lambda n: measure(etcd, n, args.repeats, args.seed),
+                            lambda n: describe(n, args.repeats), print_layouts, checks)

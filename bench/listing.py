@@ -1,7 +1,7 @@
 """What `docker-register list` costs at fleet scale: K hosts x N registrations, written by real syncs, listed.
 
 K simulated hosts (host IPs 198.18.x.y) each run docker_register.reconcile once in this process on N generated
-containers (the synthetic list of common.py, spread over S images, so S services each with a shared `port`
+containers (the synthetic list of synthetic.py, spread over S images, so S services each with a shared `port`
 key) against one real store, with a long TTL so that nothing expires while the listing is measured: on etcd
 K host leases, S shared-key leases and K x N + S keys; on Redis the same keys, K indexes and heartbeats, all
 made by the real planner and store adapters.  Then the installed `docker-register list` runs as a child
@@ -16,15 +16,16 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import random
 import statistics
 import time
 from pathlib import Path
 
-from common import (BINARY, Etcd, ListedContainers, Redis, delta, log, make_config, preload_clients, run_child,
-                    snapshot, synthetic_containers)
-from harness import redis_commands
+from measure import delta, run_child, snapshot
+from report import log
+from synthetic import ListedContainers, make_config, preload_clients, synthetic_containers
+from harness import Etcd, Redis, redis_commands
+from hosts import BINARY, clean_env
 
 PREFIX = "/bench/list"
 TTL = 3600
@@ -64,10 +65,8 @@ class Target:
                            lock_file=str(self.root / "sync.lock"))
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "REDIS"))}
-        env.update(DOCKER_REGISTER_PREFIX=PREFIX, COLUMNS="160", DOCKER_REGISTER_BACKEND=self.store)
-        env.update({"ETCD_HOST": self.server.endpoint} if self.store == "etcd" else {"REDIS_URL": self.server.url})
-        return env
+        store = {"ETCD_HOST": self.server.endpoint} if self.store == "etcd" else {"REDIS_URL": self.server.url}
+        return clean_env(DOCKER_REGISTER_PREFIX=PREFIX, COLUMNS="160", DOCKER_REGISTER_BACKEND=self.store, **store)
 
     def requests(self):
         """A reading of the store's request counters."""
@@ -108,7 +107,7 @@ def child_listing(target: Target, runs: int, *argv: str) -> dict:
     results, sent = [], None
     for _ in range(runs):
         before = target.requests()
-        result = run_child([str(BINARY), *argv], target.env())
+        result = run_child([BINARY, *argv], target.env())
         if result.returncode not in (0, 3):
             raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
         sent = sent or target.sent(before, target.requests())

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import plots
-from common import (IMAGE, INTERVAL, MODES, Background, Dockerd, Etcd, Loop, Traefik, Watch, child_env, log,
-                    print_table, run_container, spread, stamp, table_rows)
+from machine import stamp
+from measure import Background, PolledSet
+from report import log, print_table, spread, table_rows
+from servers import IMAGE, INTERVAL, MODES, Loop, child_env, run_container
+from harness import Dockerd, Etcd, Traefik
+from consumers import WEB_HOST, WEB_LABELS, published_url
 
-#: The service's Host rule, and the labels of a container set up for a single-host Traefik.
-WEB_HOST = "web.example"
-LABELS = ("-l", f"traefik.http.routers.web.rule=Host(`{WEB_HOST}`)")
 #: Serves 5 s after SIGTERM, then exits; its page is its hostname (its short id), so an answer says who served.
 BACKEND = ("sh", "-c", "hostname > /www/index.html; httpd -f -p 80 -h /www & trap 'sleep 5; exit 0' TERM; wait; wait")
 #: Longest wait for Traefik to list a new server (a timer-mode pass may be an interval away).
@@ -92,9 +93,8 @@ class Backend:
 
 def start_backend(dockerd: Dockerd, host_ip: str) -> Backend:
     """Start one backend; its id and http://host_ip:published port."""
-    cid = run_container(dockerd, *LABELS, IMAGE, *BACKEND)[:12]
-    port = dockerd.docker("port", cid, "80/tcp").stdout.split()[0].rsplit(":", 1)[1]
-    return Backend(cid, f"http://{host_ip}:{port}")
+    cid = run_container(dockerd, *WEB_LABELS, IMAGE, *BACKEND)[:12]
+    return Backend(cid, published_url(dockerd, cid, host_ip))
 
 
 # ---------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class RollingResult:
         return Counter(outcome for _, _, outcome in self.failures)
 
 
-def replace_in_turn(dockerd: Dockerd, host_ip: str, backends: list[Backend], rounds: int, listed: Watch) -> list[Step]:
+def replace_in_turn(dockerd: Dockerd, host_ip: str, backends: list[Backend], rounds: int, listed: PolledSet) -> list[Step]:
     """The procedure: stop each backend in turn, start its replacement, wait until Traefik lists it."""
     steps = []
     for round_ in range(rounds):
@@ -157,7 +157,7 @@ def rolling_run(dockerd: Dockerd, etcd: Etcd, root: Path, lock: Path, throttle: 
     try:
         traefik.start()
         backends = [start_backend(dockerd, host_ip) for _ in range(2)]
-        with Loop(env, INTERVAL, *MODES[mode]) as loop, Watch(traefik.servers, every=0.05) as listed:
+        with Loop(env, INTERVAL, MODES[mode]) as loop, PolledSet(traefik.servers, every=0.05) as listed:
             for backend in backends:
                 listed.when_present(backend.url, WAIT)
             with Client(traefik, args.rate, args.max_requests, args.max_seconds) as client:

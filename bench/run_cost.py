@@ -18,10 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import (BINARY, HOST_IP, PYTHON, SERVICE, ChildRun, Delta, Dockerd, Etcd, Gateway, b64, check,
-                    check_no_change, child_env, delta, log, make_config, median, preload_clients, print_table,
-                    print_targets, reported_seconds, run_child, running_ids, snapshot, spread, start_containers,
-                    synthetic_source, table_rows, timed_sync)
+from measure import ChildRun, Delta, check, check_no_change, delta, median, reported_seconds, run_child, snapshot
+from report import int_list, log, print_table, print_targets, spread, table_rows
+from servers import HOST_IP, PYTHON, SERVICE, Gateway, b64, child_env, running_ids, start_containers
+from synthetic import make_config, preload_clients, synthetic_source, timed_sync
+from harness import Dockerd, Etcd
+from hosts import BINARY
 from fakes import FakeEtcd
 
 IMPORT_FLOOR = "import docker, etcd3, typer"
@@ -41,11 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fleet sizes K whose other hosts' keys share the prefix at N=50 (else the largest N) "
                              "(default 100,300; '' to skip)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the synthetic container ids")
-
-
-def int_list(text: str) -> list[int]:
-    """'10,50,200' -> [10, 50, 200]."""
-    return [int(x) for x in text.split(",") if x]
 
 
 # ---------------------------------------------------------------------------
@@ -81,7 +78,7 @@ def measure_size(dockerd: Dockerd, etcd: Etcd, n: int, runs: int, lock: Path) ->
         result.start_seconds, result.started = start_containers(dockerd, missing), missing
         log(f"N={n}: started {missing} in {result.start_seconds:.1f}s")
     env = child_env(dockerd, etcd, f"/bench/n{n}", lock)
-    sync = [str(BINARY), "sync"]
+    sync = [BINARY, "sync"]
     metered = [*sync, "--metrics-file", str(lock.with_name(f"n{n}.prom"))]  # read back and replaced each run
 
     before = snapshot(etcd, dockerd)
@@ -263,12 +260,12 @@ def measure_in_fleet(dockerd: Dockerd, etcd: Etcd, n: int, fleet_sizes: list[int
             add_other_hosts(gateway, prefix, done, hosts, 50, lease)
             done = max(done, hosts)
             log(f"N={n} inside a fleet of {hosts} hosts: {runs} no-change runs")
-            run_child([str(BINARY), "sync"], env)  # warm-up
+            run_child([BINARY, "sync"], env)  # warm-up
             context = FleetContext(hosts, len(etcd.get_prefix(prefix + "/")), [], [], [])
             for _ in range(runs):
                 context.imports.append(run_child([str(PYTHON), "-c", IMPORT_FLOOR]))
                 before = sent_bytes(etcd)
-                run = run_child([str(BINARY), "sync"], env)
+                run = run_child([BINARY, "sync"], env)
                 context.sent.append(sent_bytes(etcd) - before)
                 check_no_change(run, "no-change sync in a fleet")
                 context.syncs.append(run)
@@ -304,7 +301,7 @@ def print_fleet_context(n: int, results: list[FleetContext]) -> None:
 
 def import_breakdown(env: dict[str, str], top: int = 20) -> list[str]:
     """Import time of a no-change run per package (self time, all depths), from python -X importtime."""
-    run = run_child([str(PYTHON), "-X", "importtime", str(BINARY), "sync"], env)
+    run = run_child([str(PYTHON), "-X", "importtime", BINARY, "sync"], env)
     check(run, "importtime run")
     totals: dict[str, float] = {}
     for line in run.stderr.splitlines():

@@ -1,5 +1,6 @@
 """What the integration tests run docker-register with: a host's environment and real CLI runs (Host), a host on
-the shared etcd (World), and a long-running `sync --every` whose output lines are read as they come (Watch)."""
+the shared etcd (World), and a long-running `sync --every` whose output lines are read as they come (Watch).
+The benchmark (bench/servers.py) builds its children's environment and its long-running child from these too."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The installed console script, next to the interpreter running the tests; Host.env puts the checkout first on
 #: its PYTHONPATH, so it runs the checkout's module too.
 BINARY = str(Path(sys.executable).with_name("docker-register"))
+
+
+#: Prefixes of the variables that point docker-register at an engine or a store (DOCKER_REGISTER_* among them).
+SERVER_VARIABLES = ("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS")
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without its own SERVER_VARIABLES, plus these: a child run then talks only to
+    the engine and store a test (or the benchmark) started and names."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SERVER_VARIABLES)}
+    env.update(variables)
+    return env
 
 
 def checkout_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -52,10 +65,9 @@ class Host:
         return {}
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS"))}
-        env.update(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
-                   DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
-                   **self.store_env())
+        env = clean_env(DOCKER_HOST=self.engine.host, HOST_IP=self.host_ip, DOCKER_REGISTER_PREFIX=self.prefix,
+                        DOCKER_REGISTER_TIMEOUT="3", COLUMNS="200", DOCKER_REGISTER_LOCK=str(self.lock_file),
+                        **self.store_env())
         env.update(extra)
         return checkout_env(env)
 
@@ -147,8 +159,11 @@ SLOW_STOP = ["sh", "-c", "httpd -f -p 80 -h /www & trap 'sleep 6; exit 0' TERM; 
 class Watch:
     """A running `docker-register sync --every N [--events]`, its output lines read as they come, with times."""
 
-    def __init__(self, env: dict[str, str], every: int, ttl: int | None = None, events: bool = True):
-        args = ["--every", str(every), *(["--events"] if events else []), *(["--ttl", str(ttl)] if ttl else [])]
+    #: The clock of the lines' times (the benchmark's Loop reads time.time(), the clock of Docker's events).
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self, env: dict[str, str], every: float, ttl: int | None = None, events: bool = True):
+        args = ["--every", f"{every:g}", *(["--events"] if events else []), *(["--ttl", str(ttl)] if ttl else [])]
         self.proc = subprocess.Popen([BINARY, "sync", *args], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -160,10 +175,9 @@ class Watch:
             reader.start()
         self.exit_seconds: float | None = None
 
-    @staticmethod
-    def _read(stream, lines) -> None:
+    def _read(self, stream, lines) -> None:
         for line in stream:
-            lines.append((time.monotonic(), line.rstrip("\n")))
+            lines.append((self.clock(), line.rstrip("\n")))
 
     def passes(self, since: float = 0.0) -> list[float]:
         """When each summary line came (one per pass), from `since` on."""
@@ -182,8 +196,8 @@ class Watch:
 
     def wait_quiet(self, seconds: float, timeout: float) -> list[float]:
         """Wait until no pass has ended for `seconds` (as long as passes keep coming, up to timeout); the passes."""
-        started = time.monotonic()
-        wait_until(lambda: time.monotonic() - max(self.passes(), default=started) >= seconds, timeout,
+        started = self.clock()
+        wait_until(lambda: self.clock() - max(self.passes(), default=started) >= seconds, timeout,
                    f"{seconds}s without a pass", interval=0.05)
         return self.passes()
 

@@ -17,6 +17,7 @@ import docker_register as dr
 from fakes import FakeDocker, FakeEtcd, config, container, web
 from tiers import server_fixture
 from harness import NodeExporter, Prometheus, parse_samples, require, wait_until
+from hosts import SERVER_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "systemd/docker-register.rules.yml"
@@ -203,7 +204,7 @@ def test_a_file_that_cannot_be_written_raises_and_leaves_nothing_behind(tmp_path
 def cli(monkeypatch, tmp_path):
     """dr.main with fakes behind open_adapters / open_store (one in-memory etcd for all runs of a test)."""
     for name in list(os.environ):
-        if name.startswith(("DOCKER_", "ETCD", "ZOOKEEPER", "REDIS")):
+        if name.startswith(SERVER_VARIABLES):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOST_IP", "10.0.0.5")
     monkeypatch.setenv("DOCKER_REGISTER_LOCK", str(tmp_path / "sync.lock"))
