@@ -4425,6 +4425,9 @@ def option(default: object, flag: str, secret: bool = False, **info: object) -> 
 class Settings:
     """The options every command takes, as given; build_config checks them into a Config."""
 
+    # Each option is declared here once, flag, env twin, default and help together: the declarations share a shape
+    # by nature, and a table built in a loop would hide each option's own help and default from a reader.
+
     etcd: str = option(DEFAULT_ETCD, "--etcd", envvar="ETCD_HOST",
                        help="Comma-separated etcd endpoints: host:port, http://… or https://….")
     host_ip: Optional[str] = option(None, "--host-ip", envvar="HOST_IP", show_default="detected",

@@ -131,6 +131,7 @@ def test_an_answer_that_is_not_json_is_a_docker_error_naming_the_request(no_engi
                                  "the answer is not JSON (Expecting value: line 1 column 1 (char 0))")
 
 
+# Kept apart from the not-JSON case above: each names one way an engine fails and the one line it must give.
 def test_an_engine_that_closes_without_answering_is_a_docker_error(no_engine):
     source = dr.DockerSource(timeout=3)
     try:

@@ -498,6 +498,7 @@ def test_a_container_with_a_healthcheck_is_registered_once_healthy(world):
         assert inspect(world.engine, cid, "{{.State.Health.Status}}") == "healthy"
 
 
+# test_podman has the same scenario on Podman's socket, whose events and states differ (it polls for them).
 def test_a_paused_container_leaves_and_comes_back_on_unpause(world):
     with watching(world, every=60):
         cid = world.docker_run("-P", "local/web")

@@ -505,6 +505,7 @@ def test_a_password_is_sent_and_never_shown(rd, tmp_path):
         guarded.stop()
 
 
+# The same guarantee as test_zookeeper's twin, on this store's keys; the label lists differ where the stores do.
 def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(rd):
     good = rd.docker_run("-P", "local/web")
     for label in ["a/b/../../c", "..", "x\ny", "ünïcødé", "x" * 10_000, "   ", "$(rm -rf /)", "a*b?[c]"]:
@@ -601,6 +602,7 @@ def test_a_wrong_ca_is_one_line_on_stderr_and_exit_1(tls_rd, certs, tmp_path):
 @server_fixture
 def redis_edge(rd, tmp_path):
     """A Traefik whose redis provider reads a root of the test's own (a harmless key written first)."""
+    # test_consumers' edge does the same on etcd; the store, its client and the provider differ in every line.
     root = f"traefik-r{next(_numbers):04d}"
     rd.look.set(f"{root}/docker-register-tests", "x")
     traefik = Traefik(tmp_path / "traefik", [rd.server.endpoint], root_key=root, provider="redis")

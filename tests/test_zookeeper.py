@@ -622,6 +622,7 @@ def test_a_wrong_ca_for_zookeeper_is_one_line_and_exit_1(zk_tls, certs, tmp_path
     assert zk.keys() == {} and not zk.state_file.exists()
 
 
+# The same guarantee as test_redis's twin, on this store's nodes ("zookeeper" is a name only this store reserves).
 def test_hostile_labels_are_skipped_or_cleaned_while_the_rest_register(zk):
     good = zk.docker_run("-P", "local/web")
     for label in ["a/b/../../c", "..", "x\ny", "ünïcødé", "x" * 10_000, "   ", "$(rm -rf /)", "zookeeper"]:
