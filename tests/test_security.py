@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import re
 import subprocess
 
@@ -210,6 +212,10 @@ def test_unreadable_key_file_exits_2(certs, tmp_path):
     # As root every file is readable: check as an unprivileged user (nobody, when run as root), for whom
     # it is not. A forked child already has the module loaded, so the checkout's own permissions do not matter.
     nobody = pwd.getpwnam("nobody")
+    # Parse once here, so that what the CLI imports on first use (typer's own modules) is loaded before the fork:
+    # the child, as nobody, may not be able to read the virtualenv (a checkout in a private folder, as CI's).
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        dr.main(["sync", "--help"])
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
