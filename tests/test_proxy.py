@@ -96,6 +96,7 @@ EXEC = json.dumps({"Cmd": ["touch", "/tmp/owned"], "AttachStdout": True}).encode
 CREATE = json.dumps({"Image": "local/web", "Cmd": ["true"]}).encode()
 
 
+# One row per request the proxy must refuse: a table of cases, alike in shape because each is one request.
 @pytest.mark.parametrize("method, path, body", [
     ("POST", "/containers/create", CREATE),
     ("POST", "/v1.41/containers/create", CREATE),
