@@ -3434,6 +3434,8 @@ class RedisStore:
                  layout: Layout):
         self.connection = RedisConnection(settings, timeout)
         self.fleet = RedisFleet(self.connection, prefix, layout, ttl, lease_id)
+        # The same settings as the fleet's, kept here too: the store's operations read them without reaching
+        # into the fleet, whose job (heartbeat, hosts, sweep) is another.
         self.client = self.connection.client
         self.where = self.connection.where
         self.prefix = prefix
