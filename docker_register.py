@@ -2322,6 +2322,11 @@ def backend_module(backend: str):
 # sweep of what departed hosts left); ZooKeeperStore is the Store on the two.
 
 
+#: What a folder node under the root holds. Traefik's zooKeeper provider reads every node's value, folders
+#: included, and reads one that is empty six times with a sync between (its guard against half-written values):
+#: 11 requests per folder instead of 1. "true" is also the one value its configuration reader takes as a plain
+#: "this block is on" for every kind of block, so the routing it builds stays what the keys say.
+ZOOKEEPER_FOLDER = b"true"
 #: ZooKeeper keeps its own nodes under this path: no prefix may go there.
 ZOOKEEPER_RESERVED = "/zookeeper"
 #: A node created and deleted under the root in every ZooKeeper write transaction: readers that watch only
@@ -2444,8 +2449,9 @@ def parse_watched(value) -> Optional[tuple[int, int]]:
 
 
 def was_folder(stat) -> bool:
-    """Whether a ZooKeeper node is only a folder: no value, not ephemeral, and it has had children."""
-    return not stat.ephemeralOwner and not stat.dataLength and stat.cversion > 0
+    """Whether a ZooKeeper node is only a folder: not ephemeral, it has had children, and it holds no value or a
+    folder's (those written before folders held one have none). No docker-register key has nodes below it."""
+    return not stat.ephemeralOwner and stat.dataLength in (0, len(ZOOKEEPER_FOLDER)) and stat.cversion > 0
 
 
 def emptied_folder(stat) -> bool:
@@ -2960,7 +2966,7 @@ class ZooKeeperStore:
         def record(path, data, stat):
             if emptied_folder(stat):  # no key, but a key put there must take its place
                 self._emptied[path] = stat.version
-            if stat.ephemeralOwner or stat.dataLength or not (stat.numChildren or emptied_folder(stat)):
+            if not was_folder(stat):
                 self._owners[path] = stat.ephemeralOwner
                 found[zookeeper_key(path, self.prefix)] = StoredKey(
                     (data or b"").decode("utf-8", "replace"), stat.ephemeralOwner, stat.version)
@@ -3047,7 +3053,7 @@ class ZooKeeperStore:
         kids = {path: client.get_children_async(path) for path in above_removed}
         stats = {path: self.session.wait_optional("read parents", pending) for path, pending in stats.items()}
         kids = {path: self.session.wait_optional("read parents", pending) or [] for path, pending in kids.items()}
-        ops = [("create", parent, b"") for parent in sorted(above_puts, key=lambda p: p.count("/"))
+        ops = [("create", parent, ZOOKEEPER_FOLDER) for parent in sorted(above_puts, key=lambda p: p.count("/"))
                if stats[parent] is None]
 
         def claim(path: str) -> None:
@@ -3083,7 +3089,7 @@ class ZooKeeperStore:
         gone = set(removed)
         for parent in sorted(above_removed, key=lambda p: -p.count("/")):
             stat = stats[parent]
-            if stat and not stat.ephemeralOwner and not stat.dataLength and all(
+            if stat and was_folder(stat) and all(
                     f"{parent}/{child}" in gone for child in kids[parent]):
                 gone.add(parent)
                 ops.append(("delete", parent, stat.version))

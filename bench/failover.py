@@ -148,9 +148,12 @@ class ZooKeeperView(ClientView):
                 "ZOOKEEPER_STATE": str(folder / "zookeeper.session")}
 
     def values(self, root: str) -> dict[str, str]:
-        """Nodes holding a value or belonging to a session (a folder left empty is no key of anyone's)."""
+        """Nodes holding a value (not a folder's) or belonging to a session (a folder left empty is no key)."""
+        from docker_register import ZOOKEEPER_FOLDER
+
+        folder = ZOOKEEPER_FOLDER.decode()
         return {path[1:]: data for path, (data, owner) in zookeeper_nodes(self.look, "/" + root).items()
-                if data or owner}
+                if data not in ("", folder) or owner}
 
     def clear(self, root: str) -> None:
         self.look.delete("/" + root, recursive=True)

@@ -189,6 +189,16 @@ def zookeeper_nodes(client, root: str) -> dict[str, tuple[str, int]]:
     return found
 
 
+def zookeeper_keys(nodes: dict[str, tuple[str, int]]) -> dict[str, str]:
+    """The keys among zookeeper_nodes(): every node but the folders (persistent, with nodes below them, holding no
+    value or a folder's): path -> data."""
+    import docker_register as dr
+
+    folder = dr.ZOOKEEPER_FOLDER.decode()
+    return {path: data for path, (data, owner) in nodes.items()
+            if owner or data not in ("", folder) or not any(other.startswith(path + "/") for other in nodes)}
+
+
 class Dockerd:
     """A dockerd on a private socket with its own data root."""
 

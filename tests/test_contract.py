@@ -101,11 +101,9 @@ class RealZooKeeper(Backend):
         return {"backend": dr.BackendName.zookeeper, "zookeeper": self.server.endpoint}
 
     def values(self) -> dict[str, str]:
-        from harness import zookeeper_nodes
+        from harness import zookeeper_keys, zookeeper_nodes
 
-        nodes = zookeeper_nodes(self.look, self.prefix)
-        return {path: data for path, (data, owner) in nodes.items()
-                if data or owner or not any(other.startswith(path + "/") for other in nodes)}
+        return zookeeper_keys(zookeeper_nodes(self.look, self.prefix))
 
     def put(self, key: str, value: str) -> None:
         self.look.create(dr.zookeeper_path(key), value.encode(), makepath=True)

@@ -21,7 +21,7 @@ import pytest
 import docker_register as dr
 from consumers import REQUESTS, WEB_LABELS, Edge, bridge_ip, published_url, served_by_both, start_web
 from harness import (Certs, Traefik, ZooKeeper, end_saved_sessions, free_port, silent_endpoint, wait_until,
-                     zookeeper_nodes)
+                     zookeeper_keys, zookeeper_nodes)
 from hosts import LAYOUT_KEYS, Host, Watch
 from tiers import server_fixture
 
@@ -92,6 +92,7 @@ def test_only_a_folder_whose_children_all_went_is_an_emptied_folder():
     assert dr.emptied_folder(node(cversion=2))
     assert not dr.emptied_folder(node(cversion=3, children=1))  # still in use
     assert not dr.emptied_folder(node())  # an empty key written as such, never a folder
+    assert dr.emptied_folder(node(data=len(dr.ZOOKEEPER_FOLDER), cversion=2))  # holding a folder's value
     assert not dr.emptied_folder(node(data=3, cversion=2))  # a key with a value
     assert not dr.emptied_folder(node(owner=7, cversion=0))  # a session's key
 
@@ -231,10 +232,8 @@ class ZkWorld(Host):
         return zookeeper_nodes(self.look, root or self.prefix)
 
     def keys(self, root: str | None = None) -> dict[str, str]:
-        """The nodes with a value, or without children: what a KV reader sees as keys."""
-        nodes = self.nodes(root)
-        return {path: data for path, (data, owner) in nodes.items()
-                if data or owner or not any(other.startswith(path + "/") for other in nodes)}
+        """The keys under the root: every node but the folders."""
+        return zookeeper_keys(self.nodes(root))
 
     def holder(self, path: str) -> int:
         """The session holding a node: its owner if ephemeral, else the session claiming it (0: none)."""
@@ -270,7 +269,10 @@ def test_register_then_a_run_with_nothing_changed_writes_nothing(zk):
     assert zk.keys() == zk.web_keys(first, second)
     session = zk.session()
     port = f"{zk.prefix}/web/port"
-    assert {owner for path, (data, owner) in zk.nodes().items() if data and path != port} == {session}  # ephemeral
+    nodes = zk.nodes()
+    assert {nodes[path][1] for path in zk.keys() if path != port} == {session}  # ephemeral
+    # Its folders hold a value: a reader that reads every node (Traefik's provider) reads each one once.
+    assert {nodes[path] for path in set(nodes) - set(zk.keys())} == {(dr.ZOOKEEPER_FOLDER.decode(), 0)}
     assert zk.nodes()[port] == ("80", 0) and zk.holder(port) == session  # shared: persistent, claimed by it
     assert stat.S_IMODE(zk.state_file.stat().st_mode) == 0o600
     assert f"0x{session:x}" in zk.server.four_letter("dump")  # the run exited; its session lives on
@@ -324,7 +326,8 @@ def test_a_dead_hosts_nodes_go_after_the_ttl(zk):
     # What stays is the persistent folder and the shared port node, no longer claimed: with no live host left,
     # nothing removes it; the first host back (the leader at its first look) sweeps it when nothing uses it.
     port = f"{zk.prefix}/web/port"
-    assert zk.nodes() == {f"{zk.prefix}/web": ("", 0), port: ("80", 0)} and zk.holder(port) == 0
+    folder = (dr.ZOOKEEPER_FOLDER.decode(), 0)
+    assert zk.nodes() == {f"{zk.prefix}/web": folder, port: ("80", 0)} and zk.holder(port) == 0
     result = zk.sync("--ttl", "2")  # the saved session is gone: a new one, the instance added again
     assert "added 1, updated 0, removed 0, unchanged 1" in result.stdout
 
@@ -436,7 +439,7 @@ def test_a_changed_ttl_replaces_the_session_as_a_changed_ttl_replaces_an_etcd_le
     assert new != old and json.loads(zk.state_file.read_text())["ttl"] == 5
     assert zk.keys() == zk.web_keys(cid)
     port = f"{zk.prefix}/web/port"
-    assert {owner for path, (data, owner) in zk.nodes().items() if data and path != port} == {new}
+    assert {zk.nodes()[path][1] for path in zk.keys() if path != port} == {new}
     assert zk.nodes()[port] == ("80", 0)  # shared: persistent, it never went, and no session claims it now
     assert f"0x{old:x}" not in zk.server.four_letter("dump")  # closed, not left to expire
 
@@ -597,7 +600,7 @@ def test_over_tls_a_run_with_the_ca_and_a_client_certificate_registers(zk_tls, c
     result = zk.sync(*trusted, "--zookeeper-cert", str(cert), "--zookeeper-key", str(key))
     assert "added 2, updated 0, removed 0, unchanged 0" in result.stdout
     assert zk.keys() == zk.web_keys(cid)
-    assert {zk.holder(path) for path, (data, owner) in zk.nodes().items() if data} == {zk.session()}
+    assert {zk.holder(path) for path in zk.keys()} == {zk.session()}
     zxid = zk.server.zxid()
     result = zk.sync(ZOOKEEPER_HOSTS=secure, ZOOKEEPER_CACERT=str(certs.ca), ZOOKEEPER_CERT=str(cert),
                      ZOOKEEPER_KEY=str(key))  # the environment twins; the session re-attached over TLS
