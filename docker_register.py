@@ -2897,9 +2897,9 @@ class ZooKeeperFleet:
                 values[zookeeper_key(path, self.prefix)] = StoredKey((node[0] or b"").decode("utf-8", "replace"), 0,
                                                                      node[1].version)
         claimed = self.session.claims(self.root, [zookeeper_path(key) for key in values])
-        live = [zookeeper_key(path, self.prefix) for path, (stat, _) in found.items() if stat.ephemeralOwner]
-        return {zookeeper_path(key) for key in values if not claimed[zookeeper_path(key)] and not any(
-            other.startswith(folder) for folder in self.layout.holders(key, self.prefix, values) for other in live)}
+        live = sorted(zookeeper_key(path, self.prefix) for path, (stat, _) in found.items() if stat.ephemeralOwner)
+        return {zookeeper_path(key) for key in values if not claimed[zookeeper_path(key)]
+                and not any(keys_in(self.layout.holders(key, self.prefix, values), live))}
 
 
 class ZooKeeperStore:
@@ -3128,16 +3128,20 @@ REDIS_ALIVE = "docker-register:alive:{lease:016x}"
 #: Per root, outside it: the set of hosts (lease ids) that registered there, whose lowest live one is the leader
 #: that sweeps the others once their heartbeat ran out...
 REDIS_HOSTS = "docker-register:roots:{prefix}:hosts"
-#: ...and the hash of shared keys to the lease id of the host that wrote them (their claims: who may change them).
+#: ...and the hash of shared keys to the lease id of the host that wrote them (their claims: who may change them),
+#: or REDIS_RELEASED once their writer let go of them.
 REDIS_CLAIMS = "docker-register:roots:{prefix}:claims"
-#: Keys under the root, the indexes and the root's sets expire after this many TTLs (an hour at the default TTL)
-#: unless renewed, which a run does only once less than half is left: a fleet whose hosts all died leaves nothing
-#: for good, and a run with nothing to change renews nothing under the root.
-REDIS_KEEP_TTLS = 120
+#: The claim of a shared key whose writer let it go while other hosts use it: docker-register's, no host's.
+REDIS_RELEASED = "0"
+# Nothing but the heartbeat expires: an expiry under the root, set or renewed, is a keyspace event on which Traefik's
+# provider lists the whole database again, once per key. Keys that an earlier version wrote with an expiry are made
+# persistent (PERSIST) by the first run that reads them. When every host of a root is dead nobody sweeps: see
+# docs/backends.md.
 #: Exact keys a Redis run reads in its pipeline before it reads their folders instead (each a SCAN of the
 #: whole database): a pipeline takes any number, so this only bounds its size.
 REDIS_READS = 2000
-#: StoredKey.lease of a Redis key that carries an expiry but is not in this host's index: another host's.
+#: StoredKey.lease of a Redis key under the root in no claim and not in this host's index: another host's, or
+#: written by hand; either way never this host's to change, and a user of the shared keys above it.
 FOREIGN_LEASE = -1
 
 
@@ -3304,7 +3308,6 @@ class RedisFleet:
         self.prefix = prefix
         self.layout = layout
         self.ttl = ttl
-        self.keep_ms = ttl * REDIS_KEEP_TTLS * 1000
         self.lease_id = lease_id
         self.alive = redis_alive_key(lease_id)
         self.hosts = REDIS_HOSTS.format(prefix=prefix)
@@ -3313,8 +3316,8 @@ class RedisFleet:
 
     def beat(self, *reads: Callable[[Any], Any]) -> list:
         """Set the heartbeat and read the root's hosts in one pipelined round trip with the caller's reads (each
-        given the pipeline; their replies are returned); join the root's hosts if new, and renew their set's
-        safety expiry where less than half is left."""
+        given the pipeline; their replies are returned); join the root's hosts if new (and make their set persistent
+        where an earlier version gave it an expiry)."""
         def send():
             pipe = self.client.pipeline(transaction=False)
             pipe.set(self.alive, self.ttl, px=self.ttl * 1000)
@@ -3329,14 +3332,14 @@ class RedisFleet:
         self._others = leases - {self.lease_id}
         if self.lease_id not in leases:
             self.connection.call("join the root's hosts", self._join)
-        elif 0 <= expiry < self.keep_ms // 2:
-            self.connection.call("renew expiry", lambda: self.client.pexpire(self.hosts, self.keep_ms))
+        elif expiry >= 0:
+            self.connection.call("persist the root's hosts", lambda: self.client.persist(self.hosts))
         return replies
 
     def _join(self) -> None:
         pipe = self.client.pipeline(transaction=False)
         pipe.sadd(self.hosts, f"{self.lease_id:x}")
-        pipe.pexpire(self.hosts, self.keep_ms)
+        pipe.persist(self.hosts)
         pipe.execute()
 
     def live(self, leases: Iterable[str]) -> set[str]:
@@ -3394,19 +3397,19 @@ class RedisFleet:
         return True
 
     def _sweep_shared(self) -> None:
-        """Delete the shared keys under the root that no live host claims and no live host's key uses (keys without
-        an expiry are nobody's and stay), in one MULTI under WATCH of them and the claims."""
+        """Delete the shared keys under the root that no live host claims and no host's key uses (a shared key in no
+        claim is written by hand and stays, unless an earlier version's expiry marks it), in one MULTI under WATCH of
+        them and the claims."""
         found, (claims,) = self.connection.read_root(self.prefix, lambda pipe: pipe.hgetall(self.claims))
         claims = {k.decode("utf-8", "replace"): v.decode("ascii", "replace") for k, v in claims.items()}
         live = self.live(claims.values())
-        stored = {key: StoredKey(value.decode("utf-8", "replace"), FOREIGN_LEASE if expiry >= 0 else 0, 0)
-                  for key, (value, expiry) in found.items()}
-        users = [key for key, kv in stored.items() if kv.lease and self.layout.fits(key, self.prefix)
-                 and not self.layout.is_shared(key, self.prefix)]
-        unused = [key for key, kv in stored.items() if kv.lease and is_shared_key(self.layout, key, self.prefix)
-                  and claims.get(key) not in live
-                  and not any(user.startswith(folder) for folder in self.layout.holders(key, self.prefix, stored)
-                              for user in users)]
+        stored = {key: StoredKey(value.decode("utf-8", "replace"), FOREIGN_LEASE, 0)
+                  for key, (value, _) in found.items()}
+        users = sorted(key for key in stored if self.layout.fits(key, self.prefix)
+                       and not self.layout.is_shared(key, self.prefix))
+        unused = [key for key, (_, expiry) in found.items() if is_shared_key(self.layout, key, self.prefix)
+                  and (key in claims or expiry >= 0) and claims.get(key) not in live
+                  and not any(keys_in(self.layout.holders(key, self.prefix, stored), users))]
         if not unused:
             return
         with self.client.pipeline(transaction=True) as pipe:
@@ -3447,7 +3450,6 @@ class RedisStore:
         self.prefix = prefix
         self.layout = layout
         self.ttl = ttl
-        self.keep_ms = ttl * REDIS_KEEP_TTLS * 1000
         self.lease_id = lease_id
         self.index = redis_index_key(lease_id)
         self.claims = REDIS_CLAIMS.format(prefix=prefix)
@@ -3553,37 +3555,38 @@ class RedisStore:
 
     def _lease_of(self, key: str, mine: bool, expiry: int, claim: Optional[str], live: set[str]) -> int:
         """A key's lease for the planner: this host's for its own keys and claims; a shared key's writer while its
-        heartbeat lives, else UNCLAIMED; another host's (FOREIGN_LEASE) for a key with an expiry; 0 (no host's)."""
+        heartbeat lives, else UNCLAIMED; FOREIGN_LEASE for any other key; 0 for a shared key no one claims (written
+        by hand, unless an earlier version's expiry says it let go of it)."""
         shared = is_shared_key(self.layout, key, self.prefix)
         if shared and claim:
             return self.lease_id if claim == f"{self.lease_id:x}" else int(claim, 16) if claim in live else UNCLAIMED
         if mine:
             return self.lease_id  # an own key, or a shared one written before shared keys had claims
-        if expiry < 0:
-            return 0  # no expiry: written by hand, no host's
-        return UNCLAIMED if shared else FOREIGN_LEASE
+        if shared:
+            return UNCLAIMED if expiry >= 0 else 0
+        return FOREIGN_LEASE
 
     def apply(self, plan: Plan, ttl: int) -> None:
         """Each batch of changes in one MULTI with the index and the claims, after checking under WATCH that the
-        keys and claims still are what the plan was made from; then renew the safety expiry of what this host
-        keeps where less than half is left (rarely: a run with nothing to change writes nothing under the root)."""
+        keys and claims still are what the plan was made from; then make persistent what this host keeps that an
+        earlier version wrote with an expiry (once: a run with nothing to change writes nothing under the root)."""
         if plan.lease_action.revokes:
             self.revoke(plan.lease_id)
         for batch in batches(plan.changes):
             self.connection.call("write keys", lambda: self._transaction(batch))
         kept = (self._members or set()) | {key for key, _ in plan.renewals} | {self.index, self.claims}
-        due = [key for key in sorted(kept - {change.key for change in plan.changes})
-               if 0 <= self._expiries.get(key, -1) < self.keep_ms // 2]
-        if due:
-            self.connection.call("renew expiry", lambda: self._renew(due))
+        expiring = [key for key in sorted(kept - {change.key for change in plan.changes})
+                    if self._expiries.get(key, -1) >= 0]
+        if expiring:
+            self.connection.call("persist keys", lambda: self._persist(expiring))
 
-    def _renew(self, keys: Sequence[str]) -> None:
-        """Give each key the safety expiry again (PEXPIRE: no value rewritten)."""
+    def _persist(self, keys: Sequence[str]) -> None:
+        """Take each key's expiry away (PERSIST: no value rewritten)."""
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
-            pipe.pexpire(key, self.keep_ms)
+            pipe.persist(key)
         pipe.execute()
-        self._expiries.update({key: self.keep_ms for key in keys})
+        self._expiries.update({key: -1 for key in keys})
 
     def _transaction(self, batch: Sequence[Change]) -> None:
         keys, lease = [change.key for change in batch], f"{self.lease_id:x}"
@@ -3601,26 +3604,27 @@ class RedisStore:
                 if not change.shared and change.kind is ChangeKind.REMOVE and not listed:
                     raise Conflict(f"{change.key} left this host's index since it was read")
             pipe.multi()
+            claimed = {}  # shared key -> its claim after the transaction
             for change in batch:
-                if change.kind in (ChangeKind.REMOVE, ChangeKind.RELEASE):
-                    if change.kind is ChangeKind.REMOVE:
-                        pipe.delete(change.key)
+                if change.kind is ChangeKind.REMOVE:
+                    pipe.delete(change.key)
                     pipe.srem(self.index, change.key)
-                    if change.shared and (change.kind is ChangeKind.REMOVE or self._claimed.get(change.key) == lease):
+                    if change.shared:
                         pipe.hdel(self.claims, change.key)
+                        claimed[change.key] = None
+                elif change.kind is ChangeKind.RELEASE:
+                    pipe.srem(self.index, change.key)
+                    if self._claimed.get(change.key) == lease:
+                        pipe.hset(self.claims, change.key, REDIS_RELEASED)
+                        claimed[change.key] = REDIS_RELEASED
                 else:
-                    pipe.set(change.key, change.value, px=self.keep_ms)
+                    pipe.set(change.key, change.value)
                     pipe.sadd(self.index, change.key)
                     if change.shared:
                         pipe.hset(self.claims, change.key, lease)
-            pipe.pexpire(self.index, self.keep_ms)
-            if any(change.shared for change in batch):
-                pipe.pexpire(self.claims, self.keep_ms)
+                        claimed[change.key] = lease
             pipe.execute()
-        self._claimed.update({change.key: lease if change.kind in (ChangeKind.ADD, ChangeKind.UPDATE) else None
-                              for change in batch if change.shared})
-        self._expiries.update({self.index: self.keep_ms, **({self.claims: self.keep_ms} if any(
-            change.shared for change in batch) else {})})
+        self._claimed.update(claimed)
 
     def revoke(self, lease_id: int) -> None:
         """Delete the host's own keys the index lists, the index, the heartbeat and its claims in one MULTI (purge):
@@ -3638,7 +3642,7 @@ class RedisStore:
                 pipe.delete(self.index, self.fleet.alive, *(member for member in members if member not in shared))
                 claimed = [key for key, claim in zip(shared, claims) if claim and claim.decode("ascii") == lease]
                 if claimed:
-                    pipe.hdel(self.claims, *claimed)
+                    pipe.hset(self.claims, mapping=dict.fromkeys(claimed, REDIS_RELEASED))
                 pipe.execute()
 
         for attempt in range(MAX_ATTEMPTS):

@@ -1055,6 +1055,10 @@ class ZooKeeper:
         except OSError:
             return ""
 
+    def received(self) -> int:
+        """Requests the server has received from all clients since it started."""
+        return int(re.search(r"Received: (\d+)", self.four_letter("srvr")).group(1))
+
     def zxid(self) -> int:
         """The id of the last transaction the server applied: it moves with every write, and only then."""
         line = next(line for line in self.four_letter("srvr").splitlines() if line.startswith("Zxid:"))

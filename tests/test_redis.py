@@ -165,8 +165,8 @@ def test_register_then_a_run_with_nothing_changed_writes_nothing_under_the_root(
     assert "added 3, updated 0, removed 0, unchanged 0" in result.stdout
     assert rd.keys() == rd.web_keys(first, second)
     assert rd.look.smembers(rd.index) == set(rd.web_keys(first, second))
-    keep = 30 * dr.REDIS_KEEP_TTLS * 1000  # keys and index: the long safety expiry; the heartbeat: the TTL
-    assert all(keep - 5_000 < ms <= keep for ms in rd.expiries().values()), rd.expiries()
+    # No expiry under the root or on the index (setting or renewing one wakes Traefik); the heartbeat: the TTL.
+    assert set(rd.expiries().values()) == {-1}, rd.expiries()
     assert 0 < rd.look.pttl(rd.alive) <= 30_000
 
     with keyspace_events(rd.look, rd.prefix, "docker-register:alive:") as events:
@@ -177,7 +177,26 @@ def test_register_then_a_run_with_nothing_changed_writes_nothing_under_the_root(
     assert [event for event in seen if event.startswith(rd.prefix)] == [], "no keyspace event under the root"
     assert rd.alive in seen, "the subscriber saw the heartbeat: it was listening"
     assert writes(before, after) == Counter({"set": 1}), "one write: the heartbeat, outside the root"
-    assert after["pexpire"] == before["pexpire"], "no expiry renewed: more than half of each is left"
+    assert (after["pexpire"], after["persist"]) == (before["pexpire"], before["persist"])
+
+
+def test_keys_an_earlier_version_wrote_with_an_expiry_are_made_persistent_once(rd):
+    """Earlier versions kept a safety expiry on every key and renewed it, a keyspace event per key (each one a
+    listing of the whole database by Traefik): the first run after the upgrade takes the expiries away, once."""
+    rd.docker_run("-P", "local/web")
+    rd.sync()
+    expiring = [*rd.keys(), rd.index, dr.REDIS_CLAIMS.format(prefix=rd.prefix), dr.REDIS_HOSTS.format(prefix=rd.prefix)]
+    for key in expiring:
+        rd.look.pexpire(key, 3_600_000)
+    with keyspace_events(rd.look, rd.prefix, kinds=True) as events:
+        result = rd.sync()
+        seen = events()
+    assert "added 0, updated 0, removed 0, unchanged 2" in result.stdout
+    assert sorted(seen) == sorted((key, "persist") for key in rd.keys()), "one event per key, once"
+    assert {key: rd.look.pttl(key) for key in expiring} == dict.fromkeys(expiring, -1)
+    before = rd.commands()
+    rd.sync()
+    assert writes(before, rd.commands()) == Counter({"set": 1}) and rd.commands()["persist"] == before["persist"]
 
 
 @contextlib.contextmanager
@@ -213,7 +232,7 @@ def test_a_stopped_container_goes_on_the_next_run(rd):
 
 def test_other_hosts_keys_are_never_touched(rd):
     theirs, manual = f"{rd.prefix}/web/bbbbbbbbbbbb", f"{rd.prefix}/static/manual"
-    rd.look.set(theirs, "10.9.9.9:80", px=60_000)
+    rd.look.set(theirs, "10.9.9.9:80")
     rd.look.sadd("docker-register:hosts:00000000000000ff", theirs)
     rd.look.sadd(dr.REDIS_HOSTS.format(prefix=rd.prefix), "ff")  # a live host of the root, and its leader
     rd.look.set(dr.REDIS_ALIVE.format(lease=0xff), "30", px=60_000)
@@ -224,14 +243,13 @@ def test_other_hosts_keys_are_never_touched(rd):
     rd.sync()
     rd.sync("--dry-run")
     assert rd.run("purge").returncode == 0
-    assert rd.look.get(theirs) == "10.9.9.9:80" and 0 < rd.look.pttl(theirs) <= 60_000
-    assert rd.look.get(manual) == "10.9.9.8:80" and rd.look.pttl(manual) == -1  # no expiry given to it
+    assert rd.look.get(theirs) == "10.9.9.9:80" and rd.look.get(manual) == "10.9.9.8:80"
     assert rd.look.object("idletime", manual) >= 0
-    # The port key the other host's web keeps in use left this host's index and its claims, and stays, with its
-    # safety expiry, for the hosts that want it.
+    # The port key the other host's web keeps in use left this host's index and its claim (released: anyone's to
+    # change, the leader's to sweep once unused), and stays for the hosts that want it.
     port = f"{rd.prefix}/web/port"
-    assert set(rd.keys()) == {theirs, manual, port} and 0 < rd.look.pttl(port) <= 30 * dr.REDIS_KEEP_TTLS * 1000
-    assert not rd.look.hexists(dr.REDIS_CLAIMS.format(prefix=rd.prefix), port)
+    assert set(rd.keys()) == {theirs, manual, port} and rd.look.pttl(port) == -1
+    assert rd.look.hget(dr.REDIS_CLAIMS.format(prefix=rd.prefix), port) == dr.REDIS_RELEASED
     assert not rd.look.exists(rd.index)
 
 
@@ -421,7 +439,7 @@ def test_purge_deletes_this_hosts_keys_and_index(rd):
     # heartbeat went with the index: the host is a departed one for the leader.
     port = f"{rd.prefix}/web/port"
     assert rd.keys() == {port: "80"} and not rd.look.exists(rd.index) and not rd.look.exists(rd.alive)
-    assert not rd.look.hexists(dr.REDIS_CLAIMS.format(prefix=rd.prefix), port)
+    assert rd.look.hget(dr.REDIS_CLAIMS.format(prefix=rd.prefix), port) == dr.REDIS_RELEASED
     again = rd.run("purge")
     assert again.returncode == 0 and "removed 0 keys" in again.stdout, again.stderr
 
@@ -446,10 +464,10 @@ def test_every_layout_registers_dry_runs_and_purges(rd, layout):
     plan = json.loads(rd.sync("--dry-run", "--output", "json", **env).stdout)
     assert key in {change["key"] for change in plan["changes"]} and writes(before, rd.commands()) == Counter()
     rd.sync(**env)
-    assert key in rd.keys(prefix) and rd.look.pttl(key) > 0
+    assert key in rd.keys(prefix) and rd.look.pttl(key) == -1
     result = rd.run("purge", **env)
     assert result.returncode == 0, result.stderr
-    assert set(rd.keys(prefix)) == ({f"{prefix}/web/port"} if layout == "discover" else set())  # shared: expiring
+    assert set(rd.keys(prefix)) == ({f"{prefix}/web/port"} if layout == "discover" else set())  # shared: released
 
 
 def test_sync_every_registers_deregisters_and_writes_nothing_under_the_root_between(rd):

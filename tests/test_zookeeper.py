@@ -717,6 +717,55 @@ def test_traefik_drops_a_dead_hosts_servers_once_the_leader_has_swept_its_folder
     assert zk_edge.answers() == Counter({(200, staying): REQUESTS})
 
 
+#: Keys of the shapes labels give Traefik's blocks: routers with TLS options and a certificate resolver,
+#: middlewares, a headers map, sticky cookies, TCP with TLS passthrough, UDP.
+BLOCKS = {
+    "http/routers/web/rule": "Host(`a.example`)", "http/routers/web/middlewares": "strip,hdr",
+    "http/routers/web/tls/certresolver": "le", "http/routers/web/service": "web",
+    "http/routers/web2/rule": "Host(`b.example`)", "http/routers/web2/tls/options": "default",
+    "http/routers/web2/tls/domains/0/main": "b.example", "http/routers/web2/service": "web",
+    "http/middlewares/strip/stripprefix/prefixes": "/a,/b",
+    "http/middlewares/hdr/headers/customrequestheaders/X-Foo": "bar",
+    "http/services/web/loadbalancer/servers/abc123abc123/url": "http://127.0.0.1:9",
+    "http/services/web/loadbalancer/servers/012345678901/url": "http://127.0.0.1:10",
+    "http/services/web/loadbalancer/sticky/cookie/name": "c",
+    "tcp/routers/t/rule": "HostSNI(`*`)", "tcp/routers/t/tls/passthrough": "true", "tcp/routers/t/service": "t",
+    "tcp/services/t/loadbalancer/servers/abc123abc123/address": "127.0.0.1:9",
+    "udp/services/u/loadbalancer/servers/abc123abc123/address": "127.0.0.1:9",
+}
+
+
+#: The parts of Traefik's raw configuration the blocks make.
+SECTIONS = ("routers", "middlewares", "services", "tcpRouters", "tcpServices", "udpServices")
+
+
+def test_folders_holding_true_give_traefik_the_same_routing_for_a_fraction_of_the_reads(zk, zk_edge):
+    """Traefik's provider reads every node's value and an empty one six times: docker-register's folders hold
+    "true", which Traefik's configuration reader takes as "this block is on" whatever the block."""
+    root = f"/{zk_edge.root}"
+    for key, value in BLOCKS.items():
+        zk.look.create(f"{root}/{key}", value.encode(), makepath=True)
+    folders = {f"{root}/{key}".rsplit("/", depth)[0] for key in BLOCKS for depth in range(1, key.count("/") + 1)}
+
+    def read_by_traefik(value: bytes) -> tuple[dict, int]:
+        """Traefik's configuration once it has read the tree again with folders holding value; requests sent."""
+        for folder in folders:
+            zk.look.set_data(folder, value)
+        received, count = zk.server.received(), zk_edge.configurations_received()
+        zk.look.create(f"{root}/signal", ephemeral=True)  # the root's children change: Traefik lists the tree
+        zk.look.delete(f"{root}/signal")
+        wait_until(lambda: zk_edge.configurations_received() > count, 15, "traefik to read the tree again")
+        raw, sent = zk_edge.traefik.api("/api/rawdata"), zk.server.received() - received
+        return {section: raw.get(section) for section in SECTIONS}, sent
+
+    empty, empty_reads = read_by_traefik(b"")
+    valued, valued_reads = read_by_traefik(dr.ZOOKEEPER_FOLDER)
+    assert valued == empty
+    assert valued["routers"]["web@zookeeper"]["tls"] == {"certResolver": "le"}
+    assert valued["middlewares"]["hdr@zookeeper"]["headers"] == {"customRequestHeaders": {"X-Foo": "bar"}}
+    assert valued_reads * 2 < empty_reads, (valued_reads, empty_reads)
+
+
 def departed_host(zk: ZkWorld, *paths: str) -> None:
     """Another host's session that announces itself, makes these keys (and their folders) and ends."""
     client = zk.server.client()
