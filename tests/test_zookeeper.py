@@ -746,16 +746,32 @@ def test_folders_holding_true_give_traefik_the_same_routing_for_a_fraction_of_th
     for key, value in BLOCKS.items():
         zk.look.create(f"{root}/{key}", value.encode(), makepath=True)
     folders = {f"{root}/{key}".rsplit("/", depth)[0] for key in BLOCKS for depth in range(1, key.count("/") + 1)}
+    nodes = folders | {f"{root}/{key}" for key in BLOCKS}
+
+    def requests_until_quiet(since: int, at_least: int) -> int:
+        """Requests the server received since a count, once there were at least that many more and then none for
+        half a second (the srvr command that counts them is one request)."""
+        counts = [since, since]
+
+        def quiet() -> bool:
+            time.sleep(0.25)
+            counts.append(zk.server.received())
+            return counts[-1] - since >= at_least and counts[-1] - counts[-3] <= 4
+        wait_until(quiet, 20, "traefik to be done reading the tree")
+        return counts[-1] - since
 
     def read_by_traefik(value: bytes) -> tuple[dict, int]:
         """Traefik's configuration once it has read the tree again with folders holding value; requests sent."""
         for folder in folders:
-            zk.look.set_data(folder, value)
-        received, count = zk.server.received(), zk_edge.configurations_received()
+            zk.look.set(folder, value)
+        requests_until_quiet(zk.server.received(), 0)  # what the tree's making or the last read set off
+        received = zk.server.received()
         zk.look.create(f"{root}/signal", ephemeral=True)  # the root's children change: Traefik lists the tree
         zk.look.delete(f"{root}/signal")
-        wait_until(lambda: zk_edge.configurations_received() > count, 15, "traefik to read the tree again")
-        raw, sent = zk_edge.traefik.api("/api/rawdata"), zk.server.received() - received
+        sent = requests_until_quiet(received, len(nodes))
+        wait_until(lambda: "web@zookeeper" in zk_edge.traefik.api("/api/rawdata").get("routers", {}), 15,
+                   "traefik to run the routers")
+        raw = zk_edge.traefik.api("/api/rawdata")
         return {section: raw.get(section) for section in SECTIONS}, sent
 
     empty, empty_reads = read_by_traefik(b"")
