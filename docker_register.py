@@ -3427,7 +3427,7 @@ class RedisFleet:
 
 class RedisStore:
     """The Store on Redis, which has no leases: liveness is the host's heartbeat (RedisFleet), outside every prefix;
-    the keys under the root carry only a long safety expiry.
+    nothing else expires: the keys under the root carry no expiry that would wake a reader.
 
     A host's index (a set outside every prefix) lists its keys; the root's claims (a hash) name the writer of each
     shared key, who alone changes it. A run with nothing to change sets its heartbeat and reads: no key under the

@@ -1,5 +1,5 @@
 """The Redis backend: a host's liveness is a heartbeat key outside every prefix, set with the TTL every run; the
-keys under the root carry only a long safety expiry, a per-host index (a set, outside every prefix) records which
+keys under the root carry no expiry, a per-host index (a set, outside every prefix) records which
 keys are the host's, and the live hosts' leader deletes the keys of a host whose heartbeat ran out.
 
 Integration tests run the installed docker-register against the shared dockerd and a private redis-server,
@@ -280,7 +280,7 @@ def test_a_dead_hosts_keys_stay_while_no_host_lives_and_its_return_writes_nothin
     rd.docker_run("-P", "local/web")
     rd.sync("--ttl", "2")
     wait_until(lambda: not rd.look.exists(rd.alive), 2 + 3, "the heartbeat to run out")
-    assert len(rd.keys()) == 2, "nobody sweeps: the keys wait for a live host or their safety expiry"
+    assert len(rd.keys()) == 2, "nobody sweeps: the keys wait for a live host"
     before = rd.commands()
     assert "added 0, updated 0, removed 0, unchanged 2" in rd.sync("--ttl", "2").stdout
     assert writes(before, rd.commands()) == Counter({"set": 1})
