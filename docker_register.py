@@ -3581,10 +3581,15 @@ class RedisStore:
             self.connection.call("persist keys", lambda: self._persist(expiring))
 
     def _persist(self, keys: Sequence[str]) -> None:
-        """Take each key's expiry away (PERSIST: no value rewritten)."""
+        """Take each key's expiry away (PERSIST: no value rewritten); a shared key an earlier version released (no
+        claim, not in this host's index: its expiry was all that marked it docker-register's) gets the released
+        claim, which marks it now."""
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.persist(key)
+            if is_shared_key(self.layout, key, self.prefix) and not self._claimed.get(key) and \
+                    key not in (self._members or set()):
+                pipe.hsetnx(self.claims, key, REDIS_RELEASED)
         pipe.execute()
         self._expiries.update({key: -1 for key in keys})
 

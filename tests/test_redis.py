@@ -230,6 +230,22 @@ def test_a_stopped_container_goes_on_the_next_run(rd):
     assert rd.look.smembers(rd.index) == set(rd.web_keys(staying))
 
 
+def test_a_shared_key_an_earlier_version_released_stays_docker_registers_once_persistent(rd):
+    """An earlier version let go of a shared key by deleting its claim; its expiry alone then marked it as
+    docker-register's. The run that takes the expiry away gives it the released claim instead."""
+    cid = rd.docker_run("-P", "local/web")
+    rd.sync()
+    port, claims = f"{rd.prefix}/web/port", dr.REDIS_CLAIMS.format(prefix=rd.prefix)
+    rd.look.hdel(claims, port)  # released as an earlier version did: out of the claims and the index, expiring
+    rd.look.srem(rd.index, port)
+    rd.look.pexpire(port, 3_600_000)
+    assert "unchanged 2" in rd.sync().stdout
+    assert rd.look.pttl(port) == -1 and rd.look.hget(claims, port) == dr.REDIS_RELEASED
+    rd.engine.docker("rm", "-f", cid)
+    assert "removed 2" in rd.sync().stdout, "the last user of the port key goes: docker-register's to remove"
+    assert rd.keys() == {} and not rd.look.hexists(claims, port)
+
+
 def test_other_hosts_keys_are_never_touched(rd):
     theirs, manual = f"{rd.prefix}/web/bbbbbbbbbbbb", f"{rd.prefix}/static/manual"
     rd.look.set(theirs, "10.9.9.9:80")
