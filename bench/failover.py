@@ -40,7 +40,7 @@ from pathlib import Path
 from measure import Background
 from report import log, print_table, print_targets
 from servers import backend_servers, servers
-from harness import Dockerd, Traefik, stop_process, wait_until, zookeeper_nodes
+from harness import Dockerd, Traefik, free_subnet, stop_process, wait_until, zookeeper_nodes
 from hosts import BINARY, clean_env
 from consumers import WEB_HOST, WEB_LABELS, published_url, start_web
 
@@ -544,7 +544,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
     cli = cli_command(args.module)
     stores = STORES if args.backend == "all" else (args.backend,)
     pid = os.getpid()
-    engine_b = Dockerd(root / "docker-b", bridge=f"drf{pid % 100000}", subnet=f"10.215.{pid % 250}.1/24")
+    engine_b = Dockerd(root / "docker-b", bridge=f"drf{pid % 100000}",
+                       subnet=free_subnet("10.215", pid, f"drf{pid % 100000}"))
     results: dict[str, list[FailoverResult]] = {}
     with servers(root) as (engine_a, etcd), backend_servers(root) as (zookeeper, redis):
         try:

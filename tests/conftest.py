@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 pytest.register_assert_rewrite("fakes", "harness", "hosts", "strategies", "tiers")
 import docker_register  # noqa: E402
-from harness import Certs, Docker29, Dockerd, Etcd, Podman, ReadOnlyProxy, Redis, ZooKeeper, require  # noqa: E402
+from harness import (Certs, Docker29, Dockerd, Etcd, Podman, ReadOnlyProxy, Redis, ZooKeeper, free_subnet,  # noqa: E402
+                     require)
 from hosts import World  # noqa: E402
 from tiers import server_fixture  # noqa: E402
 
@@ -90,7 +91,8 @@ def etcd(servers_root):
 def second_dockerd(tmp_path_factory):
     """Another dockerd on this machine, with a bridge and subnet of its own, for the whole run."""
     pid = os.getpid()
-    engine = Dockerd(tmp_path_factory.mktemp("eng2"), bridge=f"drs{pid % 100000}", subnet=f"10.214.{pid % 250}.1/24")
+    bridge = f"drs{pid % 100000}"
+    engine = Dockerd(tmp_path_factory.mktemp("eng2"), bridge=bridge, subnet=free_subnet("10.214", pid, bridge))
     try:
         engine.start()
         engine.build_images()

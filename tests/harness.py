@@ -82,6 +82,19 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_subnet(prefix: str, seed: int, bridge: str) -> str:
+    """The bridge's address in a /24 under prefix (two octets) that no other interface of this machine holds, the
+    first from seed % 250 on: a bridge left by a run that was killed keeps its subnet, and a second interface on
+    the same subnet breaks the routes to both."""
+    held = [line for line in subprocess.run([require("ip"), "-4", "-o", "addr"], capture_output=True,
+                                            text=True).stdout.splitlines() if f": {bridge} " not in line]
+    for step in range(250):
+        third = (seed + step) % 250
+        if not any(f" inet {prefix}.{third}." in line for line in held):
+            return f"{prefix}.{third}.1/24"
+    raise RuntimeError(f"no /24 under {prefix} is free: remove the bridges earlier runs left (ip link del ...)")
+
+
 def wait_until(check, timeout: float, what: str, interval: float = 0.1):
     """Poll check() until it returns something truthy, or fail saying what did not happen."""
     deadline = time.monotonic() + timeout
@@ -211,7 +224,7 @@ class Dockerd:
         # A second engine in the same process needs another bridge name and subnet.
         self.bridge = bridge or f"drt{os.getpid() % 100000}"
         #: The bridge's address (this machine's, on the bridge) and prefix length.
-        self.subnet = subnet or f"10.213.{os.getpid() % 250}.1/24"
+        self.subnet = subnet or free_subnet("10.213", os.getpid(), self.bridge)
 
     def start(self) -> "Dockerd":
         """Start dockerd detached and wait until it answers."""
