@@ -74,13 +74,23 @@ def port_bindings(draw):
             "PublicPort": draw(st.integers(1, 65535)), "Type": proto}
 
 
+port_lists = st.lists(port_bindings(), max_size=4)
+
+
+@functools.cache
+def picked_ports(ports: tuple[int, ...]):
+    """Up to two of these ports (one strategy per tuple: Hypothesis checks each new strategy object)."""
+    return st.lists(st.sampled_from(ports), max_size=2)
+
+
+@functools.cache
 @st.composite
-def labels_for(draw, ports):
+def labels_for(draw, ports: tuple[int, ...]):
     """SERVICE_* labels for a container with these private ports, plus an unrelated one."""
     labels = {"com.docker.compose.project": "demo"}
     if draw(st.booleans()):
         labels[dr.NAME_LABEL] = draw(label_values)
-    for port in draw(st.lists(st.sampled_from(ports), max_size=2)) if ports else []:
+    for port in draw(picked_ports(ports)) if ports else []:
         labels[dr.PORT_NAME_LABEL.format(port=port)] = draw(label_values)
     if draw(one_in(10)):
         labels[dr.IGNORE_LABEL] = draw(ignore_values)
@@ -90,7 +100,7 @@ def labels_for(draw, ports):
 @st.composite
 def containers(draw):
     """One entry of GET /containers/json?filters={"status":["running"]}."""
-    ports = draw(st.lists(port_bindings(), max_size=4))
+    ports = draw(port_lists)
     return {
         "Id": draw(hex_text(64)),
         "Names": ["/" + draw(safe_names)],
@@ -99,7 +109,7 @@ def containers(draw):
         "Command": "/bin/httpd -f -p 80",
         "Created": 1795613505,
         "Ports": ports,
-        "Labels": draw(labels_for(sorted({p["PrivatePort"] for p in ports}))),
+        "Labels": draw(labels_for(tuple(sorted({p["PrivatePort"] for p in ports})))),
         "State": "running",
         "Status": draw(statuses),
         "HostConfig": {"NetworkMode": "default"},

@@ -4,6 +4,7 @@ out, and the planner on those keys. No servers: Engine-API-shaped dicts and Stor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 
@@ -595,11 +596,18 @@ protocol_values = st.sampled_from(["tcp", "http", "TCP", "udp", ""])
 enable_values = st.sampled_from(["false", "true", "False"])
 
 
+@functools.cache
+def private_or_any(ports: tuple[int, ...]):
+    """One of these private ports or any port (one strategy per tuple)."""
+    return st.sampled_from(ports) | st.integers(1, 65535) if ports else st.integers(1, 65535)
+
+
+@functools.cache
 @st.composite
-def traefik_labels(draw, ports):
+def traefik_labels(draw, ports: tuple[int, ...]):
     """traefik.* and SERVICE_*_PROTOCOL labels: the ones Traefik's Docker provider reads, and hostile ones."""
     labels = {}
-    private = st.sampled_from(ports) | st.integers(1, 65535) if ports else st.integers(1, 65535)
+    private = private_or_any(ports)
     for _ in range(draw(st.integers(0, 8))):
         kind = draw(label_kinds)
         if kind == "router":
@@ -634,7 +642,7 @@ def layout_containers(draw):
     """Containers as test_properties draws them, with traefik.* labels added."""
     found = []
     for entry in draw(container_lists):
-        ports = sorted({binding["PrivatePort"] for binding in entry["Ports"]})
+        ports = tuple(sorted({binding["PrivatePort"] for binding in entry["Ports"]}))
         found.append({**entry, "Labels": {**entry["Labels"], **draw(traefik_labels(ports))}})
     return found
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import docker_register as dr
-from fakes import FakeDocker, FakeEtcd, config, container, web
+from fakes import FakeClock, FakeDocker, FakeEtcd, config, container, web
 from tiers import server_fixture
 from harness import NodeExporter, Prometheus, parse_samples, require, wait_until
 from hosts import SERVER_VARIABLES
@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "systemd/docker-register.rules.yml"
 SETUP = dr.MetricsSetup("once", 10.0, 30, "etcd", "discover")
 NOW = 1_800_000_000.25
-JOIN_SECONDS = 10
 
 
 def outcome(tmp_path, changes=(), skips=(), registrations=0) -> dr.Outcome:
@@ -293,25 +292,22 @@ def test_purge_leaves_only_the_time_it_took_the_host_out(cli, capsys, tmp_path):
 
 def test_sync_every_hands_each_pass_over_with_what_started_it(tmp_path):
     docker, store, stop, triggers = FakeDocker([container()]), FakeEtcd(), threading.Event(), dr.Triggers()
-    results, first = [], threading.Event()
+    clock, results = FakeClock(), []
 
     def observe(result):
         results.append(result)
-        first.set()
-        if len(results) == 2:
+        if len(results) == 1:
+            triggers.note(dr.EventEffect.PASS, "a" * 64)  # an event: the next pass comes at once, not in 60 s
+        else:
             stop.set()
 
     triggers.events_up = True  # as follow_events sets it once Docker's stream is open
-    thread = threading.Thread(target=dr.sync_every, daemon=True, args=(
-        config(tmp_path), lambda: dr.Adapters(docker, store), 60.0, lambda outcome: None, stop, triggers),
-        kwargs={"observe": observe, "report_failure": dr.report_error})
-    thread.start()
-    assert first.wait(JOIN_SECONDS)
-    triggers.note(dr.EventEffect.PASS, "a" * 64)  # an event: the next pass comes at once, not in 60 s
-    thread.join(JOIN_SECONDS)
-    assert not thread.is_alive()
+    started = clock.monotonic()
+    dr.sync_every(config(tmp_path), lambda: dr.Adapters(docker, store), 60.0, lambda outcome: None, stop, triggers,
+                  clock=clock, observe=observe, report_failure=dr.report_error)
     assert [(r.trigger, r.events_up, r.error, r.outcome.registrations) for r in results] == [
         ("interval", True, None, 1), ("event", True, None, 1)]
+    assert clock.monotonic() - started < 60, "the event's pass did not wait for the interval"
     assert all(abs(r.ended - time.time()) < 60 and r.seconds >= 0 for r in results)
 
 
@@ -324,11 +320,8 @@ def test_sync_every_hands_a_failed_pass_over_with_its_error(tmp_path):
         if len(results) == 2:
             stop.set()
 
-    thread = threading.Thread(target=dr.sync_every, daemon=True, args=(
-        config(tmp_path), lambda: dr.Adapters(docker, store), 0.01, lambda outcome: None, stop, None),
-        kwargs={"observe": observe, "report_failure": dr.report_error})
-    thread.start()
-    thread.join(JOIN_SECONDS)
+    dr.sync_every(config(tmp_path), lambda: dr.Adapters(docker, store), 0.01, lambda outcome: None, stop, None,
+                  clock=FakeClock(), observe=observe, report_failure=dr.report_error)
     assert isinstance(results[0].error, dr.DockerError) and results[0].outcome is None
     assert results[1].error is None and results[1].outcome.registrations == 1
     assert [r.events_up for r in results] == [None, None]
