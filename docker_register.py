@@ -1208,15 +1208,17 @@ def traefik_holders(key: str, prefix: str, stored: Mapping[str, "StoredKey"]) ->
         service = stored.get(f"{prefix}/{protocol}/routers/{name}/service")
         return frozenset({f"{prefix}/{protocol}/routers/{name}/", *([servers(service.value)] if service else [])})
     # A middleware is in use while a router that names it is: read the routers, then their services' servers.
-    naming = [other for other, kv in stored.items() if traefik_names_middleware(other, kv.value, name, prefix)]
+    naming = [other for other, kv in stored.items()
+              if traefik_names_middleware(other, kv.value, protocol, name, prefix)]
     return frozenset({f"{prefix}/{protocol}/routers/"}).union(
         *(traefik_holders(other, prefix, stored) for other in naming))
 
 
-def traefik_names_middleware(key: str, value: str, middleware: str, prefix: str) -> bool:
-    """Whether a key is a router's middlewares entry (a list or one item) naming the middleware."""
+def traefik_names_middleware(key: str, value: str, protocol: str, middleware: str, prefix: str) -> bool:
+    """Whether a key is the middlewares entry (a list or one item) of a router of the protocol naming the
+    middleware: a tcp router's middlewares are tcp ones, whatever an http middleware is called."""
     parts = traefik_parts(key, prefix) or ("", "")
-    listed = parts[1] == "routers" and (parts[-1] == "middlewares" or parts[-2:-1] == ("middlewares",))
+    listed = parts[:2] == (protocol, "routers") and (parts[-1] == "middlewares" or parts[-2:-1] == ("middlewares",))
     return listed and middleware in traefik_reference(value).split(",")
 
 
@@ -1243,7 +1245,7 @@ def traefik_listed(key: str, prefix: str, stored: Mapping[str, "StoredKey"]) -> 
         name = traefik_reference(named.value) if named else ""
     elif kind == "middlewares":
         services = sorted(service for other, kv in stored.items()
-                          if traefik_names_middleware(other, kv.value, name, prefix)
+                          if traefik_names_middleware(other, kv.value, protocol, name, prefix)
                           and (service := (traefik_listed(other, prefix, stored) or ("", ""))[0]))
         return (services[0] if services else ""), "/".join(parts)
     service = name if protocol == "http" or not name else f"{protocol}/{name}"
