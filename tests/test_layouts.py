@@ -451,6 +451,17 @@ def test_traefik_middleware_stays_while_a_served_router_names_it(reference_key, 
     assert after.get(MIDDLEWARE, dr.StoredKey("gone", 0, 0)).value == "/a"
 
 
+def test_traefik_http_middleware_goes_when_only_a_tcp_router_names_one_of_its_name():
+    # A tcp router's middlewares are tcp ones: its "strip" is not this http middleware, on any read.
+    have = {"traefik/tcp/routers/web/rule": stored("HostSNI(`*`)", OTHER_LEASE),
+            "traefik/tcp/routers/web/service": stored("web", OTHER_LEASE),
+            "traefik/tcp/routers/web/middlewares": stored("strip", OTHER_LEASE),
+            "traefik/tcp/services/web/loadbalancer/servers/bbbbbbbbbbbb/address": stored("10.0.0.6:1", OTHER_LEASE),
+            MIDDLEWARE: stored("/a")}
+    assert MIDDLEWARE not in apply(have, plan(dr.Desired({}, {}), have), LEASE, ALIVE)
+    assert reads_then_plan(dr.Desired({}, {}), have)[2] == plan(dr.Desired({}, {}), have)
+
+
 def test_traefik_middleware_stays_on_the_narrow_reads_too():
     have = other_hosts_router_with_our_middleware("middlewares/0", "strip")
     _, _, p = reads_then_plan(dr.Desired({}, {}), have)
